@@ -1,0 +1,335 @@
+"""The standard target networks: MLP, CNN (covers the Small CNN Zoo) and SIREN."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float
+
+from weightspace._errors import ConfigError
+from weightspace.nets._base import ACTIVATIONS, Architecture, Params, register_architecture, resize_images
+
+
+def _uniform(key: Array, shape: tuple[int, ...], bound: float) -> Array:
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+def _torch_linear_init(key: Array, d_in: int, d_out: int, scale: float) -> tuple[Array, Array]:
+    """PyTorch's ``nn.Linear`` default: U(+-1/sqrt(fan_in)) for weight and bias."""
+    kw, kb = jax.random.split(key)
+    bound = scale / math.sqrt(d_in)
+    return _uniform(kw, (d_out, d_in), bound), _uniform(kb, (d_out,), bound)
+
+
+def _dense(p: Params, name: str, x: Array) -> Array:
+    return x @ p[f"{name}.weight"].T + p[f"{name}.bias"]
+
+
+def _check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+
+
+def _check_shape_tuple(name: str, value: tuple[int, ...], *, allow_empty: bool = True) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(v, int) and v > 0 for v in value):
+        raise ConfigError(f"{name} must be a tuple of positive ints, got {value!r}")
+    if not allow_empty and not value:
+        raise ConfigError(f"{name} must not be empty")
+
+
+@register_architecture
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MLP(Architecture):
+    """A multi-layer perceptron ``in -> hidden... -> out``.
+
+    Parameters are ``layers.{i}.weight`` ``[out, in]`` and ``layers.{i}.bias`` ``[out]``, as in a
+    PyTorch ``nn.ModuleList`` of ``nn.Linear``. With ``image_shape=(H, W, C)`` the MLP reads
+    images, flattened in PyTorch's ``C, H, W`` order, after ``(x - input_mean) / input_std``.
+
+    Example:
+        >>> import jax
+        >>> from weightspace.nets import MLP
+        >>> arch = MLP(in_features=4, hidden=(8,), out_features=3)
+        >>> p = arch.init(jax.random.key(0))
+        >>> sorted(p), p["layers.0.weight"].shape
+        (['layers.0.bias', 'layers.0.weight', 'layers.1.bias', 'layers.1.weight'], (8, 4))
+        >>> arch.apply(p, jax.numpy.ones((5, 4))).shape
+        (5, 3)
+    """
+
+    in_features: int
+    hidden: tuple[int, ...] = (128, 128)
+    out_features: int = 10
+    activation: str = "relu"
+    image_shape: tuple[int, int, int] | None = None
+    input_mean: float = 0.0
+    input_std: float = 1.0
+    kind = "mlp"
+
+    def __post_init__(self) -> None:
+        _check_shape_tuple("hidden", self.hidden)
+        _check_activation(self.activation)
+        if self.image_shape is not None and math.prod(self.image_shape) != self.in_features:
+            raise ConfigError(
+                f"MLP image_shape {self.image_shape} has {math.prod(self.image_shape)} values "
+                f"but in_features={self.in_features}"
+            )
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.in_features, *self.hidden, self.out_features)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.image_shape if self.image_shape is not None else (self.in_features,)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.out_features
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        out: dict[str, tuple[int, ...]] = {}
+        for i, (a, b) in enumerate(zip(self.widths[:-1], self.widths[1:], strict=True)):
+            out[f"layers.{i}.weight"] = (b, a)
+            out[f"layers.{i}.bias"] = (b,)
+        return out
+
+    def init(self, key: Array, *, scale: float = 1.0) -> Params:
+        keys = jax.random.split(key, len(self.widths) - 1)
+        p: Params = {}
+        for i, (a, b) in enumerate(zip(self.widths[:-1], self.widths[1:], strict=True)):
+            p[f"layers.{i}.weight"], p[f"layers.{i}.bias"] = _torch_linear_init(keys[i], a, b, scale)
+        return p
+
+    def _forward(self, params: Params, x: Array, key: Array | None) -> Array:
+        if self.image_shape is not None:
+            x = jnp.moveaxis(x, -1, 1).reshape(x.shape[0], -1)  # NHWC -> N(CHW), torch order
+        x = (x - self.input_mean) / self.input_std
+        act = ACTIVATIONS[self.activation]
+        n = len(self.widths) - 1
+        for i in range(n):
+            x = _dense(params, f"layers.{i}", x)
+            if i < n - 1:
+                x = act(x)
+        return x
+
+    def adapt(self, probes: Float[Array, "probes ..."]) -> Float[Array, "probes ..."]:
+        if self.image_shape is not None and jnp.ndim(probes) == 4:
+            return resize_images(probes, self.image_shape)
+        return super().adapt(probes)
+
+    def flops_per_example(self) -> int:
+        return int(sum(2 * a * b for a, b in zip(self.widths[:-1], self.widths[1:], strict=True)))
+
+
+def _conv_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+@register_architecture
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CNN(Architecture):
+    """A conv stack, global average pool and a dense head (the Small CNN Zoo family).
+
+    Parameters: ``convs.{i}.weight`` ``[out, in, kh, kw]``, ``convs.{i}.bias``, then
+    ``dense.{j}.*`` for optional hidden dense layers and ``head.weight``/``head.bias``.
+    Inputs are channels-last images ``[H, W, C]``, normalised by ``(x - mean) / std``.
+    ``dropout`` applies after every conv activation when ``apply`` gets a ``key``.
+
+    Example:
+        >>> import jax
+        >>> from weightspace.nets import CNN
+        >>> arch = CNN(image_shape=(28, 28, 1), channels=(16, 16, 16), strides=2)
+        >>> p = arch.init(jax.random.key(0))
+        >>> p["convs.0.weight"].shape, arch.apply(p, jax.numpy.zeros((2, 28, 28, 1))).shape
+        ((16, 1, 3, 3), (2, 10))
+    """
+
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    channels: tuple[int, ...] = (16, 16, 16)
+    kernel_size: int = 3
+    strides: int = 2
+    padding: int = 1
+    dense: tuple[int, ...] = ()
+    out_features: int = 10
+    activation: str = "relu"
+    dropout: float = 0.0
+    input_mean: float = 0.0
+    input_std: float = 1.0
+    kind = "cnn"
+
+    def __post_init__(self) -> None:
+        _check_shape_tuple("channels", self.channels, allow_empty=False)
+        _check_shape_tuple("dense", self.dense)
+        _check_activation(self.activation)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        h, w, _ = self.image_shape
+        for _ in self.channels:
+            h = _conv_out(h, self.kernel_size, self.strides, self.padding)
+            w = _conv_out(w, self.kernel_size, self.strides, self.padding)
+            if h < 1 or w < 1:
+                raise ConfigError(f"CNN {self} shrinks a {self.image_shape} input to nothing")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.image_shape
+
+    @property
+    def num_outputs(self) -> int:
+        return self.out_features
+
+    def feature_maps(self) -> list[tuple[int, int, int]]:
+        """``(H, W, C)`` after each conv layer."""
+        h, w, _ = self.image_shape
+        out = []
+        for c in self.channels:
+            h = _conv_out(h, self.kernel_size, self.strides, self.padding)
+            w = _conv_out(w, self.kernel_size, self.strides, self.padding)
+            out.append((h, w, c))
+        return out
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        out: dict[str, tuple[int, ...]] = {}
+        cin, k = self.image_shape[2], self.kernel_size
+        for i, c in enumerate(self.channels):
+            out[f"convs.{i}.weight"] = (c, cin, k, k)
+            out[f"convs.{i}.bias"] = (c,)
+            cin = c
+        for j, d in enumerate(self.dense):
+            out[f"dense.{j}.weight"] = (d, cin)
+            out[f"dense.{j}.bias"] = (d,)
+            cin = d
+        out["head.weight"] = (self.out_features, cin)
+        out["head.bias"] = (self.out_features,)
+        return out
+
+    def init(self, key: Array, *, scale: float = 1.0) -> Params:
+        shapes = self.param_shapes()
+        keys = jax.random.split(key, len(shapes))
+        p: Params = {}
+        for kk, (name, shape) in zip(keys, shapes.items(), strict=True):
+            if name.endswith(".weight"):
+                fan_in = math.prod(shape[1:])
+                wkey = kk
+            else:
+                fan_in = math.prod(shapes[name.replace(".bias", ".weight")][1:])
+                wkey = jax.random.fold_in(kk, 1)
+            p[name] = _uniform(wkey, shape, scale / math.sqrt(fan_in))
+        return p
+
+    def conv(self, params: Params, i: int, x: Array) -> Array:
+        """Conv layer ``i`` on NHWC input (weights OIHW, as PyTorch stores them)."""
+        y = lax.conv_general_dilated(
+            x,
+            params[f"convs.{i}.weight"],
+            window_strides=(self.strides, self.strides),
+            padding=[(self.padding, self.padding)] * 2,
+            dimension_numbers=("NHWC", "OIHW", "NHWC"),
+        )
+        return y + params[f"convs.{i}.bias"]
+
+    def head(self, params: Params, h: Array) -> Array:
+        """Dense layers after global average pooling: ``[batch, C] -> [batch, out]``."""
+        act = ACTIVATIONS[self.activation]
+        for j in range(len(self.dense)):
+            h = act(_dense(params, f"dense.{j}", h))
+        return _dense(params, "head", h)
+
+    def _forward(self, params: Params, x: Array, key: Array | None) -> Array:
+        act = ACTIVATIONS[self.activation]
+        x = (x - self.input_mean) / self.input_std
+        for i in range(len(self.channels)):
+            x = act(self.conv(params, i, x))
+            if key is not None and self.dropout > 0:
+                key, sub = jax.random.split(key)
+                keep = jax.random.bernoulli(sub, 1.0 - self.dropout, x.shape)
+                x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
+        return self.head(params, x.mean(axis=(1, 2)))
+
+    def adapt(self, probes: Float[Array, "probes ..."]) -> Float[Array, "probes ..."]:
+        return resize_images(probes, self.image_shape)
+
+    def flops_per_example(self) -> int:
+        total, cin = 0, self.image_shape[2]
+        for h, w, c in self.feature_maps():
+            total += 2 * h * w * c * cin * self.kernel_size**2
+            cin = c
+        for d in (*self.dense, self.out_features):
+            total += 2 * cin * d
+            cin = d
+        return total
+
+
+@register_architecture
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SIREN(Architecture):
+    """A sinusoidal implicit neural representation ``coords -> values`` (Sitzmann et al. 2020).
+
+    Hidden layers compute ``sin(w0 * (W x + b))``; the last layer is linear. Initialisation
+    follows the paper: first layer ``U(+-1/in)``, later layers ``U(+-sqrt(6/in)/w0)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from weightspace.nets import SIREN
+        >>> arch = SIREN(hidden=(32, 32), w0=30.0)
+        >>> p = arch.init(jax.random.key(0))
+        >>> arch.apply(p, jnp.zeros((784, 2))).shape
+        (784, 1)
+    """
+
+    in_features: int = 2
+    hidden: tuple[int, ...] = (32, 32)
+    out_features: int = 1
+    w0: float = 30.0
+    kind = "siren"
+
+    def __post_init__(self) -> None:
+        _check_shape_tuple("hidden", self.hidden, allow_empty=False)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.in_features, *self.hidden, self.out_features)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.in_features,)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.out_features
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return MLP(in_features=self.in_features, hidden=self.hidden, out_features=self.out_features).param_shapes()
+
+    def init(self, key: Array, *, scale: float = 1.0) -> Params:
+        keys = jax.random.split(key, 2 * (len(self.widths) - 1))
+        p: Params = {}
+        for i, (a, b) in enumerate(zip(self.widths[:-1], self.widths[1:], strict=True)):
+            bound = 1.0 / a if i == 0 else math.sqrt(6.0 / a) / self.w0
+            p[f"layers.{i}.weight"] = _uniform(keys[2 * i], (b, a), scale * bound)
+            p[f"layers.{i}.bias"] = _uniform(keys[2 * i + 1], (b,), scale / math.sqrt(a))
+        return p
+
+    def _forward(self, params: Params, x: Array, key: Array | None) -> Array:
+        n = len(self.widths) - 1
+        for i in range(n):
+            x = _dense(params, f"layers.{i}", x)
+            if i < n - 1:
+                x = jnp.sin(self.w0 * x)
+        return x
+
+    def flops_per_example(self) -> int:
+        return int(sum(2 * a * b for a, b in zip(self.widths[:-1], self.widths[1:], strict=True)))
+
+
+def coordinate_grid(height: int, width: int) -> Float[Array, "pixels 2"]:
+    """Pixel-centre coordinates in ``[-1, 1]^2``, row-major, as INRs of images consume them."""
+    ys = jnp.linspace(-1.0, 1.0, height)
+    xs = jnp.linspace(-1.0, 1.0, width)
+    yy, xx = jnp.meshgrid(ys, xs, indexing="ij")
+    return jnp.stack([yy.ravel(), xx.ravel()], axis=-1)
