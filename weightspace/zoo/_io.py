@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, LoadError, ShapeError, WeightspaceError
-from weightspace.nets import Architecture, Params, architecture_from_config
+from weightspace.nets import Architecture, architecture_from_config
 from weightspace.zoo._zoo import Collection, Zoo, meta_to_json
 
 MODEL_FORMAT = "model/1"
@@ -57,6 +57,13 @@ def _read_all(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except (SafetensorError, OSError, ValueError) as e:
         raise LoadError(f"{path}: truncated or corrupt safetensors data ({e})") from e
     return tensors, meta
+
+
+def _arch_from(config: Any, where: Path) -> Architecture:
+    try:
+        return architecture_from_config(config)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _check_dtype(name: str, arr: np.ndarray, where: str) -> None:
@@ -92,7 +99,7 @@ def load_model(path: str | os.PathLike[str], *, arch: Architecture | None = None
     tensors, header = _read_all(path)
     if arch is None:
         if "arch" in header:
-            arch = architecture_from_config(header["arch"])
+            arch = _arch_from(header["arch"], path)
         else:
             arch = infer_architecture({k: v.shape for k, v in tensors.items()}, where=str(path))
     arch.check_params(tensors, where=str(path))
@@ -200,7 +207,7 @@ def load_zoo(path: str | os.PathLike[str], *, arch: Architecture | None = None, 
         else:
             if header.get("weightspace") != PACKED_FORMAT and arch is None:
                 raise LoadError(f"{path}: not a weightspace zoo file (header {sorted(header)})")
-            a = arch or architecture_from_config(header["arch"])
+            a = arch or _arch_from(header["arch"], path)
             for k, v in tensors.items():
                 _check_dtype(k, v, str(path))
             a.check_params(tensors, stacked=True, where=str(path))
@@ -222,7 +229,7 @@ def _dir_files(path: Path) -> tuple[list[Path], Architecture | None, str]:
         except json.JSONDecodeError as e:
             raise LoadError(f"{manifest}: not valid JSON ({e})") from e
         files = [path / f"{i}.safetensors" for i in m["ids"]]
-        return files, architecture_from_config(m["arch"]), m.get("name", path.name)
+        return files, _arch_from(m["arch"], manifest), m.get("name", path.name)
     files = sorted(path.rglob("*.safetensors"))
     if not files:
         raise LoadError(f"{path}: no .safetensors files (an empty zoo)")
