@@ -41,6 +41,78 @@ def _check_shape_tuple(name: str, value: tuple[int, ...], *, allow_empty: bool =
         raise ConfigError(f"{name} must not be empty")
 
 
+# ---- apply_many formulations (many models, one shared probe batch) ------------------------------
+# Measured on CPU (docs/probing.md): XLA's batched dot_general and the grouped convolution that
+# vmap(conv) becomes run several times below a plain 2-D dot/conv, so on CPU the models are
+# walked by lax.map (a compiled loop, not a Python one) with a small vmapped group per step when
+# each model has too little work to amortise the loop step. Elsewhere (GPU/TPU) batched einsums
+# over the model axis are the fast path.
+FORMULATIONS = ("auto", "vmap", "einsum", "scan", "im2col")
+"""Names accepted by ``apply_many(..., formulation=)`` of MLP, CNN and SIREN (``im2col``: CNN only)."""
+
+
+def _check_formulation(name: str | None) -> str:
+    name = "auto" if name is None else name
+    if name not in FORMULATIONS:
+        raise ConfigError(f"unknown apply_many formulation {name!r}; known: {list(FORMULATIONS)}")
+    return name
+
+
+def _check_batch(arch: Architecture, x: Array) -> None:
+    if x.shape[1:] != arch.input_shape:
+        from weightspace._errors import ShapeError
+
+        raise ShapeError(f"{type(arch).__name__}.apply_many expected a batch [probes, *{arch.input_shape}], "
+                         f"got {tuple(x.shape)}")
+
+
+def _num_models(params: Params) -> int:
+    return int(next(iter(params.values())).shape[0])
+
+
+def _scan_group(n_models: int, work_per_model: int, group: int | None) -> int:
+    """Models per lax.map step: enough to give each step ~2^16 output values, dividing n_models."""
+    target = group if group is not None else max(1, min(16, 2**16 // max(1, work_per_model)))
+    target = max(1, min(target, n_models))
+    return max(d for d in range(1, target + 1) if n_models % d == 0)
+
+
+def _map_models(fn, params: Params, n_models: int, group: int) -> Array:  # type: ignore[no-untyped-def]
+    return lax.map(fn, params, batch_size=group if group > 1 else None)
+
+
+def fast_sin(x: Float[Array, "..."]) -> Float[Array, "..."]:
+    """``sin(x)`` by Cody-Waite range reduction and a degree-11 odd polynomial (float32).
+
+    .. math:: k = round(x / pi),  r = x - k pi in [-pi/2, pi/2],  sin x = (-1)^k p(r)
+
+    XLA's CPU ``sin`` is several times slower than this fused polynomial; the absolute error is
+    below 2 float32 ulps of 1 for ``|x| < 2^17`` (pi is split in four parts, the first ones with
+    few mantissa bits so ``k * pi_i`` is exact).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from weightspace.nets._standard import fast_sin
+        >>> x = jnp.linspace(-100.0, 100.0, 10001)
+        >>> bool(jnp.max(jnp.abs(fast_sin(x) - jnp.sin(x))) < 3e-7)
+        True
+    """
+    k = jnp.round(x * jnp.float32(1.0 / math.pi))
+    r = x - k * jnp.float32(3.140625)
+    r = r - k * jnp.float32(9.670257568359375e-4)
+    r = r - k * jnp.float32(6.277114152908325e-7)
+    r = r - k * jnp.float32(1.2154201256553420762e-10)
+    r2 = r * r
+    p = jnp.float32(-2.3889859e-08)
+    p = p * r2 + jnp.float32(2.7525562e-06)
+    p = p * r2 + jnp.float32(-1.9840874e-04)
+    p = p * r2 + jnp.float32(8.3333310e-03)
+    p = p * r2 + jnp.float32(-1.6666667e-01)
+    s = r + r * r2 * p
+    odd = (k.astype(jnp.int32) & 1) == 1
+    return jnp.where(odd, -s, s)
+
+
 @register_architecture
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MLP(Architecture):
@@ -116,6 +188,50 @@ class MLP(Architecture):
             if i < n - 1:
                 x = act(x)
         return x
+
+    def _prepare(self, x: Array) -> Array:
+        if self.image_shape is not None:
+            x = jnp.moveaxis(x, -1, 1).reshape(x.shape[0], -1)  # NHWC -> N(CHW), torch order
+        return (x - self.input_mean) / self.input_std
+
+    def apply_many(
+        self, params: Params, x: Float[Array, "probes ..."], *, formulation: str | None = None,
+        group: int | None = None,
+    ) -> Float[Array, "models probes logits"]:
+        """Outputs of many models (params stacked on axis 0) on one shared batch.
+
+        Formulations (same numbers; ``"auto"`` picks ``"scan"`` on CPU, ``"einsum"`` elsewhere):
+        ``"vmap"`` of :meth:`apply`; ``"einsum"``: one batched contraction per layer over the
+        model axis; ``"scan"``: ``lax.map`` over models (``group`` models per step) with plain
+        2-D matmuls. The shared input is normalised once for all models.
+        """
+        form = _check_formulation(formulation)
+        if form == "auto":
+            form = "scan" if jax.default_backend() == "cpu" else "einsum"
+        if form in ("vmap", "im2col"):
+            return super().apply_many(params, x)
+        _check_batch(self, x)
+        h0 = self._prepare(x)
+        act = ACTIVATIONS[self.activation]
+        n = len(self.widths) - 1
+        if form == "einsum":
+            h = jnp.einsum("pi,moi->mpo", h0, params["layers.0.weight"]) + params["layers.0.bias"][:, None]
+            for i in range(1, n):
+                h = jnp.einsum("mpi,moi->mpo", act(h), params[f"layers.{i}.weight"])
+                h = h + params[f"layers.{i}.bias"][:, None]
+            return h
+
+        def one(p: Params) -> Array:
+            h = h0
+            for i in range(n):
+                h = _dense(p, f"layers.{i}", h)
+                if i < n - 1:
+                    h = act(h)
+            return h
+
+        m = _num_models(params)
+        g = _scan_group(m, x.shape[0] * max(self.widths), group)
+        return _map_models(one, params, m, g)
 
     def adapt(self, probes: Float[Array, "probes ..."]) -> Float[Array, "probes ..."]:
         if self.image_shape is not None and jnp.ndim(probes) == 4:
@@ -251,6 +367,67 @@ class CNN(Architecture):
                 x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
         return self.head(params, x.mean(axis=(1, 2)))
 
+    def _patches(self, x: Array) -> Array:
+        """im2col: ``[n, H, W, C] -> [n, H', W', C*k*k]`` ordered like a flattened OIHW kernel."""
+        k = self.kernel_size
+        return lax.conv_general_dilated_patches(
+            x, (k, k), (self.strides, self.strides), [(self.padding, self.padding)] * 2,
+            dimension_numbers=("NHWC", "OIHW", "NHWC"),
+        )
+
+    def apply_many(
+        self, params: Params, x: Float[Array, "probes ..."], *, formulation: str | None = None,
+        group: int | None = None,
+    ) -> Float[Array, "models probes logits"]:
+        """Outputs of many models (params stacked on axis 0) on one shared batch of images.
+
+        Formulations (same numbers; ``"auto"`` picks ``"im2col"`` on CPU, ``"vmap"`` elsewhere):
+        ``"vmap"`` of :meth:`apply` (XLA turns it into one grouped convolution); ``"scan"``:
+        ``lax.map`` over models, each a plain batched convolution; ``"im2col"``: ``lax.map`` over
+        models, each conv an im2col matmul, the first layer's patches extracted once for all
+        models; ``"einsum"``: im2col with batched contractions over the model axis.
+        """
+        form = _check_formulation(formulation)
+        if form == "auto":
+            form = "im2col" if jax.default_backend() == "cpu" else "vmap"
+        if form == "vmap":
+            return super().apply_many(params, x)
+        _check_batch(self, x)
+        act = ACTIVATIONS[self.activation]
+        x = (x - self.input_mean) / self.input_std
+        n_conv = len(self.channels)
+
+        def flat(w: Array) -> Array:  # [..., O, I, k, k] -> [..., O, I*k*k]
+            return w.reshape(*w.shape[:-3], -1)
+
+        if form == "einsum":
+            h = jnp.einsum("phwi,moi->mphwo", self._patches(x), flat(params["convs.0.weight"]))
+            h = act(h + params["convs.0.bias"][:, None, None, None])
+            for i in range(1, n_conv):
+                m, p = h.shape[:2]
+                pt = self._patches(h.reshape(m * p, *h.shape[2:]))
+                pt = pt.reshape(m, p, *pt.shape[1:])
+                h = jnp.einsum("mphwi,moi->mphwo", pt, flat(params[f"convs.{i}.weight"]))
+                h = act(h + params[f"convs.{i}.bias"][:, None, None, None])
+            return jax.vmap(self.head)(params, h.mean(axis=(2, 3)))
+
+        patches0 = self._patches(x) if form == "im2col" else None
+
+        def one(p: Params) -> Array:
+            h = x
+            for i in range(n_conv):
+                if form == "scan":
+                    h = act(self.conv(p, i, h))
+                else:
+                    pt = patches0 if i == 0 else self._patches(h)
+                    h = act(pt @ flat(p[f"convs.{i}.weight"]).T + p[f"convs.{i}.bias"])
+            return self.head(p, h.mean(axis=(1, 2)))
+
+        m = _num_models(params)
+        h1, w1, c1 = self.feature_maps()[0]
+        g = _scan_group(m, x.shape[0] * h1 * w1 * c1, group)
+        return _map_models(one, params, m, g)
+
     def adapt(self, probes: Float[Array, "probes ..."]) -> Float[Array, "probes ..."]:
         return resize_images(probes, self.image_shape)
 
@@ -322,6 +499,54 @@ class SIREN(Architecture):
             if i < n - 1:
                 x = jnp.sin(self.w0 * x)
         return x
+
+    def apply_many(
+        self, params: Params, x: Float[Array, "probes ..."], *, formulation: str | None = None,
+        group: int | None = None, sin: str | None = None,
+    ) -> Float[Array, "models probes logits"]:
+        """Outputs of many models (params stacked on axis 0) on one shared batch of coordinates.
+
+        Formulations (same numbers; ``"auto"`` picks ``"scan"`` on CPU, ``"einsum"`` elsewhere):
+        ``"vmap"`` of :meth:`apply`;
+        ``"einsum"``: batched contractions over the model axis; ``"scan"``: ``lax.map`` over
+        models. The first layer (``in_features`` is tiny) is a fused broadcast multiply-add.
+        ``sin="fast"`` (the default on CPU, where XLA's ``sin`` is slow) uses :func:`fast_sin`;
+        ``sin="exact"`` uses ``jnp.sin``.
+        """
+        form = _check_formulation(formulation)
+        if sin not in (None, "fast", "exact"):
+            raise ConfigError(f"sin must be 'fast', 'exact' or None, got {sin!r}")
+        if form == "auto":
+            form = "scan" if jax.default_backend() == "cpu" else "einsum"
+        if form in ("vmap", "im2col"):
+            return super().apply_many(params, x)
+        _check_batch(self, x)
+        use_fast = sin == "fast" or (sin is None and jax.default_backend() == "cpu")
+        sine = fast_sin if use_fast else jnp.sin
+        w0 = jnp.float32(self.w0)
+        n = len(self.widths) - 1
+
+        def first(w: Array, b: Array) -> Array:  # [..., o, i], [..., o] -> [..., p, o]
+            if self.in_features <= 4:
+                return (x[..., :, None, :] * w[..., None, :, :]).sum(-1) + b[..., None, :]
+            return x @ jnp.swapaxes(w, -1, -2) + b[..., None, :]
+
+        if form == "einsum":
+            h = first(params["layers.0.weight"], params["layers.0.bias"])
+            for i in range(1, n):
+                h = jnp.einsum("mpi,moi->mpo", sine(w0 * h), params[f"layers.{i}.weight"])
+                h = h + params[f"layers.{i}.bias"][:, None]
+            return h
+
+        def one(p: Params) -> Array:
+            h = first(p["layers.0.weight"], p["layers.0.bias"])
+            for i in range(1, n):
+                h = _dense(p, f"layers.{i}", sine(w0 * h))
+            return h
+
+        m = _num_models(params)
+        g = _scan_group(m, x.shape[0] * max(self.widths), group)
+        return _map_models(one, params, m, g)
 
     def flops_per_example(self) -> int:
         return int(sum(2 * a * b for a, b in zip(self.widths[:-1], self.widths[1:], strict=True)))

@@ -9,21 +9,53 @@ from weightspace.zoo._io import load_zoo as load_zoo
 from weightspace.zoo._io import read_header as read_header
 from weightspace.zoo._io import save_model as save_model
 from weightspace.zoo._io import save_zoo as save_zoo
+from weightspace.zoo._recipes import RECIPE_VERSION as RECIPE_VERSION
+from weightspace.zoo._recipes import RECIPES as RECIPES
+from weightspace.zoo._recipes import Recipe as Recipe
+from weightspace.zoo._recipes import build_recipe as build_recipe
+from weightspace.zoo._recipes import recipe_path as recipe_path
+from weightspace.zoo._train import OPTIMIZERS as OPTIMIZERS
+from weightspace.zoo._train import ClassifierLoss as ClassifierLoss
+from weightspace.zoo._train import FitProgress as FitProgress
+from weightspace.zoo._train import FitResult as FitResult
+from weightspace.zoo._train import batch_rows as batch_rows
+from weightspace.zoo._train import evaluate_population as evaluate_population
+from weightspace.zoo._train import fit_population as fit_population
+from weightspace.zoo._train import init_population as init_population
+from weightspace.zoo._train import split_outputs as split_outputs
+from weightspace.zoo._train import train_population as train_population
+from weightspace.zoo._train import validate_hparams as validate_hparams
 from weightspace.zoo._zoo import Collection as Collection
 from weightspace.zoo._zoo import Zoo as Zoo
 from weightspace.zoo._zoo import concat as concat
 
 __all__ = [
+    "OPTIMIZERS",
+    "RECIPES",
+    "RECIPE_VERSION",
+    "ClassifierLoss",
     "Collection",
+    "FitProgress",
+    "FitResult",
+    "Recipe",
     "Zoo",
+    "batch_rows",
+    "build_recipe",
     "concat",
+    "evaluate_population",
+    "fit_population",
     "infer_architecture",
+    "init_population",
     "load_collection",
     "load_hub",
     "load_model",
     "load_tensors",
     "load_zoo",
     "read_header",
+    "recipe_path",
     "save_model",
     "save_zoo",
+    "split_outputs",
+    "train_population",
+    "validate_hparams",
 ]

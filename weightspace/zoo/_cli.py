@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from pathlib import Path
 
 from weightspace.zoo._io import load_zoo, read_header
 
@@ -15,6 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     info.add_argument("path")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_info)
+    build = zsub.add_parser("build", help="build (or load from the cache) a named zoo recipe")
+    build.add_argument("name", help="recipe name (see `weightspace zoo recipes`)")
+    build.add_argument("--size", type=int, default=None, help="number of models/images (default: full size)")
+    build.add_argument("--seed", type=int, default=0, help="recipe seed (default 0)")
+    build.add_argument("--out", default=None, help="also write the result here: a .safetensors file for a zoo, "
+                       "a directory of zoo files for a collection")
+    build.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    build.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    build.set_defaults(func=_build)
+    recipes = zsub.add_parser("recipes", help="list the named zoo recipes")
+    recipes.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    recipes.set_defaults(func=_recipes)
     zoo.set_defaults(func=lambda a: zoo.print_help() or 0)
 
 
@@ -39,4 +53,58 @@ def _info(args: argparse.Namespace) -> int:
     else:
         for k, v in summary.items():
             print(f"{k:>18}: {v}")
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from weightspace.zoo._recipes import RECIPES
+
+    rows = [{"name": r.name, "returns": r.returns, "default_size": r.default_size, "tiny_size": r.tiny_size,
+             "description": r.description} for r in RECIPES.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<16} {r['returns']:<10} size {r['default_size']:>5} (tiny {r['tiny_size']})  "
+                  f"{r['description']}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from weightspace.zoo._io import save_zoo
+    from weightspace.zoo._recipes import build_recipe, recipe_path
+    from weightspace.zoo._zoo import Zoo
+
+    t0 = time.perf_counter()
+    result = build_recipe(args.name, size=args.size, seed=args.seed, progress=None, cache=not args.no_cache)
+    seconds = time.perf_counter() - t0
+    zoos = [result] if isinstance(result, Zoo) else result.zoos
+    written = None
+    if args.out:
+        out = Path(args.out)
+        if isinstance(result, Zoo):
+            written = str(save_zoo(result, out))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            for j, z in enumerate(zoos):
+                save_zoo(z, out / f"part-{j:02d}.safetensors")
+            written = str(out)
+    accs = [float(a) for z in zoos for a in z.meta.get("test_acc", []) if a is not None]
+    summary = {
+        "recipe": args.name,
+        "returns": type(result).__name__,
+        "models": sum(len(z) for z in zoos),
+        "architectures": len(zoos),
+        "seconds": round(seconds, 2),
+        "cache": None if args.no_cache else str(recipe_path(args.name, size=args.size, seed=args.seed)),
+        "out": written,
+    }
+    if accs:
+        a = sorted(accs)
+        summary["test_acc"] = {"min": a[0], "median": a[len(a) // 2], "max": a[-1]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for k, v in summary.items():
+            print(f"{k:>14}: {v}")
     return 0

