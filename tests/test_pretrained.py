@@ -45,6 +45,10 @@ def _one(zoo) -> dict:
     return {k: v[0] for k, v in zoo.params.items()}
 
 
+# one jitted apply shared by the tests: the same (arch, shapes) compiles once per session
+_apply = jax.jit(lambda arch, p, x: arch.apply(p, x), static_argnums=0)
+
+
 # ---------------------------------------------------------------- EfficientNet-Lite0 ------------
 @pytest.fixture(scope="module")
 def effnet():
@@ -94,7 +98,7 @@ def _effnet_torch(sd: dict, x):
 
 @pytest.fixture(scope="module")
 def effnet_logits(effnet, photos224) -> np.ndarray:
-    return np.asarray(jax.jit(effnet.arch.apply)(_one(effnet), photos224))
+    return np.asarray(_apply(effnet.arch, _one(effnet), photos224))
 
 
 @pytest.mark.torch
@@ -240,7 +244,9 @@ def _keras_graph_torch(h5_path, x):
 
 @pytest.fixture(scope="module")
 def photos32() -> np.ndarray:
-    return np.stack([_photo(n, 32) for n in ("chelsea", "horse", "astronaut", "coffee", "rocket")])
+    """5 real photos then 3 uniform-noise images (one batch shape for every CIFAR test: one compile)."""
+    real = np.stack([_photo(n, 32) for n in ("chelsea", "horse", "astronaut", "coffee", "rocket")])
+    return np.concatenate([real, np.random.default_rng(0).random((3, 32, 32, 3), np.float32)])
 
 
 @pytest.mark.torch
@@ -248,9 +254,8 @@ def test_cifar_matches_keras_graph(cifar, photos32) -> None:
     pytest.importorskip("torch")
     from weightspace.nets._pretrained import cifar10_h5
 
-    rng = np.random.default_rng(0)
-    x = np.concatenate([photos32, rng.random((3, 32, 32, 3), np.float32)])
-    ours = np.asarray(jax.jit(cifar.arch.apply)(_one(cifar), x))
+    x = photos32
+    ours = np.asarray(_apply(cifar.arch, _one(cifar), x))
     ref = _keras_graph_torch(cifar10_h5(), x)
     # six conv layers on 0..255 inputs (activations up to ~1e3): 10x the float32 tolerance
     assert_tree_allclose(ours, ref, scale=10)
@@ -259,16 +264,22 @@ def test_cifar_matches_keras_graph(cifar, photos32) -> None:
 def test_cifar_predictions_on_real_photos(cifar, photos32) -> None:
     arch = CIFAR10CNN(final_relu=False)
     p = _one(cifar)
-    logits = np.asarray(jax.jit(arch.apply)(p, photos32))
+    logits = np.asarray(_apply(arch, p, photos32))
     names = cifar.classes(0)
     assert names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert names[logits[0].argmax()] == "cat"  # chelsea
     assert names[logits[1].argmax()] == "horse"  # skimage's horse silhouette
-    assert_tree_allclose(jax.jit(cifar.arch.apply)(p, photos32), np.maximum(logits, 0))
+    assert_tree_allclose(_apply(cifar.arch, p, photos32), np.maximum(logits, 0))
     assert architecture_from_config(cifar.arch.to_config()) == cifar.arch
+
+
+def test_cifar_init() -> None:
+    arch = CIFAR10CNN()
     fresh = arch.init(jax.random.key(0))
     arch.check_params(fresh)
     assert float(fresh["bns.2.running_var"].min()) == 1.0 and float(fresh["convs.0.bias"].max()) == 0.0
+    bound = np.sqrt(6.0 / ((64 + 3) * 9))  # Glorot-uniform, as Keras
+    assert 0.9 * bound < float(np.abs(fresh["convs.0.weight"]).max()) <= bound
 
 
 def test_cifar_bad_file(tmp_path) -> None:

@@ -92,13 +92,18 @@ class CIFAR10CNN(Architecture):
 
     def _init(self, key: Array, scale: Array) -> Params:
         shapes = self.param_shapes()
-        keys = jax.random.split(key, len(shapes))
+        kernels = {k: v for k, v in shapes.items() if len(v) > 1}
+        # one flat draw reshaped per tensor: XLA:CPU compiles a multi-dimensional threefry draw
+        # several times slower than a flat one
+        flat = jax.random.uniform(key, (sum(math.prod(v) for v in kernels.values()),), jnp.float32, -1.0, 1.0)
         p: Params = {}
-        for kk, (name, shape) in zip(keys, shapes.items(), strict=True):
-            if len(shape) > 1:
-                rf = math.prod(shape[2:])
-                bound = scale * math.sqrt(6.0 / ((shape[0] + shape[1]) * rf))
-                p[name] = jax.random.uniform(kk, shape, jnp.float32, -bound, bound)
+        offset = 0
+        for name, shape in shapes.items():
+            if name in kernels:
+                n = math.prod(shape)
+                bound = scale * math.sqrt(6.0 / ((shape[0] + shape[1]) * math.prod(shape[2:])))
+                p[name] = bound * flat[offset : offset + n].reshape(shape)
+                offset += n
             elif name.endswith(("running_var", "weight")):
                 p[name] = jnp.ones(shape, jnp.float32)
             else:

@@ -93,7 +93,7 @@ class CLIPConfig:
         """From a Hugging Face ``CLIPModel`` ``config.json`` dict (defaults as ``transformers``)."""
 
         def tower(d: Mapping[str, Any], *, vision: bool) -> CLIPTowerConfig:
-            common = dict(
+            common: dict[str, Any] = dict(
                 hidden_size=int(d.get("hidden_size", 768 if vision else 512)),
                 intermediate_size=int(d.get("intermediate_size", 3072 if vision else 2048)),
                 num_layers=int(d.get("num_hidden_layers", 12)),
@@ -222,8 +222,9 @@ def clip_image_features(
         ...     num_heads=2, vocab_size=10, max_position=5),
         ...     vision=CLIPTowerConfig(hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
         ...     image_size=8, patch_size=4), projection_dim=4)
+        >>> import functools
         >>> p = {k: jnp.full(s, 0.1) for k, s in cfg.param_shapes().items()}
-        >>> clip_image_features(cfg, p, jnp.zeros((2, 8, 8, 3))).shape
+        >>> jax.eval_shape(functools.partial(clip_image_features, cfg), p, jnp.zeros((2, 8, 8, 3))).shape
         (2, 4)
     """
     return _image_features(config, params, _stack_layers("vision_model.encoder", config.vision, params), images)

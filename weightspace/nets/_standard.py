@@ -368,12 +368,18 @@ class CNN(Architecture):
         return self.head(params, x.mean(axis=(1, 2)))
 
     def _patches(self, x: Array) -> Array:
-        """im2col: ``[n, H, W, C] -> [n, H', W', C*k*k]`` ordered like a flattened OIHW kernel."""
-        k = self.kernel_size
-        return lax.conv_general_dilated_patches(
-            x, (k, k), (self.strides, self.strides), [(self.padding, self.padding)] * 2,
-            dimension_numbers=("NHWC", "OIHW", "NHWC"),
-        )
+        """im2col by strided slicing: ``[n, H, W, C] -> [n, H', W', k*k*C]``, ordered ``(kh, kw, C)``.
+
+        (``lax.conv_general_dilated_patches`` is itself a convolution with a one-hot kernel,
+        ``k*k*C`` times the work of the layer; slicing is pure data movement.)
+        """
+        k, s, pad = self.kernel_size, self.strides, self.padding
+        _, h, w, _ = x.shape
+        ho, wo = _conv_out(h, k, s, pad), _conv_out(w, k, s, pad)
+        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        cols = [xp[:, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s, :]
+                for i in range(k) for j in range(k)]
+        return jnp.concatenate(cols, axis=-1)
 
     def apply_many(
         self, params: Params, x: Float[Array, "probes ..."], *, formulation: str | None = None,
@@ -397,8 +403,8 @@ class CNN(Architecture):
         x = (x - self.input_mean) / self.input_std
         n_conv = len(self.channels)
 
-        def flat(w: Array) -> Array:  # [..., O, I, k, k] -> [..., O, I*k*k]
-            return w.reshape(*w.shape[:-3], -1)
+        def flat(w: Array) -> Array:  # [..., O, I, kh, kw] -> [..., O, kh*kw*I], the patch order
+            return jnp.swapaxes(jnp.swapaxes(w, -3, -2), -2, -1).reshape(*w.shape[:-3], -1)
 
         if form == "einsum":
             h = jnp.einsum("phwi,moi->mphwo", self._patches(x), flat(params["convs.0.weight"]))
