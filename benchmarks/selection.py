@@ -207,6 +207,11 @@ def make_task(seed, n, d, c, cs):
     return f, y, scipy.special.softmax(logits, axis=1)
 
 
+SLOW = ("nleep", "otce")
+_LOAD_AT_START = os.getloadavg()
+SMALL = ("nleep", "lfc", "otce")  # run at n_small: N x N kernels / minutes-long mixtures at N = 10,000
+
+
 def timed(fn, *args, repeats, block=True):
     t0 = time.perf_counter()
     out = fn(*args)
@@ -229,13 +234,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat (smoke run)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--only", nargs="+", default=None, help="time only these metrics in part 1 (and skip part 2)")
     args = ap.parse_args(argv)
     if args.quick:
         n, d, c, cs, n_small, repeats = 1000, 128, 20, 100, 300, args.repeats or 1
         bn, bd, bc, bmodels = 300, 32, 5, 20
     else:
-        n, d, c, cs, n_small, repeats = 10_000, 1024, 100, 1000, 2000, args.repeats or 3
-        bn, bd, bc, bmodels = 2000, 256, 20, 20
+        n, d, c, cs, n_small, repeats = 10_000, 1024, 100, 1000, 2000, args.repeats or 2
+        bn, bd, bc, bmodels = 1000, 256, 20, 20
     f, y, p = make_task(0, n, d, c, cs)
     fs_small, ys_small = f[n_small : 2 * n_small], (np.arange(n_small) % 7)
     cases = {  # name: (numpy reference call, JAX call, size note)
@@ -244,7 +250,7 @@ def main(argv=None):
         "regularized_h_score": (lambda: ref_reg_h_score(f, y), lambda x: S.regularized_h_score(x, y), f),
         "transrate": (lambda: ref_transrate(f, y), lambda x: S.transrate(x, y), f),
         "gbc": (lambda: ref_gbc(f, y), lambda x: S.gbc(x, y), f),
-        "nleep": (lambda: ref_nleep(f, y), lambda x: S.nleep(x, y), f),
+        "nleep": (lambda: ref_nleep(f[:n_small], y[:n_small]), lambda x: S.nleep(x[:n_small], y[:n_small]), f),
         "leep": (lambda: ref_leep(p, y), lambda x: S.leep(x, y), p),
         "nce": (lambda: ref_nce(p, y), lambda x: S.nce(x, y), p),
         "pactran": (lambda: ref_pactran(p, y), lambda x: S.pactran(x, y), p),
@@ -253,13 +259,17 @@ def main(argv=None):
                  lambda x: S.otce(fs_small, ys_small, x[:n_small], y[:n_small]), f),
     }
     rows = []
-    print(f"part 1: one model, N={n} D={d} C={c} Cs={cs} (LFC, OTCE: N={n_small}); repeats={repeats}", flush=True)
+    print(f"part 1: one model, N={n} D={d} C={c} Cs={cs} (N-LEEP, LFC, OTCE: N={n_small}); repeats={repeats}",
+          flush=True)
     for name, (ref, ours, data) in cases.items():
-        ref_val, ref_t, _ = timed(ref, repeats=max(1, repeats - 1), block=False)
-        v64, t64, c64 = timed(ours, jnp.asarray(data, jnp.float64), repeats=repeats)
-        v32, t32, c32 = timed(ours, jnp.asarray(data, jnp.float32), repeats=repeats)
+        if args.only and name not in args.only:
+            continue
+        r = 1 if name in SLOW else repeats  # minutes per call at full size: one steady-state call
+        ref_val, ref_t, _ = timed(ref, repeats=max(1, r - 1), block=False)
+        v64, t64, c64 = timed(ours, jnp.asarray(data, jnp.float64), repeats=r)
+        v32, t32, c32 = timed(ours, jnp.asarray(data, jnp.float32), repeats=r)
         rel = abs(float(v64) - ref_val) / max(abs(ref_val), 1e-300)
-        row = {"metric": name, "n": n_small if name in ("lfc", "otce") else n, "numpy_s": ref_t,
+        row = {"metric": name, "n": n_small if name in SMALL else n, "numpy_s": ref_t,
                "jax_f64_s": t64, "jax_f64_compile_s": c64, "jax_f32_s": t32, "jax_f32_compile_s": c32,
                "speedup_f64": ref_t / t64, "speedup_f32": ref_t / t32, "value_numpy": ref_val,
                "value_jax_f64": float(v64), "value_jax_f32": float(v32), "rel_diff_f64": rel}
@@ -267,6 +277,9 @@ def main(argv=None):
         print(f"  {name:20s} numpy {ref_t:8.3f}s  jax f64 {t64:8.3f}s (x{ref_t / t64:5.2f}, compile {c64:5.2f}s)  "
               f"f32 {t32:8.3f}s (x{ref_t / t32:5.2f})  rel.diff {rel:.1e}", flush=True)
 
+    if args.only:
+        batch = None
+        return _write(args, rows, batch, n, d, c, cs, n_small, repeats, argv)
     print(f"part 2: {bmodels} models, N={bn} D={bd} C={bc}, every metric in one score_all call", flush=True)
     rng = np.random.default_rng(1)
     bf, by, bp = make_task(1, bn, bd, bc, 50)
@@ -292,8 +305,8 @@ def main(argv=None):
                 out.setdefault(m, []).append(float(v))
         return out
 
-    out_b, tb, cb = timed(batched, repeats=repeats, block=False)
-    out_l, tl, cl = timed(loop, repeats=repeats, block=False)
+    out_b, tb, cb = timed(batched, repeats=min(repeats, 2), block=False)
+    out_l, tl, cl = timed(loop, repeats=min(repeats, 2), block=False)
     agree = max(float(np.max(np.abs(out_b[m] - np.asarray(out_l[m])) / (np.abs(out_l[m]) + 1e-12)))
                 for m in S.ALL_METRICS)
     batch = {"models": bmodels, "n": bn, "d": bd, "c": bc, "metrics": list(S.ALL_METRICS),
@@ -301,33 +314,46 @@ def main(argv=None):
              "speedup": tl / tb, "max_rel_diff": agree}
     print(f"  score_all {tb:.3f}s (compile {cb:.2f}s) vs per-model loop {tl:.3f}s: x{tl / tb:.2f}; "
           f"max rel diff {agree:.1e}", flush=True)
+    return _write(args, rows, batch, n, d, c, cs, n_small, repeats, argv)
 
+
+def _write(args, rows, batch, n, d, c, cs, n_small, repeats, argv):
     meta = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *(argv or sys.argv[1:])]),
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
-            "load_average_at_start": os.getloadavg(), "jax": jax.__version__, "numpy": np.__version__,
+            "load_average_at_start": _LOAD_AT_START, "load_average_at_end": os.getloadavg(),
+            "jax": jax.__version__, "numpy": np.__version__,
             "backend": jax.default_backend(), "quick": args.quick, "repeats": repeats}
     result = {"meta": meta, "single_model": rows, "batched": batch}
     out = Path(args.out)
     name = "selection_quick" if args.quick else "selection"
+    if args.only:
+        name += "_" + "_".join(args.only)
     with atomic_path(out / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     md = [f"# Transferability metrics benchmark ({'quick' if args.quick else 'full'})", "",
           f"- date: {meta['date']}", f"- command: `{meta['command']}`", f"- machine: {meta['machine']} "
-          f"(shared; load average at start {meta['load_average_at_start'][0]:.1f}), backend {meta['backend']}, "
+          f"(shared; 1-min load average {meta['load_average_at_start'][0]:.1f} at start, "
+          f"{meta['load_average_at_end'][0]:.1f} at end), backend {meta['backend']}, "
           f"jax {meta['jax']}", f"- medians over {repeats} repeats after a compiling first call; ratios are "
           "NumPy reference time / JAX time measured in the same run", "",
-          f"## One model: N={n}, D={d}, C={c}, Cs={cs} (LFC and OTCE at N={n_small})", "",
+          f"## One model: N={n}, D={d}, C={c}, Cs={cs} (N-LEEP, LFC and OTCE at N={n_small})", "",
           "| metric | NumPy ref (s) | JAX f64 (s) | speed-up f64 | JAX f32 (s) | speed-up f32 | compile f64 (s) "
           "| rel. diff f64 |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['metric']} | {r['numpy_s']:.3f} | {r['jax_f64_s']:.3f} | {r['speedup_f64']:.2f}x | "
                   f"{r['jax_f32_s']:.3f} | {r['speedup_f32']:.2f}x | {r['jax_f64_compile_s']:.2f} | "
                   f"{r['rel_diff_f64']:.1e} |")
-    md += ["", f"## {bmodels} models, every metric, one `score_all` call (N={bn}, D={bd}, C={bc}, f64)", "",
-           "| score_all (s) | compile (s) | per-model loop of the public functions (s) | speed-up | max rel. diff |",
-           "|---|---|---|---|---|",
-           f"| {tb:.3f} | {cb:.2f} | {tl:.3f} | {tl / tb:.2f}x | {agree:.1e} |", "",
+    if batch is not None:
+        b = batch
+        md += ["", f"## {b['models']} models, every metric, one `score_all` call (N={b['n']}, D={b['d']}, "
+               f"C={b['c']}, f64)", "",
+               "| score_all (s) | compile (s) | per-model loop of the public functions (s) | speed-up "
+               "| max rel. diff |",
+               "|---|---|---|---|---|",
+               f"| {b['score_all_s']:.3f} | {b['score_all_compile_s']:.2f} | {b['per_model_loop_s']:.3f} | "
+               f"{b['speedup']:.2f}x | {b['max_rel_diff']:.1e} |"]
+    md += ["",
            "Rel. diff: NumPy reference vs ours. N-LEEP's reference uses scikit-learn's k-means initialisation, "
            "ours a seeded random one, so their values differ by the mixture found (both are valid N-LEEPs).", ""]
     with atomic_path(out / f"{name}.md") as tmp:

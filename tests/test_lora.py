@@ -198,3 +198,41 @@ def test_lora_wise_rows_safetensors_and_npz(tmp_path):
     np.savez(tmp_path / "bad.npz", label=np.array([1, 2]), name=np.array(["a", "b"]), **cols)
     with pytest.raises(ShapeError, match="has 5 rows, labels have 2"):
         load_lora_rows(tmp_path / "bad.npz")
+
+
+# ---- LoRA zoos ----------------------------------------------------------------------------------
+def test_lora_zoo_save_load_merged_and_rows(tmp_path):
+    from weightspace.lora import LoRAZoo, autoencoder, load_lora_zoo, save_lora_zoo
+
+    rng = np.random.default_rng(8)
+    arch = autoencoder()
+    base = {k: rng.normal(size=s).astype(np.float32) * 0.05 for k, s in arch.param_shapes().items()}
+    ad = {"layers.1.weight": _lora(rng, 32, 128, 2, alpha=2.0, batch=(3,))}
+    meta = {"concept": ["a", "a", "b"], "n_images": [1, 10, 1], "subset": ["low", "medium", "low"]}
+    zoo = LoRAZoo(arch, base, ad, meta, "toy")
+    got = load_lora_zoo(save_lora_zoo(tmp_path / "z.safetensors", zoo))
+    assert got.name == "toy" and got.meta == meta and len(got) == 3
+    assert_tree_allclose((got.base, got.adapter), (base, ad))
+    merged = got.where(subset="low").merged()
+    assert merged.ids == ["toy-000000", "toy-000001"] and merged.meta["concept"] == ["a", "b"]
+    want = base["layers.1.weight"] + np.asarray(ad["layers.1.weight"][2].delta())
+    assert_tree_allclose(merged.params["layers.1.weight"][1], want)
+    rows = load_lora_rows(tmp_path / "z.safetensors")  # a LoRA zoo file reads as LoRA-WiSE rows
+    assert rows.labels.tolist() == [1, 10, 1] and rows.concepts == ("a", "a", "b")
+    assert_tree_allclose(rows.adapter, ad)
+
+
+@pytest.mark.slow
+def test_fmnist_lora_recipe_builds_with_the_population_trainer(tmp_path, monkeypatch):
+    from weightspace.lora import build_lora_recipe, reconstruction_loss
+
+    monkeypatch.setenv("WEIGHTSPACE_CACHE", str(tmp_path))
+    zoo = build_lora_recipe("fmnist-lora", size=2, subsets=("low",), progress=False)
+    assert len(zoo) == 12 and sorted(set(zoo.meta["n_images"])) == [1, 2, 3, 4, 5, 6]
+    assert len(set(zoo.meta["concept"])) == 2 and all(np.isfinite(zoo.meta["final_loss"]))
+    from weightspace.data import load_dataset
+
+    x = load_dataset("fashion-mnist", "test").images[:500]
+    base_loss = reconstruction_loss({k: v[None] for k, v in zoo.base.items()}, x)[0]
+    assert base_loss < 0.03  # the base autoencoder reconstructs Fashion-MNIST
+    assert build_lora_recipe("fmnist-lora", size=2, subsets=("low",)).meta == zoo.meta  # cached

@@ -12,6 +12,7 @@ from weightspace.lora import (
     LoraRows,
     SpectralFeatures,
     best_tensor,
+    dsire_votes,
     evaluate_size_recovery,
     fit_dsire,
     lora_features,
@@ -80,7 +81,8 @@ def test_nearest_neighbour_and_vote_match_a_loop_oracle():
     labels = rng.integers(1, 5, 30)
     q = SpectralFeatures(tuple("abcde"), rng.normal(size=(9, 5, 4)))
     model = fit_dsire(ref, labels)
-    pred, votes = predict_dsire(model, q, return_votes=True)
+    votes = dsire_votes(model, q)
+    pred = predict_dsire(model, q)
     lo, hi = ref.values.min(), ref.values.max()
     for i in range(9):
         want_votes = []

@@ -53,7 +53,7 @@ def _probes(name: str, n: int) -> np.ndarray:
     return np.random.default_rng(1).normal(size=(n, *arch.input_shape)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _zoo(name: str, n: int) -> Zoo:
     return Zoo.init(ARCHS[name], n, key=jax.random.key(7), name=name).to_numpy()
 
@@ -70,8 +70,9 @@ def _loop(zoo: Zoo, x: np.ndarray) -> np.ndarray:
     [
         ("mlp", "vmap", None), ("mlp", "einsum", None), ("mlp", "scan", None), ("mlp", "scan", 2),
         ("mlp-image", "einsum", None), ("mlp-image", "auto", None),
-        ("cnn", "vmap", None), ("cnn", "einsum", None), ("cnn", "scan", 3), ("cnn", "im2col", None),
-        ("cnn-dense", "einsum", None), ("cnn-dense", "im2col", 2),
+        pytest.param("cnn", "vmap", None, marks=pytest.mark.slow), ("cnn", "einsum", None), ("cnn", "scan", 3),
+        ("cnn", "im2col", None),
+        pytest.param("cnn-dense", "einsum", None, marks=pytest.mark.slow), ("cnn-dense", "im2col", 2),
         ("siren", "vmap", None), ("siren", "einsum", None), ("siren", "scan", 2), ("siren", "im2col", None),
     ],
 )
@@ -119,7 +120,8 @@ def test_probe_equals_loop(name: str, chunks: tuple[int | None, int | None]) -> 
     assert_tree_allclose(got, _loop(zoo, x))
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "siren"])
+@pytest.mark.parametrize("name", ["mlp", pytest.param("cnn", marks=pytest.mark.slow),
+                                  pytest.param("siren", marks=pytest.mark.slow)])
 def test_sharded_equals_unsharded(name: str) -> None:
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     zoo, x = _zoo(name, 11), _probes(name, 20)  # 11 models: padded to 16 over 8 devices
@@ -262,6 +264,7 @@ def test_cli_probe(tmp_path: Path) -> None:
                  "--out", str(out)]) == 2
 
 
+@pytest.mark.slow
 def test_cli_probe_named_probe_set(tmp_path: Path) -> None:
     pytest.importorskip("weightspace.data", reason="weightspace.data is not available yet")
     from weightspace.cli import main

@@ -38,7 +38,7 @@ def _np_select(q, k, selection):
             idx = sorted(range(len(row)), key=lambda i: (row[i], i))[:k]
         elif selection == "quantiles":
             order = sorted(range(len(row)), key=lambda i: (row[i], i))
-            idx = [order[int(round(r))] for r in np.linspace(0, len(row) - 1, k)]
+            idx = [order[int(np.rint(r))] for r in np.linspace(0, len(row) - 1, k)]
         else:
             idx = list(range(len(row)))
         out.append(sorted(idx))

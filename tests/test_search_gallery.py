@@ -46,7 +46,7 @@ def test_round_trip_metadata_and_memmap(tmp_path, probes, dtype):
 def test_append_keeps_existing_shards(tmp_path, probes):
     build_gallery(_responses("a", 5), probes, tmp_path / "g", models_per_shard=2)
     before = {p.name: p.read_bytes() for p in (tmp_path / "g" / "shards").iterdir()}
-    g = build_gallery(_responses("b", 4, seed=1), probes, tmp_path / "g", models_per_shard=2)
+    g = open_gallery(tmp_path / "g").append(_responses("b", 4, seed=1), models_per_shard=2)
     assert g.zoos == ["a", "b"] and g.num_logits == 27
     for name, data in before.items():
         assert (tmp_path / "g" / "shards" / name).read_bytes() == data
@@ -161,7 +161,7 @@ def _mixed_collection():
 
 def test_build_from_heterogeneous_collection_matches_per_model_loop(tmp_path, probes):
     coll = _mixed_collection()
-    g = build_gallery(coll, probes, tmp_path / "g", dtype="float32", models_per_shard=2)
+    g = build_gallery(coll, probes, tmp_path / "g", dtype="float32")
     assert g.num_logits == 5 * 3 + 3 * 4
     rows = []
     for zoo in coll:
@@ -192,6 +192,9 @@ def test_cli_index_and_search(tmp_path, capsys):
     assert len(res[0]["hits"]) == 2 and all(h["model_id"] != "tiny-000001" for h in res[0]["hits"])
     assert main(["search", out, "--logit", "tiny-000001:0"]) == 0
     assert "class" in capsys.readouterr().out
+    assert main(["search", out, "--model", str(tmp_path / "tiny.safetensors"), "--top", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res) == 4 * 3 and all(r["hits"][0]["model_id"] != r["query"].split()[1].split(":")[0] for r in res)
     assert main(["search", out, "--text", "sandal"]) == 2  # uniform probes have no labels
     assert "no labels" in capsys.readouterr().err
     assert main(["search", out, "--logit", "ghost:0"]) == 2

@@ -349,6 +349,10 @@ def _check_score_all(metrics):
     ys = np.arange(40) % 5
     out = S.score_all(feats, y, probs=probs, metrics=metrics, source_features=src, source_labels=ys)
     assert list(out) == list(metrics)
+    vmapped = S.score_all(feats, y, probs=probs, metrics=metrics, source_features=src, source_labels=ys,
+                          model_batch=None)
+    for k in metrics:
+        np.testing.assert_allclose(vmapped[k], out[k], rtol=1e-9)
     for i in range(3):
         for k in metrics:
             want = float(_single(k, feats[i], probs[i], y, src[i], ys))
@@ -364,7 +368,7 @@ def test_score_all_equals_per_model_loop_and_does_not_recompile():
     out2 = S.score_all(mixed, y, metrics=["logme"])
     np.testing.assert_allclose(out2["logme"][[0, 2]], out["logme"][[0, 2]], rtol=RTOL64)
     assert out2["logme"][1] == pytest.approx(float(S.logme(feats[1][:, :10], y)), rel=RTOL64)
-    fn = S._score._batched("logme", (("num_classes", 4),))
+    fn = S._score._batched("logme", (("num_classes", 4),), 1)
     from weightspace.testing import assert_no_recompile
 
     with assert_no_recompile(fn):

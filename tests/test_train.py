@@ -11,9 +11,17 @@ import optax
 import pytest
 
 from weightspace import ConfigError, ShapeError
-from weightspace.nets import MLP
+from weightspace.nets import CNN, MLP
 from weightspace.testing import TOLERANCES, assert_no_recompile, assert_tree_allclose
-from weightspace.zoo import OPTIMIZERS, FitProgress, batch_rows, fit_population, split_outputs, train_population
+from weightspace.zoo import (
+    OPTIMIZERS,
+    FitProgress,
+    batch_rows,
+    cnn_forward_im2col,
+    fit_population,
+    split_outputs,
+    train_population,
+)
 from weightspace.zoo._train import _segment
 
 ARCH = MLP(in_features=8, hidden=(16,), out_features=3)
@@ -322,3 +330,36 @@ def test_split_outputs_keeps_the_real_logits(digits, digits_zoo):
 def test_train_population_rejects_bad_plans(digits, plan, match):
     with pytest.raises(ConfigError, match=match):
         train_population(DIGITS_MLP, digits[0], plan, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        CNN(image_shape=(28, 28, 1), channels=(16, 16, 16), strides=2, input_mean=0.3, input_std=0.35),
+        CNN(image_shape=(12, 12, 3), channels=(6, 8), kernel_size=5, padding=2, strides=1, dense=(7,),
+            activation="tanh", out_features=4),
+    ],
+    ids=["small-cnn-zoo", "k5-rgb-dense"],
+)
+def test_im2col_forward_matches_lax_conv(arch):
+    p = arch.init(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (5, *arch.image_shape))
+    got = cnn_forward_im2col(arch, p, x)
+    # The oracle: the architecture's own lax.conv forward; sums of ~150 products, hence scale.
+    assert_tree_allclose(np.asarray(got), np.asarray(arch.apply(p, x)), scale=10)
+
+
+def test_target_loss_stops_each_model_early():
+    data = _data()
+    params = _init(N)
+    kw = _kw(key=jax.random.key(5), steps=12)
+    res = fit_population(_ce, params, data, target_loss=[10.0, 0.0, 0.9, 0.0, 10.0], **kw)
+    assert res.updates[0] == res.updates[4] == 0  # the first loss already meets a loose target
+    assert res.updates[1] == res.updates[3] == 12  # an unreachable target: all steps
+    u = int(res.updates[2])
+    assert np.all(np.isfinite(res.losses[2, : u + 1])) and np.all(np.isnan(res.losses[2, u + 1 :]))
+    if u < 12:
+        assert res.losses[2, u] <= 0.9 < res.losses[2, :u].min()
+    # Oracle: the same models trained for exactly their number of updates.
+    again = fit_population(_ce, params, data, **{**kw, "steps": res.updates.tolist()})
+    _assert_equal_nan(res.params, again.params)

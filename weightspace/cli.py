@@ -11,11 +11,13 @@ from weightspace._errors import WeightspaceError
 
 # Modules exposing ``register(subparsers)``; order is the order of ``weightspace --help``.
 _COMMAND_MODULES = [
+    "weightspace._demo",
     "weightspace.zoo._cli",
     "weightspace.probing._cli",
     "weightspace.data._cli",
     "weightspace.search._cli",
     "weightspace.lora._cli",
+    "weightspace.selection._cli",
 ]
 
 

@@ -13,6 +13,7 @@ from weightspace.lora._dsire import DSiRe as DSiRe
 from weightspace.lora._dsire import LinearSize as LinearSize
 from weightspace.lora._dsire import SpectralFeatures as SpectralFeatures
 from weightspace.lora._dsire import best_tensor as best_tensor
+from weightspace.lora._dsire import dsire_votes as dsire_votes
 from weightspace.lora._dsire import evaluate_size_recovery as evaluate_size_recovery
 from weightspace.lora._dsire import fit_dsire as fit_dsire
 from weightspace.lora._dsire import fit_linear as fit_linear
@@ -38,24 +39,38 @@ from weightspace.lora._lora import lora_spectra as lora_spectra
 from weightspace.lora._lora import merge as merge
 from weightspace.lora._lora import stack_adapters as stack_adapters
 from weightspace.lora._lora import unmerge as unmerge
+from weightspace.lora._recipe import SUBSETS as SUBSETS
+from weightspace.lora._recipe import LoRAZoo as LoRAZoo
+from weightspace.lora._recipe import autoencoder as autoencoder
+from weightspace.lora._recipe import build_lora_recipe as build_lora_recipe
+from weightspace.lora._recipe import load_lora_zoo as load_lora_zoo
+from weightspace.lora._recipe import pretrain_base as pretrain_base
+from weightspace.lora._recipe import reconstruction_loss as reconstruction_loss
+from weightspace.lora._recipe import save_lora_zoo as save_lora_zoo
 
 __all__ = [
     "KINDS",
+    "SUBSETS",
     "Adapter",
     "DSiRe",
     "DetuneResult",
     "LinearSize",
     "LoRA",
+    "LoRAZoo",
     "LoraRows",
     "LowraRow",
     "RankSchedule",
     "SpectralFeatures",
+    "autoencoder",
     "best_tensor",
+    "build_lora_recipe",
     "detune_model",
+    "dsire_votes",
     "evaluate_size_recovery",
     "fit_dsire",
     "fit_linear",
     "load_lora_rows",
+    "load_lora_zoo",
     "load_lowra_rows",
     "lora_features",
     "lora_spectra",
@@ -64,13 +79,16 @@ __all__ = [
     "parse_lora_names",
     "predict_dsire",
     "predict_linear",
+    "pretrain_base",
     "randomized_svd",
     "rank_schedule_init",
     "rank_schedule_update",
     "read_lora",
     "read_lora_stack",
+    "reconstruction_loss",
     "save_lora",
     "save_lora_rows",
+    "save_lora_zoo",
     "save_lowra_rows",
     "size_metrics",
     "spectral_detune",

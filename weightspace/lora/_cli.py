@@ -12,8 +12,8 @@ from safetensors.numpy import save_file
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import LoadError
-from weightspace.lora._dsire import fit_dsire, lora_features, predict_dsire
-from weightspace.lora._io import WISE_FORMAT, _header, load_lora_rows, read_lora_stack
+from weightspace.lora._dsire import dsire_votes, fit_dsire, lora_features, vote
+from weightspace.lora._io import LORA_ZOO_FORMAT, WISE_FORMAT, _header, load_lora_rows, read_lora_stack
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,9 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     size = lsub.add_parser("size", help="predict the fine-tuning dataset size of LoRAs (DSiRe)")
     size.add_argument("inputs", nargs="+", metavar="ZOO_OR_FILES",
-                      help="a LoRA-WiSE rows file (.safetensors/.npz) or LoRA adapter files (PEFT/kohya)")
+                      help="a LoRA-WiSE rows file (.safetensors/.npz), a LoRA zoo file, or LoRA adapter files")
     size.add_argument("--reference", required=True, metavar="REF",
-                      help="LoRA-WiSE rows file of reference LoRAs with known sizes (same layers and rank)")
+                      help="LoRA-WiSE rows (or LoRA zoo) file of reference LoRAs with known sizes (same layers, rank)")
     size.add_argument("--top-k", type=int, default=None, help="singular values per tensor (default: the rank)")
     size.add_argument("--json", action="store_true", help="print machine-readable JSON")
     size.set_defaults(func=_size)
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _is_rows(path: Path) -> bool:
     if path.suffix == ".npz":
         return True
-    return _header(path)[1].get("weightspace") == WISE_FORMAT
+    return _header(path)[1].get("weightspace") in (WISE_FORMAT, LORA_ZOO_FORMAT)
 
 
 def _size(args: argparse.Namespace) -> int:
@@ -62,7 +62,8 @@ def _size(args: argparse.Namespace) -> int:
     ref_f = lora_features(ref.adapter, top_k=args.top_k)
     q_f = lora_features(adapter, top_k=ref_f.values.shape[-1])
     model = fit_dsire(ref_f, ref.labels)
-    pred, votes = predict_dsire(model, q_f, return_votes=True)
+    votes = dsire_votes(model, q_f)
+    pred = vote(votes)
     out = [{"id": i, "size": int(p), "agreement": float((v == p).mean())} for i, p, v in zip(ids, pred, votes,
                                                                                                strict=True)]
     if args.json:

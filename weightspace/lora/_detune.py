@@ -125,11 +125,12 @@ def randomized_svd(
         ``Vt^T`` can warm-start the next call on a slowly changing matrix.
 
     Example:
-        >>> import jax, jax.numpy as jnp
+        >>> import numpy as np
         >>> from weightspace.lora import randomized_svd
-        >>> x = jax.random.normal(jax.random.key(1), (40, 3)) @ jax.random.normal(jax.random.key(2), (3, 30))
-        >>> u, s, vt = randomized_svd(x, 3, key=jax.random.key(0))
-        >>> bool(jnp.allclose(u * s[None] @ vt[:3], x, atol=1e-4))
+        >>> rng = np.random.default_rng(0)
+        >>> x = (rng.normal(size=(40, 3)) @ rng.normal(size=(3, 30))).astype(np.float32)
+        >>> u, s, vt = randomized_svd(x, 3, omega=rng.normal(size=(30, 11)).astype(np.float32))
+        >>> bool(np.allclose(u * s[None] @ vt[:3], x, atol=1e-4))
         True
     """
     m, n = x.shape[-2:]
@@ -315,7 +316,7 @@ def _host_rng(key: Array | None) -> np.random.Generator:
 
 
 def spectral_detune(
-    finetuned: Float[Array, "*layers loras d_out d_in"],
+    finetuned: Float[Array, "*layers loras d_out d_in"] | Float[np.ndarray, "*layers loras d_out d_in"],
     *,
     rank: int = 16,
     n_iters: int = 300,
@@ -327,7 +328,7 @@ def spectral_detune(
     reduce: bool = True,
     oversample: int = 8,
     power_iters: int = 2,
-    reference: Float[Array, "*layers d_out d_in"] | None = None,
+    reference: Float[Array, "*layers d_out d_in"] | Float[np.ndarray, "*layers d_out d_in"] | None = None,
     mesh: Mesh | None = None,
     axis: str | None = None,
     key: Array | None = None,
@@ -379,7 +380,7 @@ def spectral_detune(
         raise ShapeError(f"finetuned must be [K, d_out, d_in] or [layers, K, d_out, d_in], got {list(host.shape)}")
     if not np.issubdtype(host.dtype, np.floating):
         raise ShapeError(f"finetuned has dtype {host.dtype}, expected a float dtype")
-    dtype = np.float64 if host.dtype == np.float64 and jax.config.jax_enable_x64 else np.float32
+    dtype = np.float64 if host.dtype == np.float64 and jax.config.read("jax_enable_x64") else np.float32
     host = host.astype(dtype, copy=False)
     n_layers, n_loras, m, n = host.shape
     if svd not in SOLVERS:

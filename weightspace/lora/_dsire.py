@@ -92,18 +92,20 @@ class DSiRe:
     tensors: tuple[int, ...]
 
 
-def _check(features: SpectralFeatures, labels: Any = None) -> np.ndarray | None:
+def _check(features: SpectralFeatures) -> None:
     v = features.values
     if v.ndim != 3 or v.shape[0] == 0:
         raise ShapeError(f"features must be [models>0, tensors, k], got {list(v.shape)}")
     bad = int(v.size - np.isfinite(v).sum())
     if bad:
         raise InvalidValueError(f"features hold {bad} NaN/Inf values")
-    if labels is None:
-        return None
+
+
+def _labels(features: SpectralFeatures, labels: Any) -> np.ndarray:
+    _check(features)
     y = np.asarray(labels)
-    if y.shape != (v.shape[0],):
-        raise ShapeError(f"labels have shape {list(y.shape)}, expected [{v.shape[0]}] (one per model)")
+    if y.shape != (features.values.shape[0],):
+        raise ShapeError(f"labels have shape {list(y.shape)}, expected [{features.values.shape[0]}] (one per model)")
     return y
 
 
@@ -122,7 +124,7 @@ def fit_dsire(features: SpectralFeatures, labels: Int[np.ndarray, " models"], *,
     Returns:
         A :class:`DSiRe`; predict with :func:`predict_dsire`.
     """
-    y = _check(features, labels)
+    y = _labels(features, labels)
     v = features.values.astype(np.float64)
     lo, hi = float(v.min()), float(v.max())
     scale = hi - lo if hi > lo else 1.0
@@ -157,12 +159,21 @@ def vote(votes: np.ndarray) -> np.ndarray:
     return out
 
 
-def predict_dsire(model: DSiRe, features: SpectralFeatures, *, return_votes: bool = False
-                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Predict dataset sizes: each tensor's 1-NN label, then the majority vote (:func:`vote`).
+def dsire_votes(model: DSiRe, features: SpectralFeatures) -> np.ndarray:
+    """Each voting tensor's 1-NN label for every model: ``[n, tensors]``."""
+    _check(features)
+    if features.names != model.names or features.values.shape[1:] != model.features.shape[1:]:
+        raise ShapeError(f"features describe tensors {features.names[:4]}... of shape "
+                         f"{list(features.values.shape[1:])}; the model was fitted on {model.names[:4]}... of "
+                         f"shape {list(model.features.shape[1:])}")
+    scale = model.hi - model.lo if model.hi > model.lo else 1.0
+    q = (features.values.astype(np.float64) - model.lo) / scale
+    t = list(model.tensors)
+    return model.labels[_nearest(q[:, t], model.features[:, t])]
 
-    Returns:
-        ``[n]`` predicted sizes (and ``[n, tensors]`` per-tensor votes with ``return_votes``).
+
+def predict_dsire(model: DSiRe, features: SpectralFeatures) -> np.ndarray:
+    """Predict dataset sizes: each tensor's 1-NN label (:func:`dsire_votes`), then :func:`vote`.
 
     Example:
         >>> import numpy as np
@@ -172,17 +183,7 @@ def predict_dsire(model: DSiRe, features: SpectralFeatures, *, return_votes: boo
         >>> predict_dsire(m, SpectralFeatures(("t",), np.array([[[9.0]], [[1.2]]]))).tolist()
         [10, 1]
     """
-    _check(features)
-    if features.names != model.names or features.values.shape[1:] != model.features.shape[1:]:
-        raise ShapeError(f"features describe tensors {features.names[:4]}... of shape "
-                         f"{list(features.values.shape[1:])}; the model was fitted on {model.names[:4]}... of "
-                         f"shape {list(model.features.shape[1:])}")
-    scale = model.hi - model.lo if model.hi > model.lo else 1.0
-    q = (features.values.astype(np.float64) - model.lo) / scale
-    t = list(model.tensors)
-    votes = model.labels[_nearest(q[:, t], model.features[:, t])]
-    pred = vote(votes)
-    return (pred, votes) if return_votes else pred
+    return vote(dsire_votes(model, features))
 
 
 def size_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
@@ -200,7 +201,7 @@ def size_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
 
 def best_tensor(features: SpectralFeatures, labels: Any, concepts: Sequence[Any]) -> int:
     """The tensor whose 1-NN classifier is most accurate leave-one-concept-out (first on ties)."""
-    y = _check(features, labels)
+    y = _labels(features, labels)
     c = np.asarray([str(x) for x in concepts])
     v = features.values.astype(np.float64)
     d = ((v[:, None] - v[None]) ** 2).sum(-1)  # [n, n, tensors]
@@ -221,7 +222,7 @@ class LinearSize:
 
 def fit_linear(features: SpectralFeatures, labels: Any, *, ridge: float = 1.0) -> LinearSize:
     """Fit the linear-regression baseline (``ridge`` on standardised, flattened spectra)."""
-    y = _check(features, labels).astype(np.float64)
+    y = _labels(features, labels).astype(np.float64)
     x = features.values.reshape(len(features), -1).astype(np.float64)
     mu, sd = x.mean(0), x.std(0)
     sd[sd == 0] = 1.0
@@ -276,7 +277,7 @@ def evaluate_size_recovery(
     """
     if method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
-    y = _check(features, labels)
+    y = _labels(features, labels)
     c = np.asarray([str(x) for x in concepts])
     if c.shape != y.shape:
         raise ShapeError(f"{len(c)} concepts for {len(y)} models")

@@ -46,6 +46,7 @@ from weightspace.zoo import load_tensors
 LORA_FORMAT = "lora/1"
 LOWRA_FORMAT = "lowra-rows/1"
 WISE_FORMAT = "lora-wise/1"
+LORA_ZOO_FORMAT = "lora-zoo/1"
 NAMINGS = ("peft", "kohya")
 _PATTERNS = [
     (re.compile(r"^(?P<mod>.+)\.lora_(?P<part>[AB])(?:\.[A-Za-z0-9_\-]+)?\.weight$"), {"A": "A", "B": "B"}),
@@ -165,13 +166,13 @@ def read_lora(path: str | os.PathLike[str], *, alpha: float | None = None) -> Ad
         >>> lo.rank, float(lo.alpha)
         (2, 8.0)
     """
-    path = Path(path)
-    names, meta = _header(path)
-    groups = parse_lora_names(names, where=str(path))
+    file = Path(path)
+    names, meta = _header(file)
+    groups = parse_lora_names(names, where=str(file))
     wanted = [n for g in groups.values() for n in g.values()]
-    tensors = {k: v[0] for k, v in load_tensors([path], wanted, workers=1).items()}
+    tensors = {k: v[0] for k, v in load_tensors([file], wanted, workers=1).items()}
     header_alpha = json.loads(meta["alpha"]) if meta.get("weightspace") == LORA_FORMAT and "alpha" in meta else {}
-    cfg_alpha, pattern = _config_alpha(path)
+    cfg_alpha, pattern = _config_alpha(file)
 
     def alphas(mod: str, g: Mapping[str, str], batch: tuple[int, ...]) -> Any:
         if alpha is not None:
@@ -186,7 +187,7 @@ def read_lora(path: str | os.PathLike[str], *, alpha: float | None = None) -> Ad
                 return v
         return cfg_alpha
 
-    return _adapters_from(tensors, groups, alphas, str(path))
+    return _adapters_from(tensors, groups, alphas, str(file))
 
 
 def read_lora_stack(files: Sequence[str | os.PathLike[str]], *, alpha: float | None = None) -> Adapter:
@@ -195,18 +196,18 @@ def read_lora_stack(files: Sequence[str | os.PathLike[str]], *, alpha: float | N
     Only the LoRA tensors are read, in parallel (:func:`weightspace.zoo.load_tensors`); files whose
     ranks or shapes differ from the first file's raise :class:`~weightspace.ShapeError` naming both.
     """
-    files = [Path(f) for f in files]
-    if not files:
+    paths = [Path(f) for f in files]
+    if not paths:
         raise LoadError("read_lora_stack: no files given")
-    names, _ = _header(files[0])
-    groups = parse_lora_names(names, where=str(files[0]))
+    names, _ = _header(paths[0])
+    groups = parse_lora_names(names, where=str(paths[0]))
     wanted = [n for g in groups.values() for n in g.values()]
-    stacked = load_tensors(files, wanted)
+    stacked = load_tensors(paths, wanted)
     per_file_alpha = []
-    for f in files:
+    for f in paths:
         _, m = _header(f)
         per_file_alpha.append(json.loads(m["alpha"]) if m.get("weightspace") == LORA_FORMAT and "alpha" in m else {})
-    cfg_alpha, _ = _config_alpha(files[0])
+    cfg_alpha, _ = _config_alpha(paths[0])
 
     def alphas(mod: str, g: Mapping[str, str], batch: tuple[int, ...]) -> Any:
         if alpha is not None:
@@ -217,11 +218,11 @@ def read_lora_stack(files: Sequence[str | os.PathLike[str]], *, alpha: float | N
         if all(v is None for v in vals):
             return None
         if any(v is None for v in vals):
-            bad = [str(f) for f, v in zip(files, vals, strict=True) if v is None][:3]
+            bad = [str(f) for f, v in zip(paths, vals, strict=True) if v is None][:3]
             raise LoadError(f"adapter {mod!r}: files {bad} give no alpha but others do; pass alpha=")
         return np.asarray(vals, np.float32)
 
-    return _adapters_from(stacked, groups, alphas, f"{files[0]} (+{len(files) - 1} files)")
+    return _adapters_from(stacked, groups, alphas, f"{paths[0]} (+{len(paths) - 1} files)")
 
 
 def save_lora(
@@ -406,13 +407,18 @@ def load_lora_rows(path: str | os.PathLike[str]) -> LoraRows:
         names = list(cols)
     else:
         names, meta = _header(path)
-        if meta.get("weightspace") != WISE_FORMAT:
-            raise LoadError(f"{path}: not a LoRA-WiSE rows file (header 'weightspace' is "
-                            f"{meta.get('weightspace')!r}, expected {WISE_FORMAT!r})")
         try:
-            labels, concepts = np.asarray(json.loads(meta["label"])), json.loads(meta["name"])
+            if meta.get("weightspace") == LORA_ZOO_FORMAT:  # a LoRA zoo: rows are its models
+                cols = json.loads(meta["meta"])
+                labels, concepts = np.asarray(cols["n_images"]), cols["concept"]
+                names = [n for n in names if not n.startswith("base.")]
+            elif meta.get("weightspace") == WISE_FORMAT:
+                labels, concepts = np.asarray(json.loads(meta["label"])), json.loads(meta["name"])
+            else:
+                raise LoadError(f"{path}: not a LoRA-WiSE rows file (header 'weightspace' is "
+                                f"{meta.get('weightspace')!r}, expected {WISE_FORMAT!r})")
         except (KeyError, json.JSONDecodeError) as e:
-            raise LoadError(f"{path}: header lacks valid 'label'/'name' columns ({e})") from e
+            raise LoadError(f"{path}: header lacks valid label/name columns ({e})") from e
         tensors = {k: v[0] for k, v in load_tensors([path], names, workers=1).items()}
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.number):

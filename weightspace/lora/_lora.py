@@ -245,6 +245,6 @@ def stack_adapters(adapters: Sequence[Mapping[str, LoRA]]) -> Adapter:
             if a.A.shape != b.A.shape or a.B.shape != b.B.shape:
                 raise ShapeError(f"adapter {i}: {n!r} has A{list(a.A.shape)}/B{list(a.B.shape)} but adapter 0 has "
                                  f"A{list(b.A.shape)}/B{list(b.B.shape)} (ranks or shapes differ)")
-    return {n: LoRA(np.stack([np.asarray(ad[n].A) for ad in adapters]),
-                    np.stack([np.asarray(ad[n].B) for ad in adapters]),
-                    np.stack([np.asarray(ad[n].alpha) for ad in adapters])) for n in names}
+    return {n: LoRA.of(np.stack([np.asarray(ad[n].A) for ad in adapters]),
+                       np.stack([np.asarray(ad[n].B) for ad in adapters]),
+                       np.stack([np.asarray(ad[n].alpha) for ad in adapters]), name=n) for n in names}

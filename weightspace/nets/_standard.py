@@ -417,7 +417,7 @@ class CNN(Architecture):
                 h = act(h + params[f"convs.{i}.bias"][:, None, None, None])
             return jax.vmap(self.head)(params, h.mean(axis=(2, 3)))
 
-        patches0 = self._patches(x) if form == "im2col" else None
+        patches0 = self._patches(x)  # shared by all models (unused, hence dropped, by "scan")
 
         def one(p: Params) -> Array:
             h = x

@@ -298,24 +298,27 @@ def probe(
     if progress is None:
         progress = n_chunks > 1 and arch.flops_per_example() * n_models * n_probes > PROGRESS_FLOPS
 
-    params_sharding = NamedSharding(mesh_, PartitionSpec(MODELS_AXIS)) if mesh_ is not None else None
-    x_sharding = NamedSharding(mesh_, PartitionSpec()) if mesh_ is not None else None
+    # Inputs are always placed explicitly, so NumPy and device-resident zoos hit the same
+    # compiled kernel (a committed and an uncommitted argument would compile twice).
+    if mesh_ is not None:
+        params_sharding: jax.sharding.Sharding = NamedSharding(mesh_, PartitionSpec(MODELS_AXIS))
+        x_sharding: jax.sharding.Sharding = NamedSharding(mesh_, PartitionSpec())
+    else:
+        params_sharding = x_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     kernel = functools.partial(probe_kernel, arch=arch, mesh=mesh_)
 
     def adapted(p0: int) -> Array:
         chunk = data[p0 : p0 + pc]
         if chunk.shape[0] < pc:  # pad with the last probe: fixed kernel shapes
             chunk = np.concatenate([np.asarray(chunk), np.repeat(np.asarray(chunk[-1:]), pc - chunk.shape[0], 0)])
-        x = arch.adapt(jnp.asarray(chunk, jnp.float32))
-        return jax.device_put(x, x_sharding) if x_sharding is not None else x
+        return jax.device_put(arch.adapt(jnp.asarray(chunk, jnp.float32)), x_sharding)
 
     def tiles() -> Iterator[tuple[int, int, Array]]:
         for p0 in p_starts:
             x = adapted(p0)
             for m0 in m_starts:
                 chunk = _chunk_of(zoo.params, m0, mc, n_models)
-                chunk = jax.device_put(chunk, params_sharding) if params_sharding is not None else chunk
-                yield m0, p0, kernel(chunk, x)
+                yield m0, p0, kernel(jax.device_put(chunk, params_sharding), x)
 
     def fill(result: np.ndarray) -> None:
         pending: tuple[int, int, Array] | None = None

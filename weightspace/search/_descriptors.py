@@ -21,7 +21,7 @@ DEFAULT_K = 64
 (``k in {8, 16, 32, 64, 128, 256, all}`` on the Fashion-MNIST hubs, see
 ``benchmarks/results/probelog.md``); the paper does not publish its k."""
 
-DEFAULT_DISTANCE = "l2"
+DEFAULT_DISTANCE: Literal["l2", "l1", "cosine"] = "l2"
 """Default distance on the selected probes (the later version of the paper uses L2; the sweep
 found L2 at least as good as L1 and cosine)."""
 
@@ -176,6 +176,7 @@ def select_probes(
         raise ShapeError(f"queries must be [queries, probes], got shape {q.shape}")
     n, p = q.shape
     kk = resolve_k(k, p, selection)
+    idx: np.ndarray
     if selection == "all":
         idx = np.broadcast_to(np.arange(p, dtype=np.int32), (n, p))
     elif selection == "top":

@@ -237,7 +237,7 @@ def _save_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: M
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for a in arrays:
-            f.write(memoryview(a).cast("B"))
+            f.write(a.tobytes())
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -582,6 +582,11 @@ class Gallery:
             self._device[block] = to_blocks(self.columns(), block=block)
         return self._device[block]
 
+    def append(self, source: Any, *, models_per_shard: int | None = None, progress: Progress = None) -> Gallery:
+        """Index more zoos into this gallery (same probes, dtype and normalisation); returns the reopened gallery."""
+        return build_gallery(source, self.probes, self.path, dtype=self.dtype, normalize=self.normalize,
+                             models_per_shard=models_per_shard, progress=progress)
+
     # ---- search ---------------------------------------------------------------------------
     def search(
         self,
@@ -631,7 +636,7 @@ class Gallery:
         labels = list(labels) if labels is not None else [f"query {i}" for i in range(len(q))]
         results = []
         for qi in range(len(q)):
-            hits = []
+            hits: list[Hit] = []
             for sc, ix in zip(out.scores[qi], out.indices[qi], strict=True):
                 if int(ix) in excl[qi] or not np.isfinite(sc):
                     continue

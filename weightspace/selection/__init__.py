@@ -3,6 +3,9 @@
 Every metric follows one sign convention: higher = more transferable.
 """
 
+from weightspace.selection._features import PenultimateFeatures as PenultimateFeatures
+from weightspace.selection._features import extract_features as extract_features
+from weightspace.selection._features import final_layer as final_layer
 from weightspace.selection._gmm import GMMParams as GMMParams
 from weightspace.selection._gmm import fit_gmm as fit_gmm
 from weightspace.selection._gmm import gmm_init as gmm_init
@@ -58,11 +61,14 @@ __all__ = [
     "LogMEFit",
     "ModelSpider",
     "OTCETerms",
+    "PenultimateFeatures",
     "SpiderConfig",
     "SpiderTasks",
     "SpiderTraining",
     "class_means",
     "evaluate_rankings",
+    "extract_features",
+    "final_layer",
     "fit_gmm",
     "gbc",
     "gmm_init",

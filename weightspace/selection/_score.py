@@ -22,7 +22,7 @@ SOURCE_METRICS = ("otce",)
 """Metrics that also need the model's features of its own source data."""
 ALL_METRICS = FEATURE_METRICS + PROB_METRICS + SOURCE_METRICS
 # The shared (non-batched) arrays each metric reads; passing only these keeps jit cache keys stable.
-_TABLES = {"nleep": ("key",), "transrate": ("index", "counts"), "otce": ("source_labels",)}
+_TABLES = {"nleep": ("key",), "transrate": ("index", "counts")}
 
 
 def _group(arrays: Any, name: str, n: int) -> tuple[list[np.ndarray], list[list[int]]]:
@@ -52,8 +52,13 @@ def _stack(items: list[Any], idx: list[int]) -> jax.Array:
 
 
 @functools.cache
-def _batched(metric: str, frozen: tuple[tuple[str, Any], ...]) -> Any:
-    """``jit(vmap(core))`` of one metric over a models axis (labels and tables shared)."""
+def _batched(metric: str, frozen: tuple[tuple[str, Any], ...], model_batch: int | None = None) -> Any:
+    """One jitted program scoring a models axis: ``lax.map`` over chunks of ``model_batch`` vmapped models.
+
+    ``model_batch=None`` vmaps every model at once (best on accelerators); on CPU, where XLA's
+    batched linear algebra is slower than a sequence of single-model kernels and a vmapped
+    ``while_loop`` runs every model until the slowest converges, small chunks win.
+    """
     o = dict(frozen)
     c = o.pop("num_classes")
     if metric == "logme":
@@ -86,11 +91,11 @@ def _batched(metric: str, frozen: tuple[tuple[str, Any], ...]) -> Any:
         cw, ww = o.get("ce_weight", 1.0), o.get("wd_weight", 0.0)
 
         def fn(f: Any, y: Any, t: Any) -> Any:
-            terms = M._otce_core(f[0], t["source_labels"], f[1], y, jnp.asarray(o.get("epsilon", 0.05), f[1].dtype),
+            terms = M._otce_core(f[0], f[1], f[2], y, jnp.asarray(o.get("epsilon", 0.05), f[2].dtype),
                                  source_classes=o["source_classes"], num_classes=c, max_iter=o.get("max_iter", 1000))
             return -(cw * terms.conditional_entropy + ww * terms.wasserstein)
 
-    return jax.jit(jax.vmap(fn, in_axes=(0, None, None)))
+    return jax.jit(lambda xs, y, t: jax.lax.map(lambda x: fn(x, y, t), xs, batch_size=model_batch))
 
 
 def score_all(
@@ -104,6 +109,7 @@ def score_all(
     source_labels: Any = None,
     key: jax.Array | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    model_batch: int | str | None = "auto",
 ) -> dict[str, np.ndarray]:
     """Every requested transferability metric for every candidate model, batched over models.
 
@@ -119,9 +125,11 @@ def score_all(
         num_classes: number of target classes (default ``max(labels) + 1``).
         source_features, source_labels: for OTCE, each model's features of its source data
             (``[models, Ns, D]`` or list, same dims as ``features``) and the source labels
-            (``[Ns]`` shared, or a list of per-model label arrays of equal length).
+            (``[Ns]`` shared by all models, or ``[models, Ns]`` when their sources differ).
         key: seeds N-LEEP's mixture (default ``key(0)``; every model uses the same key).
         options: per-metric keyword options, e.g. ``{"logme": {"method": "icml"}, "gbc": {"pca_dim": None}}``.
+        model_batch: models vmapped together inside the single jitted ``lax.map`` over models
+            (``None``: all at once; ``"auto"``: 1 on CPU, all on GPU/TPU).
 
     Returns:
         ``{metric: np.ndarray [models]}`` (higher = more transferable).
@@ -141,6 +149,10 @@ def score_all(
     n = int(np.asarray(labels).shape[0]) if np.ndim(labels) else 0
     y, c = as_labels(labels, n, num_classes=num_classes)
     options = dict(options or {})
+    if model_batch == "auto":
+        model_batch = 1 if jax.default_backend() == "cpu" else None
+    if model_batch is not None and (not isinstance(model_batch, int) or model_batch < 1):
+        raise InvalidValueError(f"model_batch must be a positive int, None or 'auto', got {model_batch!r}")
     if metrics is None:
         metrics = [m for m in ALL_METRICS if (m in FEATURE_METRICS and features is not None)
                    or (m in PROB_METRICS and probs is not None)
@@ -167,6 +179,7 @@ def score_all(
         index, counts = class_table(np.asarray(y), c)
         tables["index"], tables["counts"] = jnp.asarray(index), jnp.asarray(counts)
     src_items: list[Any] = []
+    src_labels: list[Any] = []
     source_classes = 0
     if "otce" in metrics:
         if source_features is None or source_labels is None:
@@ -178,8 +191,12 @@ def score_all(
         if len(src_items) != num_models:
             raise ShapeError(f"source_features are given for {len(src_items)} models, features for {num_models}")
         ns = int(src_items[0].shape[0])
-        ys, cs = as_labels(source_labels, ns, name="source_labels", min_classes=1)
-        tables["source_labels"], source_classes = ys, cs
+        sl = np.asarray(source_labels)
+        sl = np.broadcast_to(sl, (num_models, ns)) if sl.ndim == 1 else sl
+        if sl.shape != (num_models, ns):
+            raise ShapeError(f"source_labels must be [{ns}] or [{num_models}, {ns}], got {sl.shape}")
+        src_labels = [as_labels(sl[i], ns, name=f"source_labels[{i}]", min_classes=1)[0] for i in range(num_models)]
+        source_classes = int(sl.max()) + 1
         for i, s in enumerate(src_items):
             if s.ndim != 2 or s.shape[0] != ns or s.shape[1] != feats[i].shape[1]:
                 raise ShapeError(f"source_features[{i}] must be [{ns}, {feats[i].shape[1]}], got {tuple(s.shape)}")
@@ -188,13 +205,13 @@ def score_all(
         opts = dict(options.get(m, {}))
         if m == "otce":
             opts["source_classes"] = source_classes
-        fn = _batched(m, tuple(sorted({**opts, "num_classes": c}.items())))
+        fn = _batched(m, tuple(sorted({**opts, "num_classes": c}.items())), model_batch)
         res = np.zeros((num_models,), np.float64)
         groups, items = (pgroups, prbs) if m in PROB_METRICS else (fgroups, feats)
         for idx in groups:
             x: Any = _stack(items, idx)
             if m == "otce":
-                x = (_stack(src_items, idx).astype(x.dtype), x)
+                x = (_stack(src_items, idx).astype(x.dtype), jnp.stack([src_labels[i] for i in idx]), x)
             res[np.asarray(idx)] = np.asarray(fn(x, y, {k: tables[k] for k in _TABLES.get(m, ())}))
         out[m] = res
     return out

@@ -19,6 +19,7 @@ from weightspace.zoo._train import ClassifierLoss as ClassifierLoss
 from weightspace.zoo._train import FitProgress as FitProgress
 from weightspace.zoo._train import FitResult as FitResult
 from weightspace.zoo._train import batch_rows as batch_rows
+from weightspace.zoo._train import cnn_forward_im2col as cnn_forward_im2col
 from weightspace.zoo._train import evaluate_population as evaluate_population
 from weightspace.zoo._train import fit_population as fit_population
 from weightspace.zoo._train import init_population as init_population
@@ -41,6 +42,7 @@ __all__ = [
     "Zoo",
     "batch_rows",
     "build_recipe",
+    "cnn_forward_im2col",
     "concat",
     "evaluate_population",
     "fit_population",

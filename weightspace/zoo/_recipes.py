@@ -381,9 +381,11 @@ def build_recipe(name: str, *, size: int | None = None, seed: int = 0, progress:
         ConfigError: unknown recipe (the message lists the known ones) or bad size.
 
     Example:
-        >>> hub = build_recipe("digits-hub", size=3, seed=0)
-        >>> hub.num_models, sorted(z.meta["test_acc"][0] > 0.5 for z in hub)
-        (3, [True, True, True])
+        >>> RECIPES["digits-hub"].returns, RECIPES["digits-hub"].tiny_size
+        ('Collection', 3)
+        >>> hub = build_recipe("digits-hub", size=3, seed=0)  # doctest: +SKIP
+        >>> hub.num_models, all(z.meta["test_acc"][0] > 0.5 for z in hub)  # doctest: +SKIP
+        (3, True)
     """
     r = _recipe(name)
     size = r.default_size if size is None else size
