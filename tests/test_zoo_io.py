@@ -218,13 +218,14 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     z = _zoo()
     target = save_zoo(z, tmp_path / "z.safetensors")
     original = target.read_bytes()
-    import weightspace.zoo._io as io
+    import weightspace._safetensors as st
 
-    def boom(arrays, filename, metadata=None):
-        Path(filename).write_bytes(b"half")
-        raise OSError("disk full")
+    class FullDisk:  # fails after the temporary file is opened, before any byte is written
+        @staticmethod
+        def pack(*args):
+            raise OSError("disk full")
 
-    monkeypatch.setattr(io, "save_file", boom)
+    monkeypatch.setattr(st, "struct", FullDisk)
     with pytest.raises(OSError, match="disk full"):
         save_zoo(_zoo(seed=9), target)
     assert target.read_bytes() == original

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
 
-from weightspace._atomic import atomic_path
 from weightspace._errors import LoadError
+from weightspace._safetensors import write_safetensors
 from weightspace.lora._dsire import dsire_votes, fit_dsire, lora_features, vote
 from weightspace.lora._io import LORA_ZOO_FORMAT, WISE_FORMAT, _header, load_lora_rows, read_lora_stack
 
@@ -92,9 +91,7 @@ def _detune(args: argparse.Namespace) -> int:
     params, report = detune_model(finetunes, rank=args.rank, n_iters=args.iters, svd=args.svd)
     meta: dict[str, Any] = {"weightspace": "detuned/1", "sources": [str(p) for p in paths], "rank": args.rank,
                             "iters": args.iters}
-    with atomic_path(args.out) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp),
-                  metadata={k: json.dumps(v) for k, v in meta.items()})
+    write_safetensors(args.out, params, {k: json.dumps(v) for k, v in meta.items()})
     summary = {"out": str(args.out), "recovered": sorted(report["layers"]), "copied": report["copied"],
                "averaged": report["averaged"], "warnings": report["warnings"], "layers": report["layers"]}
     if args.json:

@@ -36,10 +36,9 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
-from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, LoadError, ShapeError
+from weightspace._safetensors import write_safetensors
 from weightspace.lora._lora import Adapter, LoRA
 from weightspace.zoo import load_tensors
 
@@ -255,8 +254,7 @@ def save_lora(
             tensors[f"{mod}.alpha"] = np.asarray(lo.alpha, np.float32).reshape(())
     meta = {"weightspace": LORA_FORMAT, "alpha": json.dumps(alphas), **dict(metadata or {})}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
+    write_safetensors(path, tensors, meta)
     return path
 
 
@@ -302,9 +300,7 @@ def save_lowra_rows(path: str | os.PathLike[str], rows: Sequence[LowraRow]) -> P
             cols[f"lora_{i}_name"] = row.lora_names[i] if i < len(row.lora_names) else f"lora_{i}"
         scalars.append(cols)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
-                  metadata={"weightspace": LOWRA_FORMAT, "rows": json.dumps(scalars)})
+    write_safetensors(path, tensors, {"weightspace": LOWRA_FORMAT, "rows": json.dumps(scalars)})
     return path
 
 
@@ -383,8 +379,7 @@ def save_lora_rows(path: str | os.PathLike[str], rows: LoraRows, *, naming: str 
     meta = {"weightspace": WISE_FORMAT, "label": json.dumps(np.asarray(rows.labels).tolist()),
             "name": json.dumps(list(rows.concepts))}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
+    write_safetensors(path, tensors, meta)
     return path
 
 

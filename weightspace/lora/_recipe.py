@@ -24,11 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
-from safetensors.numpy import save_file
 
-from weightspace._atomic import atomic_path
 from weightspace._cache import cache_dir
 from weightspace._errors import ConfigError, LoadError
+from weightspace._safetensors import write_safetensors
 from weightspace.lora._io import LORA_ZOO_FORMAT, LoraRows, _header
 from weightspace.lora._lora import Adapter, LoRA, merge
 from weightspace.nets import MLP, Architecture, Params, architecture_from_config
@@ -111,8 +110,7 @@ def save_lora_zoo(path: str | os.PathLike[str], zoo: LoRAZoo) -> Path:
     header = {"weightspace": LORA_ZOO_FORMAT, "arch": json.dumps(zoo.arch.to_config()), "meta": meta_to_json(zoo.meta),
               "zoo_name": zoo.name}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=header)
+    write_safetensors(path, tensors, header)
     return path
 
 
@@ -220,9 +218,8 @@ def pretrain_base(*, seed: int = 0, progress: bool | None = None, cache: bool = 
     base = {k: np.asarray(v[0]) for k, v in res.params.items()}
     test_mse = float(reconstruction_loss({k: v[None] for k, v in base.items()}, test.images)[0])
     if cache:
-        with atomic_path(path) as tmp:
-            save_file(base, str(tmp), metadata={"weightspace": "model/1", "arch": json.dumps(arch.to_config()),
-                                                "test_mse": json.dumps(test_mse)})
+        write_safetensors(path, base, {"weightspace": "model/1", "arch": json.dumps(arch.to_config()),
+                                       "test_mse": json.dumps(test_mse)})
     return arch, base, test_mse
 
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import jax.numpy as jnp
 import numpy as np
 
-from weightspace._atomic import atomic_path
 from weightspace._cache import cache_dir
 from weightspace._errors import LoadError, ShapeError
+from weightspace._safetensors import write_safetensors
 from weightspace.nets._base import Architecture
 from weightspace.nets._cifar import CIFAR10_CLASSES, CIFAR10CNN
 from weightspace.nets._efficientnet import EfficientNetLite0
@@ -129,13 +129,6 @@ def _select_params(arch: Architecture, tensors: Mapping[str, np.ndarray], where:
     return out
 
 
-def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> None:
-    from safetensors.numpy import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=dict(meta))
-
-
 def _read_cached(path: Path, source_sha: str) -> dict[str, np.ndarray] | None:
     """Cached tensors if the cache file exists and was converted from the same source bytes."""
     if not path.is_file():
@@ -174,7 +167,7 @@ def convert_efficientnet_lite0(
     arch = EfficientNetLite0()
     params = _select_params(arch, _read_torch_state_dict(src), str(src))
     meta = {"source": src.name, "source_sha256": _sha256(src), "arch": json.dumps(arch.to_config())}
-    _write_safetensors(dst, params, meta)
+    write_safetensors(dst, params, meta)
     return dst
 
 

@@ -67,11 +67,10 @@ def _probe(args: argparse.Namespace) -> int:
     if out.suffix == ".npy":
         resp = probe(zoo, probes, out=out, **kw)
     else:
-        from safetensors.numpy import save_file
+        from weightspace._safetensors import write_safetensors
 
         resp = probe(zoo, probes, **kw)
-        with atomic_path(out) as tmp:
-            save_file({"responses": resp}, str(tmp), metadata={"probes": json.dumps(info)})
+        write_safetensors(out, {"responses": resp}, {"probes": json.dumps(info)})
     sidecar = {
         "zoo": str(args.zoo),
         "zoo_name": zoo.name,

@@ -33,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, InvalidValueError, LoadError, ShapeError, WeightspaceError
+from weightspace._safetensors import write_safetensors
 from weightspace.search._descriptors import (
     DEFAULT_DISTANCE,
     Distance,
@@ -197,7 +198,7 @@ def _write_probes(path: Path, p: Any) -> None:
         tensors["labels"] = np.ascontiguousarray(p.labels, np.int32)
     meta = {"name": p.name, "provenance": p.provenance,
             "label_names": json.dumps(list(p.label_names) if p.label_names is not None else None)}
-    _save_safetensors(path, tensors, meta)
+    write_safetensors(path, tensors, meta)
 
 
 def _read_probes(path: Path) -> Any:
@@ -209,35 +210,6 @@ def _read_probes(path: Path) -> Any:
     names = json.loads(meta.get("label_names", "null"))
     return ProbeSet(name=meta.get("name", "probes"), data=tensors["data"], provenance=meta.get("provenance", ""),
                     labels=tensors.get("labels"), label_names=tuple(names) if names is not None else None)
-
-
-_ST_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.int32): "I32"}
-
-
-def _save_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
-    """Write a safetensors file deterministically (atomic).
-
-    The reference writer orders header keys through a Rust ``HashMap`` (random per process),
-    which would break "a resumed build is byte-identical"; here keys are sorted.
-    """
-    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
-    arrays, offset = [], 0
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
-        if a.dtype not in _ST_DTYPES:
-            raise ShapeError(f"{path}: cannot store tensor {name!r} of dtype {a.dtype}")
-        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        header[name] = {"dtype": _ST_DTYPES[a.dtype], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + a.nbytes]}
-        arrays.append(a)
-        offset += a.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for a in arrays:
-            f.write(a.tobytes())
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -396,7 +368,7 @@ def _write_shard(path: Path, s: _Source, a: int, b: int, *, dtype: str, normaliz
     cols = np.ascontiguousarray(d.T.astype(_DTYPES[dtype]))
     meta = {"zoo": s.name, "ids": json.dumps(s.ids[a:b]), "logits_per_model": str(s.num_logits),
             "classes": json.dumps([s.classes(i) for i in range(a, b)])}
-    _save_safetensors(path, {"descriptors": cols}, meta)
+    write_safetensors(path, {"descriptors": cols}, meta)
 
 
 def _progress(progress: Progress, total: int, done: int) -> Callable[[int | None], None]:

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, LoadError, ShapeError, WeightspaceError
+from weightspace._safetensors import write_safetensors
 from weightspace.nets import Architecture, architecture_from_config
 from weightspace.zoo._zoo import Collection, Zoo, meta_to_json
 
@@ -71,19 +71,13 @@ def _check_dtype(name: str, arr: np.ndarray, where: str) -> None:
         raise ShapeError(f"{where}: tensor {name!r} has dtype {arr.dtype}, expected a float dtype")
 
 
-def _write_safetensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
-    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), metadata=dict(metadata))
-
-
 # ---- single models ---------------------------------------------------------------------------
 def save_model(path: str | os.PathLike[str], arch: Architecture, params: Mapping[str, Any],
                meta: Mapping[str, Any] | None = None) -> Path:
     """Write one model as a self-describing safetensors file (atomic)."""
     path = Path(path)
     arch.check_params(params, where=str(path))
-    _write_safetensors(path, params, {"weightspace": MODEL_FORMAT, "arch": json.dumps(arch.to_config()),
+    write_safetensors(path, params, {"weightspace": MODEL_FORMAT, "arch": json.dumps(arch.to_config()),
                                       "meta": meta_to_json(dict(meta or {}))})
     return path
 
@@ -166,14 +160,14 @@ def save_zoo(zoo: Zoo, path: str | os.PathLike[str], *, format: str = "packed") 
     path = Path(path)
     arch_json = json.dumps(zoo.arch.to_config())
     if format == "packed":
-        _write_safetensors(path, zoo.params, {"weightspace": PACKED_FORMAT, "arch": arch_json,
+        write_safetensors(path, zoo.params, {"weightspace": PACKED_FORMAT, "arch": arch_json,
                                               "meta": meta_to_json(zoo.meta), "name": zoo.name})
     elif format == "directory":
         path.mkdir(parents=True, exist_ok=True)
         ids = [_check_id(i) for i in zoo.ids]
         host = {k: np.asarray(v) for k, v in zoo.params.items()}
         for i, mid in enumerate(ids):
-            _write_safetensors(path / f"{mid}.safetensors", {k: v[i] for k, v in host.items()},
+            write_safetensors(path / f"{mid}.safetensors", {k: v[i] for k, v in host.items()},
                                {"weightspace": MODEL_FORMAT, "arch": arch_json, "meta": meta_to_json(zoo.row(i))})
         manifest = {"weightspace": "zoo-dir/1", "name": zoo.name, "arch": zoo.arch.to_config(), "ids": ids}
         with atomic_path(path / MANIFEST) as tmp:
