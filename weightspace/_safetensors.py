@@ -1,4 +1,4 @@
-"""The one safetensors writer of weightspace: deterministic bytes, atomic rename.
+"""The one safetensors reader and writer of weightspace: clear errors; deterministic bytes, atomic rename.
 
 The reference writer orders header keys through a Rust ``HashMap`` (random per process), so the
 same tensors could give different bytes run to run; that breaks "a resumed build is byte-identical"
@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from weightspace._atomic import atomic_path
-from weightspace._errors import ShapeError
+from weightspace._errors import LoadError, ShapeError
 
 _DTYPES = {
     np.dtype(np.float16): "F16",
@@ -63,3 +64,35 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
         for a in arrays:
             f.write(a.tobytes())
     return path
+
+
+def open_safetensors(path: str | os.PathLike[str]) -> Any:
+    """``safe_open`` (NumPy) with a :class:`~weightspace.LoadError` naming the file on any failure."""
+    path = Path(path)
+    if not path.exists():
+        raise LoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise LoadError(f"{path}: is a directory, expected a .safetensors file")
+    try:
+        return safe_open(str(path), framework="np")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LoadError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file (never executes code).
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np
+        >>> p = write_safetensors(pathlib.Path(tempfile.mkdtemp()) / "t.safetensors", {"w": np.ones(2)}, {"a": "b"})
+        >>> read_safetensors(p)[1]
+        {'a': 'b'}
+    """
+    f = open_safetensors(path)
+    try:
+        with f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LoadError(f"{path}: truncated or corrupt safetensors data ({e})") from e
+    return tensors, meta

@@ -29,11 +29,10 @@ from typing import Any
 import jax
 import numpy as np
 from jaxtyping import Float
-from safetensors import SafetensorError, safe_open
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, InvalidValueError, LoadError, ShapeError, WeightspaceError
-from weightspace._safetensors import write_safetensors
+from weightspace._safetensors import read_safetensors, write_safetensors
 from weightspace.search._descriptors import (
     DEFAULT_DISTANCE,
     Distance,
@@ -204,22 +203,12 @@ def _write_probes(path: Path, p: Any) -> None:
 def _read_probes(path: Path) -> Any:
     from weightspace.data import ProbeSet
 
-    tensors, meta = _read_safetensors(path)
+    tensors, meta = read_safetensors(path)
     if "data" not in tensors:
         raise LoadError(f"{path}: no 'data' tensor (not a gallery probe file)")
     names = json.loads(meta.get("label_names", "null"))
     return ProbeSet(name=meta.get("name", "probes"), data=tensors["data"], provenance=meta.get("provenance", ""),
                     labels=tensors.get("labels"), label_names=tuple(names) if names is not None else None)
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    if not path.is_file():
-        raise LoadError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="np") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LoadError(f"{path}: truncated or corrupt safetensors file ({e})") from e
 
 
 def _sha256(path: Path) -> str:

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, LoadError, ShapeError, WeightspaceError
-from weightspace._safetensors import write_safetensors
+from weightspace._safetensors import open_safetensors, read_safetensors, write_safetensors
 from weightspace.nets import Architecture, architecture_from_config
 from weightspace.zoo._zoo import Collection, Zoo, meta_to_json
 
@@ -35,28 +35,6 @@ PACKED_FORMAT = "zoo/1"
 MANIFEST = "zoo.json"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]+$")
 _DTYPES = (np.float16, np.float32, np.float64)
-
-
-def _open(path: Path) -> Any:
-    if not path.exists():
-        raise LoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise LoadError(f"{path}: is a directory, expected a .safetensors file")
-    try:
-        return safe_open(str(path), framework="np")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LoadError(f"{path}: not a readable safetensors file ({e})") from e
-
-
-def _read_all(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    f = _open(path)
-    try:
-        with f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LoadError(f"{path}: truncated or corrupt safetensors data ({e})") from e
-    return tensors, meta
 
 
 def _arch_from(config: Any, where: Path) -> Architecture:
@@ -90,7 +68,7 @@ def load_model(path: str | os.PathLike[str], *, arch: Architecture | None = None
     names and shapes of a plain PyTorch ``state_dict`` (MLP ``layers.*``; CNN ``convs.*``).
     """
     path = Path(path)
-    tensors, header = _read_all(path)
+    tensors, header = read_safetensors(path)
     if arch is None:
         if "arch" in header:
             arch = _arch_from(header["arch"], path)
@@ -193,7 +171,7 @@ def load_zoo(path: str | os.PathLike[str], *, arch: Architecture | None = None, 
             raise ShapeError(f"{path}: models of {len(zoos)} different architectures; use load_collection")
         zoo = zoos[0]
     else:
-        tensors, header = _read_all(path)
+        tensors, header = read_safetensors(path)
         if header.get("weightspace") == MODEL_FORMAT or (header.get("weightspace") is None and arch is None
                                                           and "meta" not in header):
             a, params, meta = load_model(path, arch=arch)
@@ -294,7 +272,7 @@ def load_tensors(files: Sequence[str | os.PathLike[str]], names: Sequence[str], 
         raise LoadError("load_tensors: no files given")
 
     def one(f: Path) -> dict[str, np.ndarray]:
-        h = _open(f)
+        h = open_safetensors(f)
         try:
             with h:
                 keys = set(h.keys())
@@ -327,7 +305,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         files, arch, name = _dir_files(path)
         return {"format": "directory", "name": name, "models": len(files),
                 "arch": arch.to_config() if arch else None}
-    f = _open(path)
+    f = open_safetensors(path)
     with f:
         meta = f.metadata() or {}
         shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
