@@ -35,7 +35,8 @@ import jax
 import numpy as np
 
 from weightspace._atomic import atomic_path
-from weightspace.nets import load_cifar10_cnn, load_clip, load_efficientnet_lite0, load_minilm, resize_images
+from weightspace.nets import load_clip, load_minilm, resize_images
+from weightspace.zoo import load_cifar10_cnn, load_efficientnet_lite0
 
 RESULTS = Path(__file__).parent / "results"
 

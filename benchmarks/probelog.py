@@ -273,9 +273,9 @@ def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, resp
                    kinds: tuple[str, ...] | None = None, text_sims: str | None = None,
                    cifar_path: str | None = None) -> dict:
     from weightspace.data import FASHION_MNIST_CLASSES, make_probes
-    from weightspace.nets import load_cifar10_cnn, load_efficientnet_lite0, load_minilm
+    from weightspace.nets import load_minilm
     from weightspace.search import DEFAULT_K, LabelAligner, complete_matrix
-    from weightspace.zoo import build_recipe
+    from weightspace.zoo import build_recipe, load_cifar10_cnn, load_efficientnet_lite0
 
     size = hub_size or (40 if quick else 100)
     n_seeds = seeds or (1 if quick else 3)

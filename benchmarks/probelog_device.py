@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _efficientnet():
-    from weightspace.nets import load_efficientnet_lite0
+    from weightspace.zoo import load_efficientnet_lite0
 
     try:
         return load_efficientnet_lite0()

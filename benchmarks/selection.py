@@ -10,7 +10,9 @@ NumPy Sinkhorn for OTCE). Part 2 scores 20 candidate models with every metric in
 
 JAX figures are medians over repeats after a first (compiling) call, with ``block_until_ready``;
 the compile time is reported separately (first call minus steady state). Results go to
-``benchmarks/results/selection.{json,md}``.
+``benchmarks/results/selection.{json,md}`` (``selection_gpu`` when JAX runs on a GPU, ``_quick`` for a
+smoke run; ``--name`` overrides), rewritten after every metric; a metric that fails is recorded
+with its error and the run goes on.
 
     .venv/bin/python benchmarks/selection.py            # full sizes
     .venv/bin/python benchmarks/selection.py --quick    # smoke run (small sizes)
@@ -38,6 +40,9 @@ import scipy.special  # noqa: E402
 
 import weightspace.selection as S  # noqa: E402
 from weightspace._atomic import atomic_path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _device  # noqa: E402
 
 # ---- NumPy reference formulations (what the public reference code does) ---------------------
 
@@ -68,8 +73,14 @@ def ref_logme(f, y):
             beta = (n - gamma) / (res2 + 1e-5)
             if abs(alpha / beta - t) / t <= 1e-3:
                 break
-        ev = (d / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * np.sum(np.log(alpha + beta * sigma))
-              - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * np.log(2 * np.pi))
+        ev = (
+            d / 2.0 * np.log(alpha)
+            + n / 2.0 * np.log(beta)
+            - 0.5 * np.sum(np.log(alpha + beta * sigma))
+            - beta / 2.0 * res2
+            - alpha / 2.0 * m2
+            - n / 2.0 * np.log(2 * np.pi)
+        )
         evs.append(ev / n)
     return float(np.mean(evs))
 
@@ -156,8 +167,9 @@ def ref_gbc(f, y, pca_dim=64):
             if c1 != c2:
                 (m1, s1), (m2, s2) = stats[c1], stats[c2]
                 avg = (s1 + s2) / 2
-                db = np.sum((m1 - m2) ** 2 / avg) / 8 + 0.5 * (np.sum(np.log(avg)) - 0.5 * np.sum(np.log(s1))
-                                                              - 0.5 * np.sum(np.log(s2)))
+                db = np.sum((m1 - m2) ** 2 / avg) / 8 + 0.5 * (
+                    np.sum(np.log(avg)) - 0.5 * np.sum(np.log(s1)) - 0.5 * np.sum(np.log(s2))
+                )
                 total += np.exp(-db)
     return -total
 
@@ -235,7 +247,15 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--only", nargs="+", default=None, help="time only these metrics in part 1 (and skip part 2)")
+    ap.add_argument(
+        "--name",
+        default=None,
+        help="results file stem (default selection, +_gpu on a GPU backend, +_quick with --quick, "
+        "+_<metrics> with --only)",
+    )
     args = ap.parse_args(argv)
+    devices = _device.jax_info()
+    print(f"selection benchmark: {_device.describe({**devices, 'torch': None})}", flush=True)
     if args.quick:
         n, d, c, cs, n_small, repeats = 1000, 128, 20, 100, 300, args.repeats or 1
         bn, bd, bc, bmodels = 300, 32, 5, 20
@@ -256,31 +276,56 @@ def main(argv=None):
         "nce": (lambda: ref_nce(p, y), lambda x: S.nce(x, y), p),
         "pactran": (lambda: ref_pactran(p, y), lambda x: S.pactran(x, y), p),
         "lfc": (lambda: ref_lfc(f[:n_small], y[:n_small]), lambda x: S.lfc(x[:n_small], y[:n_small]), f),
-        "otce": (lambda: ref_otce(fs_small, ys_small, f[:n_ot], y[:n_ot]),
-                 lambda x: S.otce(fs_small, ys_small, x[:n_ot], y[:n_ot]), f),
+        "otce": (
+            lambda: ref_otce(fs_small, ys_small, f[:n_ot], y[:n_ot]),
+            lambda x: S.otce(fs_small, ys_small, x[:n_ot], y[:n_ot]),
+            f,
+        ),
     }
     rows = []
-    print(f"part 1: one model, N={n} D={d} C={c} Cs={cs} (N-LEEP, LFC: N={n_small}; OTCE: N={min(n_small, 500)}); "
-          f"repeats={repeats}", flush=True)
+    print(
+        f"part 1: one model, N={n} D={d} C={c} Cs={cs} (N-LEEP, LFC: N={n_small}; OTCE: N={min(n_small, 500)}); "
+        f"repeats={repeats}",
+        flush=True,
+    )
     for name, (ref, ours, data) in cases.items():
         if args.only and name not in args.only:
             continue
-        r = 1 if name in SLOW else repeats  # minutes per call at full size: one steady-state call
-        ref_val, ref_t, _ = timed(ref, repeats=max(1, r - 1), block=False)
-        v64, t64, c64 = timed(ours, jnp.asarray(data, jnp.float64), repeats=r)
-        v32, t32, c32 = timed(ours, jnp.asarray(data, jnp.float32), repeats=r)
+        try:
+            r = 1 if name in SLOW else repeats  # minutes per call at full size: one steady-state call
+            ref_val, ref_t, _ = timed(ref, repeats=max(1, r - 1), block=False)
+            v64, t64, c64 = timed(ours, jnp.asarray(data, jnp.float64), repeats=r)
+            v32, t32, c32 = timed(ours, jnp.asarray(data, jnp.float32), repeats=r)
+        except Exception as exc:  # a failed metric is recorded and the run goes on
+            rows.append({"metric": name, "error": _device.error_text(exc)})
+            _write(args, rows, None, n, d, c, cs, n_small, repeats, argv, devices, quiet=True)
+            continue
         rel = abs(float(v64) - ref_val) / max(abs(ref_val), 1e-300)
-        row = {"metric": name, "n": n_ot if name == "otce" else n_small if name in SMALL else n, "numpy_s": ref_t,
-               "jax_f64_s": t64, "jax_f64_compile_s": c64, "jax_f32_s": t32, "jax_f32_compile_s": c32,
-               "speedup_f64": ref_t / t64, "speedup_f32": ref_t / t32, "value_numpy": ref_val,
-               "value_jax_f64": float(v64), "value_jax_f32": float(v32), "rel_diff_f64": rel}
+        row = {
+            "metric": name,
+            "n": n_ot if name == "otce" else n_small if name in SMALL else n,
+            "numpy_s": ref_t,
+            "jax_f64_s": t64,
+            "jax_f64_compile_s": c64,
+            "jax_f32_s": t32,
+            "jax_f32_compile_s": c32,
+            "speedup_f64": ref_t / t64,
+            "speedup_f32": ref_t / t32,
+            "value_numpy": ref_val,
+            "value_jax_f64": float(v64),
+            "value_jax_f32": float(v32),
+            "rel_diff_f64": rel,
+        }
         rows.append(row)
-        print(f"  {name:20s} numpy {ref_t:8.3f}s  jax f64 {t64:8.3f}s (x{ref_t / t64:5.2f}, compile {c64:5.2f}s)  "
-              f"f32 {t32:8.3f}s (x{ref_t / t32:5.2f})  rel.diff {rel:.1e}", flush=True)
+        print(
+            f"  {name:20s} numpy {ref_t:8.3f}s  jax f64 {t64:8.3f}s (x{ref_t / t64:5.2f}, compile {c64:5.2f}s)  "
+            f"f32 {t32:8.3f}s (x{ref_t / t32:5.2f})  rel.diff {rel:.1e}",
+            flush=True,
+        )
+        _write(args, rows, None, n, d, c, cs, n_small, repeats, argv, devices, quiet=True)  # cut-off runs keep rows
 
     if args.only:
-        batch = None
-        return _write(args, rows, batch, n, d, c, cs, n_small, repeats, argv)
+        return _write(args, rows, None, n, d, c, cs, n_small, repeats, argv, devices)
     print(f"part 2: {bmodels} models, N={bn} D={bd} C={bc}, every metric in one score_all call", flush=True)
     rng = np.random.default_rng(1)
     bf, by, bp = make_task(1, bn, bd, bc, 50)
@@ -306,61 +351,109 @@ def main(argv=None):
                 out.setdefault(m, []).append(float(v))
         return out
 
-    out_b, tb, cb = timed(batched, repeats=min(repeats, 2), block=False)
-    out_l, tl, cl = timed(loop, repeats=min(repeats, 2), block=False)
-    agree = max(float(np.max(np.abs(out_b[m] - np.asarray(out_l[m])) / (np.abs(out_l[m]) + 1e-12)))
-                for m in S.ALL_METRICS)
-    batch = {"models": bmodels, "n": bn, "d": bd, "c": bc, "metrics": list(S.ALL_METRICS),
-             "score_all_s": tb, "score_all_compile_s": cb, "per_model_loop_s": tl, "loop_compile_s": cl,
-             "speedup": tl / tb, "max_rel_diff": agree}
-    print(f"  score_all {tb:.3f}s (compile {cb:.2f}s) vs per-model loop {tl:.3f}s: x{tl / tb:.2f}; "
-          f"max rel diff {agree:.1e}", flush=True)
-    return _write(args, rows, batch, n, d, c, cs, n_small, repeats, argv)
+    try:
+        out_b, tb, cb = timed(batched, repeats=min(repeats, 2), block=False)
+        out_l, tl, cl = timed(loop, repeats=min(repeats, 2), block=False)
+        agree = max(
+            float(np.max(np.abs(out_b[m] - np.asarray(out_l[m])) / (np.abs(out_l[m]) + 1e-12))) for m in S.ALL_METRICS
+        )
+        batch = {
+            "models": bmodels,
+            "n": bn,
+            "d": bd,
+            "c": bc,
+            "metrics": list(S.ALL_METRICS),
+            "score_all_s": tb,
+            "score_all_compile_s": cb,
+            "per_model_loop_s": tl,
+            "loop_compile_s": cl,
+            "speedup": tl / tb,
+            "max_rel_diff": agree,
+        }
+        print(
+            f"  score_all {tb:.3f}s (compile {cb:.2f}s) vs per-model loop {tl:.3f}s: x{tl / tb:.2f}; "
+            f"max rel diff {agree:.1e}",
+            flush=True,
+        )
+    except Exception as exc:  # recorded; part 1 is kept
+        batch = {"models": bmodels, "n": bn, "d": bd, "c": bc, "error": _device.error_text(exc)}
+    return _write(args, rows, batch, n, d, c, cs, n_small, repeats, argv, devices)
 
 
-def _write(args, rows, batch, n, d, c, cs, n_small, repeats, argv):
-    meta = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *(argv or sys.argv[1:])]),
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
-            "load_average_at_start": _LOAD_AT_START, "load_average_at_end": os.getloadavg(),
-            "jax": jax.__version__, "numpy": np.__version__,
-            "backend": jax.default_backend(), "quick": args.quick, "repeats": repeats}
+def _write(args, rows, batch, n, d, c, cs, n_small, repeats, argv, devices=None, quiet=False):
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *(argv or sys.argv[1:])]),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
+        "load_average_at_start": _LOAD_AT_START,
+        "load_average_at_end": os.getloadavg(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+        "quick": args.quick,
+        "repeats": repeats,
+        "devices": devices,
+    }
     result = {"meta": meta, "single_model": rows, "batched": batch}
     out = Path(args.out)
-    name = "selection_quick" if args.quick else "selection"
-    if args.only:
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.name or _device.default_stem("selection", quick=args.quick, gpu=jax.default_backend() == "gpu")
+    if args.only and not args.name:
         name += "_" + "_".join(args.only)
     with atomic_path(out / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
-    md = [f"# Transferability metrics benchmark ({'quick' if args.quick else 'full'})", "",
-          f"- date: {meta['date']}", f"- command: `{meta['command']}`", f"- machine: {meta['machine']} "
-          f"(shared; 1-min load average {meta['load_average_at_start'][0]:.1f} at start, "
-          f"{meta['load_average_at_end'][0]:.1f} at end), backend {meta['backend']}, "
-          f"jax {meta['jax']}", f"- medians over {repeats} repeats after a compiling first call; ratios are "
-          "NumPy reference time / JAX time measured in the same run", "",
-          f"## One model: N={n}, D={d}, C={c}, Cs={cs} (N-LEEP and LFC at N={n_small}, "
-          f"OTCE at N={min(n_small, 500)})", "",
-          "| metric | NumPy ref (s) | JAX f64 (s) | speed-up f64 | JAX f32 (s) | speed-up f32 | compile f64 (s) "
-          "| rel. diff f64 |", "|---|---|---|---|---|---|---|---|"]
+    md = [
+        f"# Transferability metrics benchmark ({'quick' if args.quick else 'full'})",
+        "",
+        f"- date: {meta['date']}",
+        f"- command: `{meta['command']}`",
+        f"- machine: {meta['machine']} "
+        f"(shared; 1-min load average {meta['load_average_at_start'][0]:.1f} at start, "
+        f"{meta['load_average_at_end'][0]:.1f} at end), backend {meta['backend']}, "
+        f"jax {meta['jax']}",
+        f"- JAX device: {(devices or {}).get('jax_device_kind')} "
+        f"({(devices or {}).get('jax_backend')}); NumPy references on the host CPU ({os.cpu_count()} CPUs)",
+        f"- medians over {repeats} repeats after a compiling first call; ratios are "
+        "NumPy reference time / JAX time measured in the same run",
+        "",
+        f"## One model: N={n}, D={d}, C={c}, Cs={cs} (N-LEEP and LFC at N={n_small}, OTCE at N={min(n_small, 500)})",
+        "",
+        "| metric | NumPy ref (s) | JAX f64 (s) | speed-up f64 | JAX f32 (s) | speed-up f32 | compile f64 (s) "
+        "| rel. diff f64 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        md.append(f"| {r['metric']} | {r['numpy_s']:.3f} | {r['jax_f64_s']:.3f} | {r['speedup_f64']:.2f}x | "
-                  f"{r['jax_f32_s']:.3f} | {r['speedup_f32']:.2f}x | {r['jax_f64_compile_s']:.2f} | "
-                  f"{r['rel_diff_f64']:.1e} |")
-    if batch is not None:
+        if "error" in r:
+            md.append(f"| {r['metric']} | failed: {r['error'][:200]} | | | | | | |")
+            continue
+        md.append(
+            f"| {r['metric']} | {r['numpy_s']:.3f} | {r['jax_f64_s']:.3f} | {r['speedup_f64']:.2f}x | "
+            f"{r['jax_f32_s']:.3f} | {r['speedup_f32']:.2f}x | {r['jax_f64_compile_s']:.2f} | "
+            f"{r['rel_diff_f64']:.1e} |"
+        )
+    if batch is not None and "error" in batch:
+        md += ["", f"## {batch['models']} models, one `score_all` call: failed: {batch['error'][:300]}"]
+    elif batch is not None:
         b = batch
-        md += ["", f"## {b['models']} models, every metric, one `score_all` call (N={b['n']}, D={b['d']}, "
-               f"C={b['c']}, f64)", "",
-               "| score_all (s) | compile (s) | per-model loop of the public functions (s) | speed-up "
-               "| max rel. diff |",
-               "|---|---|---|---|---|",
-               f"| {b['score_all_s']:.3f} | {b['score_all_compile_s']:.2f} | {b['per_model_loop_s']:.3f} | "
-               f"{b['speedup']:.2f}x | {b['max_rel_diff']:.1e} |"]
-    md += ["",
-           "Rel. diff: NumPy reference vs ours. N-LEEP's reference uses scikit-learn's k-means initialisation, "
-           "ours a seeded random one, so their values differ by the mixture found (both are valid N-LEEPs).", ""]
+        md += [
+            "",
+            f"## {b['models']} models, every metric, one `score_all` call (N={b['n']}, D={b['d']}, C={b['c']}, f64)",
+            "",
+            "| score_all (s) | compile (s) | per-model loop of the public functions (s) | speed-up | max rel. diff |",
+            "|---|---|---|---|---|",
+            f"| {b['score_all_s']:.3f} | {b['score_all_compile_s']:.2f} | {b['per_model_loop_s']:.3f} | "
+            f"{b['speedup']:.2f}x | {b['max_rel_diff']:.1e} |",
+        ]
+    md += [
+        "",
+        "Rel. diff: NumPy reference vs ours. N-LEEP's reference uses scikit-learn's k-means initialisation, "
+        "ours a seeded random one, so their values differ by the mixture found (both are valid N-LEEPs).",
+        "",
+    ]
     with atomic_path(out / f"{name}.md") as tmp:
         tmp.write_text("\n".join(md))
-    print(f"wrote {out / name}.json and .md")
+    if not quiet:
+        print(f"wrote {out / name}.json and .md")
 
 
 if __name__ == "__main__":

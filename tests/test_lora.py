@@ -224,15 +224,21 @@ def test_lora_zoo_save_load_merged_and_rows(tmp_path):
 
 @pytest.mark.slow
 def test_fmnist_lora_recipe_builds_with_the_population_trainer(tmp_path, monkeypatch):
-    from weightspace.lora import build_lora_recipe, reconstruction_loss
+    from weightspace.lora import LoRAZoo, reconstruction_loss
+    from weightspace.zoo import build_recipe, recipe_path
 
     monkeypatch.setenv("WEIGHTSPACE_CACHE", str(tmp_path))
-    zoo = build_lora_recipe("fmnist-lora", size=2, subsets=("low",), progress=False)
-    assert len(zoo) == 12 and sorted(set(zoo.meta["n_images"])) == [1, 2, 3, 4, 5, 6]
+    zoo = build_recipe("fmnist-lora", size=2, progress=False)
+    assert isinstance(zoo, LoRAZoo) and len(zoo) == 2 * 17
+    low = zoo.where(subset="low")
+    assert len(low) == 12 and sorted(set(low.meta["n_images"])) == [1, 2, 3, 4, 5, 6]
     assert len(set(zoo.meta["concept"])) == 2 and all(np.isfinite(zoo.meta["final_loss"]))
     from weightspace.data import load_dataset
 
     x = load_dataset("fashion-mnist", "test").images[:500]
     base_loss = reconstruction_loss({k: v[None] for k, v in zoo.base.items()}, x)[0]
     assert base_loss < 0.03  # the base autoencoder reconstructs Fashion-MNIST
-    assert build_lora_recipe("fmnist-lora", size=2, subsets=("low",)).meta == zoo.meta  # cached
+    assert (recipe_path("fmnist-lora", size=2) / "lora-zoo.safetensors").is_file()
+    cached = build_recipe("fmnist-lora", size=2)
+    assert cached.meta == zoo.meta  # cached
+    assert_tree_allclose((cached.base, cached.adapter), (zoo.base, zoo.adapter))

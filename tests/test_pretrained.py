@@ -17,11 +17,10 @@ from weightspace.nets import (
     EfficientNetLite0,
     architecture_from_config,
     imagenet_classes,
-    load_cifar10_cnn,
-    load_efficientnet_lite0,
     resize_images,
 )
 from weightspace.testing import assert_tree_allclose
+from weightspace.zoo import load_cifar10_cnn, load_efficientnet_lite0
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -81,8 +81,7 @@ def _index(n_rows: int = 96) -> list[np.ndarray]:
 
 
 def _kw(**over):
-    kw = dict(batch_size=B, segment_steps=SEG, index=_index(),
-              hparams={"optimizer": OPTS, "learning_rate": 0.05})
+    kw = dict(batch_size=B, segment_steps=SEG, index=_index(), hparams={"optimizer": OPTS, "learning_rate": 0.05})
     kw.update(over)
     return kw
 
@@ -103,12 +102,22 @@ def test_matches_per_model_optax_oracle():
     for m in range(N):
         p_m = {k: v[m] for k, v in params.items()}
         h = {k: (v[m] if isinstance(v, list) else v) for k, v in hp.items() if k != "optimizer"}
-        want, losses = _oracle(_ce_dropout, p_m, data, key=key, seed=m, steps=steps[m], batch_size=B,
-                               rows=index[m], optimizer=OPTS[m], hp=h)
+        want, losses = _oracle(
+            _ce_dropout,
+            p_m,
+            data,
+            key=key,
+            seed=m,
+            steps=steps[m],
+            batch_size=B,
+            rows=index[m],
+            optimizer=OPTS[m],
+            hp=h,
+        )
         got = {k: v[m] for k, v in res.params.items()}
         assert_tree_allclose(got, want)
         assert_tree_allclose(res.losses[m, : steps[m]], losses)
-        assert np.all(np.isnan(res.losses[m, steps[m]:]))
+        assert np.all(np.isnan(res.losses[m, steps[m] :]))
     # Model 4 trains 0 steps: untouched.
     assert_tree_allclose({k: v[4] for k, v in res.params.items()}, {k: v[4] for k, v in params.items()})
 
@@ -116,9 +125,18 @@ def test_matches_per_model_optax_oracle():
 def test_optimizer_and_lr_change_the_result():
     data = _data()
     params = jax.tree.map(lambda a: jnp.repeat(a[:1], N, axis=0), _init(1))
-    res = fit_population(_ce, params, data, key=jax.random.key(0), steps=6, seeds=[0] * N,
-                         **_kw(index=[np.arange(96)] * N, hparams={"optimizer": ["sgd", "adam", "sgd", "adam", "sgd"],
-                                                                   "learning_rate": [0.1, 0.1, 0.01, 0.1, 0.1]}))
+    res = fit_population(
+        _ce,
+        params,
+        data,
+        key=jax.random.key(0),
+        steps=6,
+        seeds=[0] * N,
+        **_kw(
+            index=[np.arange(96)] * N,
+            hparams={"optimizer": ["sgd", "adam", "sgd", "adam", "sgd"], "learning_rate": [0.1, 0.1, 0.01, 0.1, 0.1]},
+        ),
+    )
     w = np.asarray(res.params["layers.0.weight"])
     assert not np.allclose(w[0], w[1]) and not np.allclose(w[0], w[2])
     np.testing.assert_array_equal(w[1], w[3])  # same seed, same hyper-parameters: identical
@@ -196,9 +214,18 @@ def test_model_data_and_shared_reach_the_loss():
     data = _data()
     params = jax.tree.map(lambda a: jnp.repeat(a[:1], 2, axis=0), _init(1))
     perm = np.array([[0, 1, 2], [2, 0, 1]], np.int32)
-    res = fit_population(_ce_permuted, params, data, key=jax.random.key(0), steps=150, batch_size=32,
-                         seeds=[0, 0], hparams={"learning_rate": 0.02}, model_data={"perm": perm},
-                         shared={"scale": np.float32(1.0)})
+    res = fit_population(
+        _ce_permuted,
+        params,
+        data,
+        key=jax.random.key(0),
+        steps=150,
+        batch_size=32,
+        seeds=[0, 0],
+        hparams={"learning_rate": 0.02},
+        model_data={"perm": perm},
+        shared={"scale": np.float32(1.0)},
+    )
     for m in range(2):
         pred = np.argmax(ARCH.apply({k: v[m] for k, v in res.params.items()}, data["x"]), axis=1)
         assert np.mean(pred == perm[m][data["y"]]) > 0.8  # each model learned its own label order
@@ -209,8 +236,17 @@ def test_no_recompile_on_second_call():
     kw = _kw(key=jax.random.key(0), steps=4)
     fit_population(_ce, _init(N), data, **kw)
     with assert_no_recompile(_segment):
-        fit_population(_ce, _init(N, seed=5), data, **{**kw, "key": jax.random.key(1), "steps": [3, 4, 5, 6, 2],
-                                                       "hparams": {"optimizer": OPTS[::-1], "learning_rate": 0.1}})
+        fit_population(
+            _ce,
+            _init(N, seed=5),
+            data,
+            **{
+                **kw,
+                "key": jax.random.key(1),
+                "steps": [3, 4, 5, 6, 2],
+                "hparams": {"optimizer": OPTS[::-1], "learning_rate": 0.1},
+            },
+        )
 
 
 @pytest.mark.parametrize(
@@ -246,8 +282,14 @@ def test_bad_shapes_raise():
     with pytest.raises(ShapeError, match="index table has 2 rows"):
         fit_population(_ce, _init(3), _data(), key=jax.random.key(0), steps=2, index=[np.arange(3)] * 2)
     with pytest.raises(ShapeError, match="model_data"):
-        fit_population(functools.partial(_ce_permuted), _init(3), _data(), key=jax.random.key(0), steps=2,
-                       model_data={"perm": np.zeros((2, 3), np.int32)})
+        fit_population(
+            functools.partial(_ce_permuted),
+            _init(3),
+            _data(),
+            key=jax.random.key(0),
+            steps=2,
+            model_data={"perm": np.zeros((2, 3), np.int32)},
+        )
 
 
 # ---- train_population ------------------------------------------------------------------------
@@ -265,11 +307,27 @@ def digits():
 @pytest.fixture(scope="module")
 def digits_zoo(digits):
     train, test = digits
-    plan = {"classes": [[0, 1, 2], [9, 4, 7], [3, 8, 5], [2, 1]], "optimizer": ["adam", "sgd", "momentum", "adamw"],
-            "learning_rate": [0.01, 0.2, 0.05, 0.01], "weight_decay": [0.0, 1e-4, 0.0, 0.01],
-            "train_fraction": [1.0, 0.5, 0.3, 1.0], "init_scale": [1.0, 0.8, 1.2, 1.0], "steps": [120, 120, 60, 120]}
-    return train_population(DIGITS_MLP, train, plan, key=jax.random.key(0), test=test, batch_size=32,
-                            eval_size=None, pad_outputs=True, snapshot_steps=(60,), name="digits-test")
+    plan = {
+        "classes": [[0, 1, 2], [9, 4, 7], [3, 8, 5], [2, 1]],
+        "optimizer": ["adam", "sgd", "momentum", "adamw"],
+        "learning_rate": [0.01, 0.2, 0.05, 0.01],
+        "weight_decay": [0.0, 1e-4, 0.0, 0.01],
+        "train_fraction": [1.0, 0.5, 0.3, 1.0],
+        "init_scale": [1.0, 0.8, 1.2, 1.0],
+        "steps": [120, 120, 60, 120],
+    }
+    return train_population(
+        DIGITS_MLP,
+        train,
+        plan,
+        key=jax.random.key(0),
+        test=test,
+        batch_size=32,
+        eval_size=None,
+        pad_outputs=True,
+        snapshot_steps=(60,),
+        name="digits-test",
+    )
 
 
 def _oracle_accuracy(arch, params, ds, classes):
@@ -336,8 +394,16 @@ def test_train_population_rejects_bad_plans(digits, plan, match):
     "arch",
     [
         CNN(image_shape=(28, 28, 1), channels=(16, 16, 16), strides=2, input_mean=0.3, input_std=0.35),
-        CNN(image_shape=(12, 12, 3), channels=(6, 8), kernel_size=5, padding=2, strides=1, dense=(7,),
-            activation="tanh", out_features=4),
+        CNN(
+            image_shape=(12, 12, 3),
+            channels=(6, 8),
+            kernel_size=5,
+            padding=2,
+            strides=1,
+            dense=(7,),
+            activation="tanh",
+            out_features=4,
+        ),
     ],
     ids=["small-cnn-zoo", "k5-rgb-dense"],
 )
@@ -347,6 +413,19 @@ def test_im2col_forward_matches_lax_conv(arch):
     got = cnn_forward_im2col(arch, p, x)
     # The oracle: the architecture's own lax.conv forward; sums of ~150 products, hence scale.
     assert_tree_allclose(np.asarray(got), np.asarray(arch.apply(p, x)), scale=10)
+
+
+def test_im2col_dropout_draws_one_mask_per_key():
+    arch = CNN(image_shape=(8, 8, 1), channels=(4, 4), strides=2)
+    p = arch.init(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (16, 8, 8, 1))
+    plain = np.asarray(cnn_forward_im2col(arch, p, x))
+    # Rate 0 keeps every activation (uniform draws are < 1): exactly the deterministic pass.
+    np.testing.assert_array_equal(np.asarray(cnn_forward_im2col(arch, p, x, key=jax.random.key(2))), plain)
+    a = np.asarray(cnn_forward_im2col(arch, p, x, key=jax.random.key(2), dropout=0.5))
+    b = np.asarray(cnn_forward_im2col(arch, p, x, key=jax.random.key(3), dropout=0.5))
+    assert not np.allclose(a, plain) and not np.allclose(a, b)
+    np.testing.assert_array_equal(a, np.asarray(cnn_forward_im2col(arch, p, x, key=jax.random.key(2), dropout=0.5)))
 
 
 def test_target_loss_stops_each_model_early():

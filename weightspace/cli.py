@@ -20,6 +20,10 @@ _COMMAND_MODULES = [
     "weightspace.selection._cli",
 ]
 
+# Packages above ``zoo`` that register zoo recipes when imported (``weightspace.zoo.register_recipe``);
+# the command imports them so ``weightspace zoo recipes`` / ``zoo build NAME`` see every recipe.
+_RECIPE_PACKAGES = ["weightspace.lora"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -30,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"weightspace {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _RECIPE_PACKAGES:
+        importlib.import_module(name)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser

@@ -1,4 +1,8 @@
-"""LoRA forensics: LoRA adapters (merge, spectra, file formats), DSiRe and Spectral DeTuning."""
+"""LoRA forensics: LoRA adapters (merge, spectra, file formats), DSiRe and Spectral DeTuning.
+
+Importing this package registers the ``fmnist-lora`` zoo recipe: build it with
+``weightspace.zoo.build_recipe("fmnist-lora")`` (returns a :class:`LoRAZoo`).
+"""
 
 from weightspace.lora._detune import DetuneResult as DetuneResult
 from weightspace.lora._detune import RankSchedule as RankSchedule
@@ -42,7 +46,6 @@ from weightspace.lora._lora import unmerge as unmerge
 from weightspace.lora._recipe import SUBSETS as SUBSETS
 from weightspace.lora._recipe import LoRAZoo as LoRAZoo
 from weightspace.lora._recipe import autoencoder as autoencoder
-from weightspace.lora._recipe import build_lora_recipe as build_lora_recipe
 from weightspace.lora._recipe import load_lora_zoo as load_lora_zoo
 from weightspace.lora._recipe import pretrain_base as pretrain_base
 from weightspace.lora._recipe import reconstruction_loss as reconstruction_loss
@@ -63,7 +66,6 @@ __all__ = [
     "SpectralFeatures",
     "autoencoder",
     "best_tensor",
-    "build_lora_recipe",
     "detune_model",
     "dsire_votes",
     "evaluate_size_recovery",

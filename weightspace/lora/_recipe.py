@@ -1,4 +1,12 @@
-"""LoRA zoos: a frozen base plus many adapters, and the ``fmnist-lora`` recipe.
+"""LoRA zoos: a frozen base plus many adapters, and the ``fmnist-lora`` zoo recipe.
+
+``import weightspace.lora`` registers ``fmnist-lora`` with :func:`weightspace.zoo.register_recipe`,
+so ``weightspace.zoo.build_recipe("fmnist-lora", size=..., seed=...)`` and ``weightspace zoo build
+fmnist-lora`` build it, or load it from the recipe cache (one LoRA zoo safetensors file), like every
+other recipe. It returns a :class:`LoRAZoo`; ``size`` counts concepts (default all 40, i.e. 680
+LoRAs); the meta holds ``concept``, ``class_name``, ``style``, ``n_images``, ``subset``, the
+recipe's hyper-parameters, ``seed`` and ``final_loss``. The base autoencoder is cached on its own
+(shared by every size).
 
 ``fmnist-lora`` mirrors the LoRA-WiSE setting (personalised Stable Diffusion LoRAs) at
 Fashion-MNIST scale: a small autoencoder (the generative base) is pretrained on all of
@@ -8,6 +16,12 @@ class: 10 x 4 = 40 concepts. Dataset sizes follow the paper's grids: low 1-6; me
 30, 40, 50; high 1, 10, 100, 500, 1000. Every subset uses one fixed recipe (rank 8, alpha 8,
 Adam 1e-3, 300 steps of batch 16 drawn with replacement from the ``n`` images). All LoRAs train
 at once with :func:`weightspace.zoo.fit_population` (the base is a shared frozen constant).
+
+Example:
+    >>> import weightspace.lora
+    >>> from weightspace.zoo import RECIPES
+    >>> RECIPES["fmnist-lora"].returns, RECIPES["fmnist-lora"].default_size
+    ('LoRAZoo', 40)
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ import dataclasses
 import json
 import os
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,12 +40,12 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from weightspace._cache import cache_dir
-from weightspace._errors import ConfigError, LoadError
+from weightspace._errors import ConfigError, InvalidValueError, LoadError
 from weightspace._safetensors import write_safetensors
 from weightspace.lora._io import LORA_ZOO_FORMAT, LoraRows, _header
 from weightspace.lora._lora import Adapter, LoRA, merge
 from weightspace.nets import MLP, Architecture, Params, architecture_from_config
-from weightspace.zoo import Zoo, load_tensors
+from weightspace.zoo import Zoo, load_tensors, register_recipe
 from weightspace.zoo._zoo import meta_to_json
 
 RECIPE_VERSION = 1
@@ -91,6 +105,14 @@ class LoRAZoo:
         stacked = {k: np.broadcast_to(np.asarray(v), (len(self), *np.shape(v))) for k, v in self.base.items()}
         params = {k: np.asarray(v) for k, v in merge(stacked, self.adapter).items()}
         return Zoo(self.arch, cast(Params, params), dict(self.meta), self.name)
+
+    def check_finite(self) -> None:
+        """Raise :class:`~weightspace.InvalidValueError` if the base or an adapter holds NaN/Inf."""
+        bad = [f"base.{k}" for k, v in self.base.items() if not np.isfinite(np.asarray(v)).all()]
+        bad += [f"{k} ({part})" for k, lo in self.adapter.items() for part, v in (("A", lo.A), ("B", lo.B))
+                if not np.isfinite(np.asarray(v)).all()]
+        if bad:
+            raise InvalidValueError(f"LoRA zoo {self.name!r}: non-finite values in {bad[:5]}")
 
     def rows(self) -> LoraRows:
         """LoRA-WiSE-style rows: the adapter, ``n_images`` labels and ``concept`` names."""
@@ -223,55 +245,25 @@ def pretrain_base(*, seed: int = 0, progress: bool | None = None, cache: bool = 
     return arch, base, test_mse
 
 
-def build_lora_recipe(
-    name: str = "fmnist-lora",
-    *,
-    size: int | None = None,
-    seed: int = 0,
-    subsets: Sequence[str] = tuple(SUBSETS),
-    progress: bool | None = None,
-    cache: bool = True,
-) -> LoRAZoo:
-    """Build (or load from the cache) the ``fmnist-lora`` zoo (module docs).
-
-    Args:
-        name: ``"fmnist-lora"`` (the only LoRA recipe).
-        size: number of concepts (default all 40); each gets one LoRA per dataset size of
-            each subset.
-        seed: recipe seed (image draws, LoRA initialisation).
-        subsets: which of ``low``, ``medium``, ``high``.
-        progress: progress bars (``None``: when stderr is a terminal).
-        cache: read/write ``cache_dir("zoos")/fmnist-lora-...safetensors``.
-
-    Returns:
-        A :class:`LoRAZoo` whose ``meta`` holds ``concept``, ``class_name``, ``style``,
-        ``n_images``, ``subset``, the recipe's hyper-parameters, ``seed`` and ``final_loss``.
-    """
+def _build_fmnist_lora(size: int, seed: int, progress: bool | None) -> LoRAZoo:
+    """Build the ``fmnist-lora`` zoo: ``size`` concepts (1..40), one LoRA per dataset size of
+    every subset (``SUBSETS``: 17 per concept). Registered as a zoo recipe below."""
     from weightspace.data import load_dataset
     from weightspace.zoo import fit_population
 
-    if name != "fmnist-lora":
-        raise ConfigError(f"unknown LoRA recipe {name!r}; known: ['fmnist-lora']")
-    size = 40 if size is None else size
+    name = "fmnist-lora"
     if not isinstance(size, int | np.integer) or not 1 <= size <= 40:
         raise ConfigError(f"fmnist-lora: size (concepts) must be an int in [1, 40], got {size!r}")
-    bad = [s for s in subsets if s not in SUBSETS]
-    if bad:
-        raise ConfigError(f"unknown subsets {bad}; choose from {list(SUBSETS)}")
-    tag = "-".join(subsets)
-    path = cache_dir("zoos") / f"{name}-{tag}-n{size}-s{seed}-v{RECIPE_VERSION}.safetensors"
-    if cache and path.exists():
-        return load_lora_zoo(path)
-    arch, base, _ = pretrain_base(seed=seed, progress=progress, cache=cache)
+    arch, base, _ = pretrain_base(seed=seed, progress=progress)
     ds = load_dataset("fashion-mnist", "train")
     concept_of = _concepts(ds.labels, ds.images)
     rng = _rng(seed, 1)
     chosen = np.sort(rng.choice(40, size=size, replace=False))
     index, meta_rows = [], []
-    for subset in subsets:
+    for subset, grid in SUBSETS.items():
         for c in chosen:
             pool = np.nonzero(concept_of == c)[0]
-            for n in SUBSETS[subset]:
+            for n in grid:
                 rows = np.sort(rng.choice(pool, size=n, replace=False))
                 index.append(rows)
                 cls = int(c) // 4
@@ -296,7 +288,29 @@ def build_lora_recipe(
     meta |= {k: [v] * m for k, v in LORA_RECIPE.items()}
     meta["seed"] = seeds.tolist()
     meta["final_loss"] = final.tolist()
-    zoo = LoRAZoo(arch, cast(Params, base), adapter, meta, name)
-    if cache:
-        save_lora_zoo(path, zoo)
-    return zoo
+    return LoRAZoo(arch, cast(Params, base), adapter, meta, name)
+
+
+def _save_hook(zoo: LoRAZoo, directory: Path) -> list[str]:
+    save_lora_zoo(directory / "lora-zoo.safetensors", zoo)
+    return ["lora-zoo.safetensors"]
+
+
+def _load_hook(directory: Path, files: list[str]) -> LoRAZoo:
+    if len(files) != 1:
+        raise LoadError(f"{directory}: a LoRA zoo recipe cache holds one file, the manifest lists {files}")
+    return load_lora_zoo(directory / files[0])
+
+
+register_recipe(
+    "fmnist-lora",
+    _build_fmnist_lora,
+    description="rank-8 LoRAs of one Fashion-MNIST autoencoder, each fine-tuned on n images of a concept (class x "
+    "ink quartile), n on LoRA-WiSE's low/medium/high grids; size counts concepts, 17 LoRAs each",
+    default_size=40,
+    tiny_size=2,
+    returns="LoRAZoo",
+    save=_save_hook,
+    load=_load_hook,
+    version=RECIPE_VERSION,
+)

@@ -18,10 +18,13 @@ from weightspace.nets._efficientnet import EfficientNetLite0 as EfficientNetLite
 from weightspace.nets._minilm import BertConfig as BertConfig
 from weightspace.nets._minilm import MiniLM as MiniLM
 from weightspace.nets._minilm import load_minilm as load_minilm
+from weightspace.nets._pretrained import PretrainedModel as PretrainedModel
+from weightspace.nets._pretrained import cifar10_params_from_keras as cifar10_params_from_keras
 from weightspace.nets._pretrained import convert_efficientnet_lite0 as convert_efficientnet_lite0
 from weightspace.nets._pretrained import imagenet_classes as imagenet_classes
-from weightspace.nets._pretrained import load_cifar10_cnn as load_cifar10_cnn
-from weightspace.nets._pretrained import load_efficientnet_lite0 as load_efficientnet_lite0
+from weightspace.nets._pretrained import read_cifar10_cnn as read_cifar10_cnn
+from weightspace.nets._pretrained import read_efficientnet_lite0 as read_efficientnet_lite0
+from weightspace.nets._pretrained import read_keras_h5 as read_keras_h5
 from weightspace.nets._standard import CNN as CNN
 from weightspace.nets._standard import MLP as MLP
 from weightspace.nets._standard import SIREN as SIREN
@@ -42,16 +45,19 @@ __all__ = [
     "EfficientNetLite0",
     "MiniLM",
     "Params",
+    "PretrainedModel",
     "architecture_from_config",
+    "cifar10_params_from_keras",
     "clip_image_features",
     "clip_text_features",
     "convert_efficientnet_lite0",
     "coordinate_grid",
     "imagenet_classes",
-    "load_cifar10_cnn",
     "load_clip",
-    "load_efficientnet_lite0",
     "load_minilm",
+    "read_cifar10_cnn",
+    "read_efficientnet_lite0",
+    "read_keras_h5",
     "register_architecture",
     "resize_images",
 ]

@@ -86,6 +86,9 @@ class Architecture(abc.ABC):
     """
 
     kind: ClassVar[str] = "generic"
+    compiler_options: ClassVar[tuple[tuple[str, bool | int | str], ...]] = ()
+    """XLA options that the many-model kernels of this architecture compile with (``jax.jit``'s
+    ``compiler_options``, as ``(name, value)`` pairs; options of another backend are ignored)."""
 
     # ---- what every architecture must say -------------------------------------------------
     @property

