@@ -102,6 +102,12 @@ def torch_info(device: str, threads: int | None = None) -> dict[str, Any]:
 PRECISIONS = ("default", "highest")
 
 
+def add_torch_device_argument(ap: Any, *, reference: str = "the PyTorch loop") -> None:
+    """``--torch-device {auto,cpu,cuda}`` on an ``argparse`` parser (the same flag in every benchmark)."""
+    ap.add_argument("--torch-device", default="auto", choices=TORCH_DEVICES,
+                    help=f"where {reference} runs (auto: cuda when torch and JAX both see a GPU)")
+
+
 def set_matmul_precision(precision: str, device: str) -> None:
     """Give JAX and PyTorch the same float32 matmul/conv precision.
 

@@ -494,12 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="time the PyTorch reference on this many layers and scale to all (default: all on the CPU, 4 on CUDA)",
     )
-    ap.add_argument(
-        "--torch-device",
-        default="auto",
-        choices=_device.TORCH_DEVICES,
-        help="where the PyTorch reference runs (auto: cuda when torch and JAX both see a GPU)",
-    )
+    _device.add_torch_device_argument(ap, reference="the PyTorch reference")
     ap.add_argument(
         "--matmul-precision",
         default="highest",

@@ -299,12 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="pin the process to this many cores (JAX and PyTorch alike; default: all)",
     )
-    ap.add_argument(
-        "--torch-device",
-        default="auto",
-        choices=_device.TORCH_DEVICES,
-        help="where the PyTorch loop runs (auto: cuda when torch and JAX both see a GPU)",
-    )
+    _device.add_torch_device_argument(ap)
     ap.add_argument(
         "--torch-models",
         type=int,

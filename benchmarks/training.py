@@ -234,12 +234,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--torch-models", type=int, default=None, help="models the PyTorch loop trains (default 20)")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads on the CPU (default 1)")
-    ap.add_argument(
-        "--torch-device",
-        default="auto",
-        choices=_device.TORCH_DEVICES,
-        help="where the PyTorch loop runs (auto: cuda when torch and JAX both see a GPU)",
-    )
+    _device.add_torch_device_argument(ap)
     ap.add_argument(
         "--matmul-precision",
         default="default",
