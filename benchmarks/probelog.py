@@ -475,7 +475,7 @@ def write_markdown(result: dict, path: Path) -> None:
         lines += [f"## Search speed: {s['logits']:,} logits x {s['probes']} probes ({s['dtype']}), k={s['k']}, "
                   f"top={s['top']}", "",
                   f"Measured {s.get('date', '?')} with `{s.get('command', '?')}` on {s.get('machine', '?')} "
-                  "(a 2-core machine shared by ~8 engineers: compare the ratios, not the absolute times).", "",
+                  "(see the load average: on a shared machine compare the ratios, not the absolute times).", "",
                   "| method | per query (ms) | compile (s) |", "|---|---:|---:|",
                   f"| weightspace gather kernel, single query | {s['weightspace_gather_query_ms']:.1f} | "
                   f"{s['compile_gather_s']:.2f} |",
