@@ -495,13 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         help="time the PyTorch reference on this many layers and scale to all (default: all on the CPU, 4 on CUDA)",
     )
     _device.add_torch_device_argument(ap, reference="the PyTorch reference")
-    ap.add_argument(
-        "--matmul-precision",
-        default="highest",
-        choices=_device.PRECISIONS,
-        help="float32 matmul precision of both sides (highest, the default: full float32, as the "
-        "reference runs; default: JAX's own, TF32 on GPUs)",
-    )
+    _device.add_matmul_precision_argument(ap, default="highest")
     ap.add_argument(
         "--no-pin", action="store_true", help="do not pin to one core (never pinned on a machine with an NVIDIA GPU)"
     )

@@ -120,25 +120,16 @@ def torch_loop(
                     F.conv2d(h, p[f"convs.{i}.weight"], p[f"convs.{i}.bias"], stride=arch.strides, padding=arch.padding)
                 )
             return F.linear(h.mean(dim=(2, 3)), p["head.weight"], p["head.bias"])
-    elif isinstance(arch, SIREN):
+    else:  # MLP or SIREN: linear layers with relu or sin(w0 * .) between them
         xt, n = torch.from_numpy(np.array(x)).to(device), len(arch.widths) - 1
+        act = (lambda h: torch.sin(arch.w0 * h)) if isinstance(arch, SIREN) else torch.relu
 
         def forward(p: dict[str, Any]) -> Any:
             h = xt
             for i in range(n):
                 h = F.linear(h, p[f"layers.{i}.weight"], p[f"layers.{i}.bias"])
                 if i < n - 1:
-                    h = torch.sin(arch.w0 * h)
-            return h
-    else:
-        xt, n = torch.from_numpy(np.array(x)).to(device), len(arch.widths) - 1
-
-        def forward(p: dict[str, Any]) -> Any:
-            h = xt
-            for i in range(n):
-                h = F.linear(h, p[f"layers.{i}.weight"], p[f"layers.{i}.bias"])
-                if i < n - 1:
-                    h = torch.relu(h)
+                    h = act(h)
             return h
 
     if device == "cpu":
@@ -306,13 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="models the PyTorch loop runs, its time scaled to the zoo (default: all on the CPU, 2000 on CUDA)",
     )
-    ap.add_argument(
-        "--matmul-precision",
-        default="default",
-        choices=_device.PRECISIONS,
-        help="float32 matmul/conv precision of both sides (default: JAX's own, TF32 for PyTorch on "
-        "CUDA too; highest: full float32)",
-    )
+    _device.add_matmul_precision_argument(ap)
     ap.add_argument("--no-formulations", action="store_true", help="skip the per-formulation timings")
     args = ap.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 5)

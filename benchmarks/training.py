@@ -235,13 +235,7 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-models", type=int, default=None, help="models the PyTorch loop trains (default 20)")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads on the CPU (default 1)")
     _device.add_torch_device_argument(ap)
-    ap.add_argument(
-        "--matmul-precision",
-        default="default",
-        choices=_device.PRECISIONS,
-        help="float32 matmul/conv precision of both sides (default: JAX's own, TF32 for PyTorch on "
-        "CUDA too; highest: full float32)",
-    )
+    _device.add_matmul_precision_argument(ap)
     ap.add_argument("--recipe-size", type=int, default=50, help="models per classifier recipe build (quick: tiny)")
     ap.add_argument("--inr-size", type=int, default=200, help="images per INR recipe build (quick: tiny)")
     ap.add_argument("--cases", default="mlp-small,mlp-fmnist,cnn-fmnist,recipes")
