@@ -50,14 +50,15 @@ def _idx_bytes(array: np.ndarray, code: int) -> bytes:
 @pytest.mark.parametrize(
     ("dtype", "code"),
     [(np.uint8, 0x08), (np.int8, 0x09), (np.int16, 0x0B), (np.int32, 0x0C), (np.float32, 0x0D), (np.float64, 0x0E)],
+    ids=["uint8", "int8", "int16", "int32", "float32", "float64"],
 )
-@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gzip"])
 def test_read_idx_tiny_files(tmp_path, dtype, code, gz):
     rng = np.random.default_rng(0)
     array = (rng.random((3, 4, 5)) * 100 - (0 if dtype == np.uint8 else 50)).astype(dtype)
     raw = _idx_bytes(array, code)
     path = tmp_path / ("x.idx.gz" if gz else "x.idx")
-    path.write_bytes(gzip.compress(raw) if gz else raw)
+    path.write_bytes(gzip.compress(raw, mtime=0) if gz else raw)
     out = read_idx(path)
     assert out.dtype == np.dtype(dtype) and out.dtype.isnative
     np.testing.assert_array_equal(out, array)
@@ -75,6 +76,7 @@ def test_read_idx_tiny_files(tmp_path, dtype, code, gz):
         (lambda raw: b"\x01" + raw[1:], "not an IDX"),
         (lambda raw: raw[:2] + b"\x07" + raw[3:], "not an IDX"),
     ],
+    ids=["minus-one-byte", "header-only", "too-short", "trailing-byte", "bad-magic", "bad-type-code"],
 )
 def test_read_idx_corrupt_raises(tmp_path, mutate, match):
     raw = _idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4), 0x08)
@@ -86,7 +88,7 @@ def test_read_idx_corrupt_raises(tmp_path, mutate, match):
 
 
 def test_read_idx_bad_gzip_and_missing(tmp_path):
-    good = gzip.compress(_idx_bytes(np.arange(100, dtype=np.uint8), 0x08))
+    good = gzip.compress(_idx_bytes(np.arange(100, dtype=np.uint8), 0x08), mtime=0)
     (tmp_path / "trunc.gz").write_bytes(good[: len(good) // 2])
     (tmp_path / "junk.gz").write_bytes(b"this is not gzip at all")
     for name in ("trunc.gz", "junk.gz", "missing.gz"):
@@ -124,10 +126,11 @@ def test_fashion_mnist_offline_message(offline_fmnist, monkeypatch):
     "payload",
     [
         b"<html>404</html>",
-        gzip.compress(_idx_bytes(np.zeros(10000, np.uint8), 0x08))[:-20],  # truncated download
-        gzip.compress(_idx_bytes(np.zeros(10000, np.uint8), 0x08)),  # valid IDX, wrong contents
-        gzip.compress(_idx_bytes(np.zeros(10, np.uint8), 0x08)),  # wrong shape
+        gzip.compress(_idx_bytes(np.zeros(10000, np.uint8), 0x08), mtime=0)[:-20],  # truncated download
+        gzip.compress(_idx_bytes(np.zeros(10000, np.uint8), 0x08), mtime=0),  # valid IDX, wrong contents
+        gzip.compress(_idx_bytes(np.zeros(10, np.uint8), 0x08), mtime=0),  # wrong shape
     ],
+    ids=["html-page", "truncated-gzip", "wrong-contents", "wrong-shape"],
 )
 def test_fashion_mnist_bad_download_leaves_no_file(offline_fmnist, monkeypatch, payload):
     monkeypatch.setattr(_datasets, "_fetch", lambda url: payload)
@@ -139,7 +142,7 @@ def test_fashion_mnist_bad_download_leaves_no_file(offline_fmnist, monkeypatch, 
 def test_fashion_mnist_corrupt_cache_file_is_reported(offline_fmnist, monkeypatch):
     monkeypatch.setattr(_datasets, "_fetch", lambda url: pytest.fail("a cached file must not be re-downloaded"))
     offline_fmnist.mkdir(parents=True)
-    (offline_fmnist / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01\0\0\0\x05ab"))
+    (offline_fmnist / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01\0\0\0\x05ab", mtime=0))
     with pytest.raises(LoadError, match=r"truncated.*delete"):
         _datasets._fashion_mnist_file("t10k-labels-idx1-ubyte.gz")
 
@@ -161,7 +164,9 @@ def test_fashion_mnist_download_is_verified_and_cached(offline_fmnist, monkeypat
 # ----------------------------------------------------------------------------------------- datasets
 
 
-@pytest.mark.parametrize("name", [pytest.param("fashion-mnist", marks=needs_fmnist), "mnist-5k", "digits"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("fashion-mnist", marks=needs_fmnist), "mnist-5k", "digits"], ids=["fashion-mnist", "mnist-5k", "digits"]
+)
 def test_load_dataset_splits(name):
     shape, n_all = EXPECTED[name]
     full, train, test = (load_dataset(name, s) for s in ("all", "train", "test"))
@@ -297,9 +302,11 @@ SHAPES = [(28, 28, 1), (32, 32, 3), (12, 20, 1)]
 
 
 @pytest.mark.parametrize(
-    "kind", [k for k in PROBE_KINDS if k != "fashion-mnist"] + [pytest.param("fashion-mnist", marks=needs_fmnist)]
+    "kind",
+    [k for k in PROBE_KINDS if k != "fashion-mnist"] + [pytest.param("fashion-mnist", marks=needs_fmnist)],
+    ids=[k for k in PROBE_KINDS if k != "fashion-mnist"] + ["fashion-mnist"],
 )
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
 def test_make_probes_shapes_ranges_determinism(kind, shape):
     p = make_probes(kind, 6, seed=1, shape=shape)
     assert isinstance(p, ProbeSet) and len(p) == 6
@@ -320,7 +327,7 @@ def test_make_probes_shapes_ranges_determinism(kind, shape):
         assert p.labels is None and p.label_names is None
 
 
-@pytest.mark.parametrize("kind", ["mnist-5k", "digits"])
+@pytest.mark.parametrize("kind", ["mnist-5k", "digits"], ids=["mnist-5k", "digits"])
 def test_in_distribution_probes_are_test_images(kind):
     test = load_dataset(kind, "test")
     p = make_probes(kind, 50, seed=0, shape=test.images.shape[1:])

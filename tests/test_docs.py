@@ -22,7 +22,7 @@ def _pages():
             yield pytest.param(p, id=p.name, marks=marks)
 
 
-@pytest.mark.parametrize("page", list(_pages()))
+@pytest.mark.parametrize("page", list(_pages()), ids=lambda p: p.name)
 def test_doc_snippets_run(page: Path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}

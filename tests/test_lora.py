@@ -75,7 +75,7 @@ def test_merge_stacked_models_and_errors():
         stack_adapters([ads[0], {"w": _lora(rng, 6, 5, 3)}])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_spectra_match_numpy_svd(dtype):
     rng = np.random.default_rng(2)
     ad = {"q.weight": LoRA.of(rng.normal(size=(4, 3, 9)).astype(dtype), rng.normal(size=(4, 7, 3)).astype(dtype),
@@ -92,7 +92,7 @@ def test_spectra_match_numpy_svd(dtype):
 
 
 # ---- adapter files ----------------------------------------------------------------------------
-@pytest.mark.parametrize("naming", ["peft", "kohya"])
+@pytest.mark.parametrize("naming", ["peft", "kohya"], ids=["peft", "kohya"])
 def test_save_read_round_trip(naming, tmp_path):
     rng = np.random.default_rng(3)
     ad = {"blocks.0.attn.q.weight": _lora(rng, 8, 6, 2, alpha=16.0), "head.weight": _lora(rng, 3, 8, 2, alpha=1.0)}

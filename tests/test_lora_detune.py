@@ -61,7 +61,7 @@ def _data(layers=3, shape=(40, 32), n_loras=5, rank=3, seed=0):
     return synthetic_finetunes(jax.random.key(seed), layers=layers, shape=shape, n_loras=n_loras, rank=rank)
 
 
-@pytest.mark.parametrize("script", ["flat", "decreasing", "plateaus", "random"])
+@pytest.mark.parametrize("script", SCRIPTS := ["flat", "decreasing", "plateaus", "random"], ids=SCRIPTS)
 def test_scheduler_matches_reference_on_scripted_losses(script):
     n = 120
     rng = np.random.default_rng(0)
@@ -97,7 +97,7 @@ def test_matches_numpy_oracle_per_layer():
     assert_tree_allclose(res.weights, want.astype(np.float32), scale=10)  # 120 float32 SVD rounds
 
 
-@pytest.mark.parametrize("reduce", [True, False])
+@pytest.mark.parametrize("reduce", [True, False], ids=["reduce", "no-reduce"])
 def test_exact_recovery_when_final_rank_is_true_rank(reduce):
     w, wp = _data()
     res = spectral_detune(wp, rank=3, n_iters=200, svd="full", reduce=reduce, reference=w)

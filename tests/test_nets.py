@@ -114,6 +114,8 @@ def test_cnn_dropout_only_with_key():
         (lambda: architecture_from_config({"type": "MLP", "in_features": 3, "depth": 2}), "unknown fields"),
         (lambda: architecture_from_config("{not json"), "not valid JSON"),
     ],
+    ids=["zero-width", "unknown-activation", "image-shape-mismatch", "conv-to-nothing", "bad-dropout",
+         "unknown-architecture", "unknown-fields", "bad-json"],
 )
 def test_bad_configs(factory, match):
     with pytest.raises(ConfigError, match=match):

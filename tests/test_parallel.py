@@ -26,7 +26,7 @@ def test_make_mesh() -> None:
         make_mesh("")
 
 
-@pytest.mark.parametrize("kind", ["numpy", "jax"])
+@pytest.mark.parametrize("kind", ["numpy", "jax"], ids=["numpy", "jax"])
 def test_pad_models_repeats_the_last_model(kind: str) -> None:
     w = np.arange(10.0, dtype=np.float32).reshape(5, 2)
     b = np.arange(5.0, dtype=np.float32)

@@ -75,6 +75,9 @@ def _loop(zoo: Zoo, x: np.ndarray) -> np.ndarray:
         pytest.param("cnn-dense", "einsum", None, marks=pytest.mark.slow), ("cnn-dense", "im2col", 2),
         ("siren", "vmap", None), ("siren", "einsum", None), ("siren", "scan", 2), ("siren", "im2col", None),
     ],
+    ids=["mlp-vmap", "mlp-einsum", "mlp-scan", "mlp-scan-g2", "mlp-image-einsum", "mlp-image-auto", "cnn-vmap",
+         "cnn-einsum", "cnn-scan-g3", "cnn-im2col", "cnn-dense-einsum", "cnn-dense-im2col-g2", "siren-vmap",
+         "siren-einsum", "siren-scan-g2", "siren-im2col"],
 )
 def test_formulations_equal_per_model_loop(name: str, formulation: str, group: int | None) -> None:
     zoo = _zoo(name, 6)
@@ -111,8 +114,8 @@ def test_fast_sin_accuracy() -> None:
     assert err.max() < 2 * np.finfo(np.float32).eps
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "siren"])
-@pytest.mark.parametrize("chunks", [(None, None), (2, 7)])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "siren"], ids=["mlp", "cnn", "siren"])
+@pytest.mark.parametrize("chunks", [(None, None), (2, 7)], ids=["unchunked", "chunks-2x7"])
 def test_probe_equals_loop(name: str, chunks: tuple[int | None, int | None]) -> None:
     zoo, x = _zoo(name, 5), _probes(name, 30)
     got = probe(zoo, x, model_chunk=chunks[0], probe_chunk=chunks[1], mesh=False)
@@ -121,7 +124,7 @@ def test_probe_equals_loop(name: str, chunks: tuple[int | None, int | None]) -> 
 
 
 @pytest.mark.parametrize("name", ["mlp", pytest.param("cnn", marks=pytest.mark.slow),
-                                  pytest.param("siren", marks=pytest.mark.slow)])
+                                  pytest.param("siren", marks=pytest.mark.slow)], ids=["mlp", "cnn", "siren"])
 def test_sharded_equals_unsharded(name: str) -> None:
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     zoo, x = _zoo(name, 11), _probes(name, 20)  # 11 models: padded to 16 over 8 devices

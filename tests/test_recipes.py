@@ -63,10 +63,10 @@ def _check_inrs(zoo):
 
 # The recipes defined by weightspace.zoo (packages above it, e.g. weightspace.lora, register and test
 # their own when imported; collection order must not change this list).
-ZOO_RECIPES = [n for n, r in RECIPES.items() if r.build.__module__ == "weightspace.zoo._recipes"]
+ZOO_RECIPES = sorted(n for n, r in RECIPES.items() if r.build.__module__ == "weightspace.zoo._recipes")
 
 
-@pytest.mark.parametrize("name", ZOO_RECIPES)
+@pytest.mark.parametrize("name", ZOO_RECIPES, ids=ZOO_RECIPES)
 def test_tiny_recipe_beats_chance(name):
     # Every tiny build takes seconds (mostly compiling one training program per architecture).
     r = RECIPES[name]

@@ -60,7 +60,7 @@ def _np_discrepancy(q, g, idx, distance):
     return d
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_normalize_matches_numpy_and_guards_constant_rows(dtype):
     rng = np.random.default_rng(0)
     v = rng.normal(3.0, 2.0, size=(4, 5, 30)).astype(dtype)
@@ -93,7 +93,7 @@ def test_logit_and_model_descriptors_match_loops():
         model_descriptors(r, pool="median")
 
 
-@pytest.mark.parametrize("selection", ["top", "bottom", "quantiles", "all"])
+@pytest.mark.parametrize("selection", ["top", "bottom", "quantiles", "all"], ids=["top", "bottom", "quantiles", "all"])
 def test_select_probes_matches_oracle(selection):
     rng = np.random.default_rng(2)
     q = rng.normal(size=(5, 40)).astype(np.float32)
@@ -116,8 +116,8 @@ def test_select_random_needs_key_and_is_deterministic():
         select_probes(q, 3, selection="middle")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("distance", ["l2", "l1", "cosine"])
-@pytest.mark.parametrize("selection", ["top", "bottom", "quantiles", "all"])
+@pytest.mark.parametrize("distance", ["l2", "l1", "cosine"], ids=["l2", "l1", "cosine"])
+@pytest.mark.parametrize("selection", ["top", "bottom", "quantiles", "all"], ids=["top", "bottom", "quantiles", "all"])
 def test_discrepancy_matches_numpy(distance, selection):
     rng = np.random.default_rng(3)
     q = np.asarray(normalize_descriptors(rng.normal(size=(4, 30))))
@@ -135,8 +135,9 @@ def test_discrepancy_shape_errors():
 
 
 @pytest.mark.parametrize("method,distance", [("gather", "l2"), ("gather", "l1"), ("gather", "cosine"),
-                                             ("dense", "l2"), ("dense", "cosine")])
-@pytest.mark.parametrize("selection", SELECTIONS)
+                                             ("dense", "l2"), ("dense", "cosine")],
+                         ids=["gather-l2", "gather-l1", "gather-cosine", "dense-l2", "dense-cosine"])
+@pytest.mark.parametrize("selection", SELECTIONS, ids=str)
 def test_search_blocks_equals_dense_reference(method, distance, selection):
     rng = np.random.default_rng(4)
     g = np.asarray(normalize_descriptors(rng.normal(size=(203, 24))))  # 203 logits: ragged last block

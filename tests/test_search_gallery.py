@@ -28,7 +28,7 @@ def probes():
     return make_probes("uniform", 48, shape=(6, 6, 1))
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("dtype", ["float16", "float32"], ids=["float16", "float32"])
 def test_round_trip_metadata_and_memmap(tmp_path, probes, dtype):
     r = _responses("a", 7)
     g = build_gallery(r, probes, tmp_path / "g", dtype=dtype, models_per_shard=3)

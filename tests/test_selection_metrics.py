@@ -62,7 +62,7 @@ def _compute(name, f, y, p):
     return getattr(S, name)(f, y)
 
 
-@pytest.mark.parametrize("case", ["A", "B"])
+@pytest.mark.parametrize("case", ["A", "B"], ids=["A", "B"])
 def test_golden_values(case):
     args, expected = GOLDEN[case]
     f, y, p = data(*args)
@@ -111,7 +111,7 @@ def direct_evidence(f, y_, alpha, beta, m):
                   - beta / 2 * np.sum((y_ - f @ m) ** 2) - alpha / 2 * np.sum(m**2) - n / 2 * np.log(2 * np.pi)) / n)
 
 
-@pytest.mark.parametrize("shape", [(30, 80), (120, 20)])
+@pytest.mark.parametrize("shape", [(30, 80), (120, 20)], ids=["n30-d80", "n120-d20"])
 def test_logme_equals_direct_evidence(shape):
     n, d = shape
     rng = np.random.default_rng(3)

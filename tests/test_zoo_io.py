@@ -43,7 +43,7 @@ def _same(a: Zoo, b: Zoo) -> None:
         assert x.dtype == y.dtype and x.tobytes() == y.tobytes()  # bit-exact
 
 
-@pytest.mark.parametrize("fmt", ["packed", "directory"])
+@pytest.mark.parametrize("fmt", ["packed", "directory"], ids=["packed", "directory"])
 @pytest.mark.parametrize("arch", [MLP_A, CNN_A, SIREN(hidden=(8,))], ids=lambda a: type(a).__name__)
 def test_round_trip_bit_exact(tmp_path, fmt, arch):
     z = _zoo(arch)
@@ -201,7 +201,7 @@ BAD_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_CASES))
+@pytest.mark.parametrize("case", sorted(BAD_CASES), ids=sorted(BAD_CASES))
 def test_malformed_inputs_give_clear_errors(tmp_path, case):
     exc, match = BAD_CASES[case]
     bad = _write_bad(tmp_path, case)
