@@ -12,12 +12,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jaxtyping import Array, Bool, Float
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, InvalidValueError, LoadError, ShapeError
+from weightspace.learn import TrainConfig, TrainingDivergedError, fit
 from weightspace.selection._ranking import weighted_tau
 from weightspace.selection._validate import as_float_array, as_labels
 
@@ -240,16 +240,9 @@ def _loss(spider: ModelSpider, tasks: SpiderTasks) -> Array:
     return loss
 
 
-# One optimizer object for every run, hyper-parameters living in its state: the jitted step is
-# compiled once per task-stack shape, not once per call (leave-one-task-out trains many spiders).
-_TX = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=1e-4)
-
-
-@jax.jit
-def _train_step(graphdef: Any, params: Any, rest: Any, opt_state: Any, batch: SpiderTasks) -> tuple[Any, Any, Array]:
-    loss, grads = jax.value_and_grad(lambda p: _loss(nnx.merge(graphdef, p, rest), batch))(params)
-    updates, opt_state = _TX.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+def _fit_loss(spider: ModelSpider, tasks: SpiderTasks, key: Array) -> tuple[Array, dict[str, Array]]:
+    # The loss of weightspace.learn.fit; module-level, so every run reuses the compiled step.
+    return _loss(spider, tasks), {}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -271,8 +264,9 @@ def train_model_spider(
 ) -> tuple[ModelSpider, np.ndarray]:
     """Train a :class:`ModelSpider` on tasks with known accuracies (AdamW on the ListMLE loss).
 
-    The module is split with ``nnx.split`` and the whole step is one ``jax.jit`` of a pure function
-    of the parameter state; all tasks form one (full) batch per step.
+    Training runs through the library's one training loop, :func:`weightspace.learn.fit` (one
+    jitted step, reused by every run with the same task-stack shapes and settings); all tasks
+    form one (full) batch per step.
 
     Args:
         tasks: training tasks; ``tasks.accuracy`` is required.
@@ -304,18 +298,16 @@ def train_model_spider(
     if tasks.features.shape[2] != spider.config.task_dim:
         raise ShapeError(f"task features have dim {tasks.features.shape[2]}, the spider expects "
                          f"{spider.config.task_dim}")
-    graphdef, params, rest = nnx.split(spider, nnx.Param, ...)
-    opt_state = _TX.init(params)
-    opt_state.hyperparams["learning_rate"] = jnp.asarray(training.learning_rate, jnp.float32)
-    opt_state.hyperparams["weight_decay"] = jnp.asarray(training.weight_decay, jnp.float32)
-    losses = np.zeros(training.steps, np.float32)
-    for i in range(training.steps):
-        params, opt_state, loss = _train_step(graphdef, params, rest, opt_state, tasks)
-        losses[i] = float(loss)
-    if not np.all(np.isfinite(losses)):
-        raise InvalidValueError(f"Model Spider training diverged: non-finite loss at step "
-                                f"{int(np.argmin(np.isfinite(losses)))}; lower the learning rate")
-    return nnx.merge(graphdef, params, rest), losses
+    n_tasks = int(tasks.features.shape[0])
+    train_config = TrainConfig(steps=training.steps, batch_size=n_tasks, learning_rate=training.learning_rate,
+                         weight_decay=training.weight_decay, seed=training.seed,
+                         eval_every=max(training.steps, 1))  # one host sync, at the end
+    try:
+        report = fit(spider, _fit_loss, tasks, config=train_config, progress=False)
+    except TrainingDivergedError as e:
+        raise InvalidValueError(f"Model Spider training diverged: non-finite loss at step {e.step - 1}; "
+                                f"lower the learning rate") from e
+    return spider, report.losses
 
 
 def rank_models(
