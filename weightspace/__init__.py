@@ -2,11 +2,13 @@
 
 Subpackages: ``nets`` (architectures), ``zoo`` (populations of models and their storage),
 ``data`` (datasets and probe sets), ``probing`` (the vmapped probe engine), ``search``
-(ProbeLog), ``lora`` (DSiRe, Spectral DeTuning), ``selection`` (transferability metrics,
+(ProbeLog), ``learn`` (weight datasets, the one encoder-training loop, the evaluation harness,
+baselines), ``lora`` (DSiRe, Spectral DeTuning), ``selection`` (transferability metrics,
 Model Spider), ``parallel`` and ``testing``.
 """
 
 from weightspace._errors import ConfigError as ConfigError
+from weightspace._errors import GuessWarning as GuessWarning
 from weightspace._errors import InvalidValueError as InvalidValueError
 from weightspace._errors import LoadError as LoadError
 from weightspace._errors import ShapeError as ShapeError
@@ -16,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "GuessWarning",
     "InvalidValueError",
     "LoadError",
     "ShapeError",

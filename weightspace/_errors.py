@@ -25,3 +25,8 @@ class InvalidValueError(WeightspaceError, ValueError):
 
 class ConfigError(WeightspaceError, ValueError):
     """An architecture, recipe or hyper-parameter table is malformed."""
+
+
+class GuessWarning(UserWarning):
+    """weightspace had to guess something a file did not say (e.g. an activation from a plain
+    ``state_dict``). Turn it into an error with ``strict=True``, or say it (``activation=``, ``arch=``)."""

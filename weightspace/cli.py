@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
-from weightspace._errors import WeightspaceError
+from weightspace._errors import GuessWarning, WeightspaceError
 
 # Modules exposing ``register(subparsers)``; order is the order of ``weightspace --help``.
 _COMMAND_MODULES = [
@@ -18,11 +19,14 @@ _COMMAND_MODULES = [
     "weightspace.search._cli",
     "weightspace.lora._cli",
     "weightspace.selection._cli",
+    "weightspace.probex._cli",
+    "weightspace.probegen._cli",
+    "weightspace.equivariant._cli",
 ]
 
 # Packages above ``zoo`` that register zoo recipes when imported (``weightspace.zoo.register_recipe``);
 # the command imports them so ``weightspace zoo recipes`` / ``zoo build NAME`` see every recipe.
-_RECIPE_PACKAGES = ["weightspace.lora"]
+_RECIPE_PACKAGES = ["weightspace.lora", "weightspace.probex"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """weightspace's own warnings (e.g. a guessed activation) as one line a user reads; others as usual."""
+    if issubclass(category, GuessWarning):
+        print(f"weightspace: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except WeightspaceError as e:
         print(f"weightspace: error: {e}", file=sys.stderr)
         return 2

@@ -87,3 +87,89 @@ def assert_no_recompile(fn: Any, *, allowed: int = 0) -> Iterator[None]:
     if after - before > allowed:
         raise AssertionError(f"{getattr(fn, '__name__', fn)} recompiled {after - before} time(s) "
                              f"(allowed {allowed})")
+
+
+# ---- symmetries of weight space (weightspace.equivariant) -------------------------------------
+def assert_permutation_invariant(encoder: Any, zoo: Any, *, key: Any = None, trials: int = 2,
+                                 symmetries: tuple[str, ...] = ("permute",), scale: float = 1.0) -> None:
+    """Assert that an encoder's embeddings do not change when the zoo's models go through symmetries.
+
+    The models themselves are transformed (:func:`weightspace.equivariant.transform_zoo`: random
+    hidden-neuron permutations by default, or any of ``rescale``/``flip``), re-read into weight
+    features and embedded again; embeddings must agree within :data:`TOLERANCES` of float32
+    (times ``scale``).
+
+    Args:
+        encoder: a one-model encoder (NNX module or function of
+            :class:`~weightspace.equivariant.WeightFeatures`), vmapped here.
+        zoo: a :class:`~weightspace.zoo.Zoo` (or Collection) of a covered architecture.
+        key: PRNG key of the random transforms (default ``jax.random.key(0)``).
+        trials: independent random transforms to try.
+        symmetries: names from :data:`weightspace.equivariant.SYMMETRIES`, applied in order.
+        scale: tolerance multiplier (say why in the test when it is not 1).
+
+    Example:
+        >>> import jax
+        >>> from flax import nnx
+        >>> from weightspace.nets import MLP
+        >>> from weightspace.zoo import Zoo
+        >>> from weightspace.equivariant import NPEncoder
+        >>> zoo = Zoo.init(MLP(in_features=3, hidden=(6, 5), out_features=2), 3, key=jax.random.key(0))
+        >>> enc = NPEncoder(taps=(1,), width=4, depth=1, embed_dim=8, max_inputs=3, rngs=nnx.Rngs(0))
+        >>> assert_permutation_invariant(enc, zoo)
+    """
+    from weightspace.equivariant._embed import embed_zoo
+    from weightspace.equivariant._layout import _zoos_of
+    from weightspace.equivariant._symmetry import transform_zoo
+
+    key = jax.random.key(0) if key is None else key
+    zoos = _zoos_of(zoo)
+    base, _ = embed_zoo(encoder, zoos)
+    for t in range(trials):
+        moved = [transform_zoo(z, symmetries, key=jax.random.fold_in(jax.random.fold_in(key, t), i))
+                 for i, z in enumerate(zoos)]
+        out, _ = embed_zoo(encoder, moved)
+        if not tree_allclose(base, out, scale=scale):
+            err = float(np.max(np.abs(np.asarray(base, np.float64) - out)))
+            raise AssertionError(f"embeddings changed under {'+'.join(symmetries)} (trial {t}): max|diff| "
+                                 f"{err:.3g} (max|embedding| {float(np.max(np.abs(base))):.3g})")
+
+
+def assert_permutation_equivariant(layer: Any, x: Any, *, key: Any = None, trials: int = 3,
+                                   scale: float = 1.0) -> None:
+    """Assert ``layer(P x) == P layer(x)`` for random permutations ``P`` of the hidden neurons.
+
+    Args:
+        layer: maps ONE model's :class:`~weightspace.equivariant.WeightFeatures` (or
+            :class:`~weightspace.equivariant.NeuronGraph`) to the same type (an NP layer, a
+            message-passing round).
+        x: unbatched features; padding (mask 0) stays in place, real neurons are permuted.
+        key: PRNG key (default ``jax.random.key(0)``); trials: random permutations to try.
+        scale: tolerance multiplier over float32 :data:`TOLERANCES`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from weightspace.equivariant import NPLayer, WeightFeatures
+        >>> r = jax.random.normal(jax.random.key(1), (40,))
+        >>> x = WeightFeatures((r[:12].reshape(4, 3, 1), r[12:32].reshape(5, 4, 1)),
+        ...                    (r[32:36].reshape(4, 1), r[35:40].reshape(5, 1)),
+        ...                    (jnp.ones(3), jnp.ones(4), jnp.ones(5)), jnp.int32(0))
+        >>> assert_permutation_equivariant(NPLayer(1, 3, rngs=nnx.Rngs(0)), x)
+    """
+    from weightspace.equivariant._layout import layout_of, permute, random_hidden_perms
+
+    key = jax.random.key(0) if key is None else key
+    def floats(v: Any) -> Any:  # the int activation id is not permuted and not compared
+        return tuple(a for a in v if not (hasattr(a, "dtype") and np.issubdtype(a.dtype, np.integer)))
+
+    y = layer(x)
+    lay = layout_of(x)
+    for t in range(trials):
+        perms = random_hidden_perms(lay, jax.random.fold_in(key, t), masks=x.masks)
+        lhs = floats(layer(permute(x, perms)))
+        rhs = floats(permute(y, perms))
+        if not tree_allclose(lhs, rhs, scale=scale):
+            diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                     for a, b in zip(jax.tree_util.tree_leaves(lhs), jax.tree_util.tree_leaves(rhs), strict=True)]
+            raise AssertionError(f"layer is not permutation-equivariant (trial {t}): max|diff| per leaf {diffs}")

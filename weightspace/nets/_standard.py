@@ -30,6 +30,27 @@ def _dense(p: Params, name: str, x: Array) -> Array:
     return x @ p[f"{name}.weight"].T + p[f"{name}.bias"]
 
 
+def standardize_per_image(x: Float[Array, "batch ..."], n_axes: int) -> Float[Array, "batch ..."]:
+    """Per-image standardisation over the last ``n_axes`` axes (``tf.image.per_image_standardization``).
+
+    .. math:: (x - \\mu) / \\max(\\sigma, 1/\\sqrt{N})
+
+    with the mean, the (population) standard deviation and the number of values ``N`` of each
+    example; the floor keeps a constant image finite.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> y = standardize_per_image(jnp.arange(8.0).reshape(2, 2, 2, 1), 3)
+        >>> [round(float(v), 4) for v in (y[0].mean(), y[0].std())]
+        [0.0, 1.0]
+    """
+    axes = tuple(range(x.ndim - n_axes, x.ndim))
+    n = math.prod(x.shape[x.ndim - n_axes :])
+    mean = x.mean(axis=axes, keepdims=True)
+    std = x.std(axis=axes, keepdims=True)
+    return (x - mean) / jnp.maximum(std, 1.0 / math.sqrt(n))
+
+
 def _check_activation(name: str) -> None:
     if name not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
@@ -121,7 +142,9 @@ class MLP(Architecture):
 
     Parameters are ``layers.{i}.weight`` ``[out, in]`` and ``layers.{i}.bias`` ``[out]``, as in a
     PyTorch ``nn.ModuleList`` of ``nn.Linear``. With ``image_shape=(H, W, C)`` the MLP reads
-    images, flattened in PyTorch's ``C, H, W`` order, after ``(x - input_mean) / input_std``.
+    images, flattened in PyTorch's ``C, H, W`` order, after ``(x - input_mean) / input_std``
+    (preceded by :func:`standardize_per_image` when ``per_image_standardization``; see
+    :meth:`normalize_input`).
 
     Example:
         >>> import jax
@@ -141,6 +164,7 @@ class MLP(Architecture):
     image_shape: tuple[int, int, int] | None = None
     input_mean: float = 0.0
     input_std: float = 1.0
+    per_image_standardization: bool = False
     kind = "mlp"
 
     def __post_init__(self) -> None:
@@ -179,9 +203,7 @@ class MLP(Architecture):
         return p
 
     def _forward(self, params: Params, x: Array, key: Array | None) -> Array:
-        if self.image_shape is not None:
-            x = jnp.moveaxis(x, -1, 1).reshape(x.shape[0], -1)  # NHWC -> N(CHW), torch order
-        x = (x - self.input_mean) / self.input_std
+        x = self.normalize_input(x)
         act = ACTIVATIONS[self.activation]
         n = len(self.widths) - 1
         for i in range(n):
@@ -190,10 +212,16 @@ class MLP(Architecture):
                 x = act(x)
         return x
 
-    def _prepare(self, x: Array) -> Array:
+    def normalize_input(self, x: Float[Array, "batch ..."]) -> Float[Array, "batch d_in"]:
+        """What the first layer sees: images flattened in ``C, H, W`` order, then per-image
+        standardisation (when ``per_image_standardization``), then ``(x - input_mean) / input_std``."""
         if self.image_shape is not None:
             x = jnp.moveaxis(x, -1, 1).reshape(x.shape[0], -1)  # NHWC -> N(CHW), torch order
+        if self.per_image_standardization:
+            x = standardize_per_image(x, 1)
         return (x - self.input_mean) / self.input_std
+
+    _prepare = normalize_input
 
     def apply_many(
         self, params: Params, x: Float[Array, "probes ..."], *, formulation: str | None = None,
@@ -235,8 +263,18 @@ class MLP(Architecture):
         return _map_models(one, params, m, g)
 
     def adapt(self, probes: Float[Array, "probes ..."]) -> Float[Array, "probes ..."]:
+        """Map shared probes onto this MLP's input.
+
+        With ``image_shape``, image probes ``[n, H, W, C]`` are resized/converted to it. Without
+        one (an MLP read from a plain ``state_dict``), image probes whose ``H * W * C`` equals
+        ``in_features`` are flattened in PyTorch's ``C, H, W`` order (``x.flatten(1)`` of an NCHW
+        tensor), so a hub of MLPs trained on flattened images takes the same image probes.
+        """
         if self.image_shape is not None and jnp.ndim(probes) == 4:
             return resize_images(probes, self.image_shape)
+        if self.image_shape is None and jnp.ndim(probes) == 4 and math.prod(probes.shape[1:]) == self.in_features:
+            probes = jnp.asarray(probes, jnp.float32)
+            return jnp.moveaxis(probes, -1, 1).reshape(probes.shape[0], -1)
         return super().adapt(probes)
 
     def flops_per_example(self) -> int:
@@ -254,7 +292,8 @@ class CNN(Architecture):
 
     Parameters: ``convs.{i}.weight`` ``[out, in, kh, kw]``, ``convs.{i}.bias``, then
     ``dense.{j}.*`` for optional hidden dense layers and ``head.weight``/``head.bias``.
-    Inputs are channels-last images ``[H, W, C]``, normalised by ``(x - mean) / std``.
+    Inputs are channels-last images ``[H, W, C]``, normalised by ``(x - mean) / std`` (after
+    per-image standardisation when ``per_image_standardization``; see :meth:`normalize_input`).
     ``dropout`` applies after every conv activation when ``apply`` gets a ``key``.
 
     Example:
@@ -277,6 +316,7 @@ class CNN(Architecture):
     dropout: float = 0.0
     input_mean: float = 0.0
     input_std: float = 1.0
+    per_image_standardization: bool = False
     kind = "cnn"
 
     def __post_init__(self) -> None:
@@ -350,6 +390,13 @@ class CNN(Architecture):
         )
         return y + params[f"convs.{i}.bias"]
 
+    def normalize_input(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch h w c"]:
+        """What the first conv sees: per-image standardisation (when ``per_image_standardization``),
+        then ``(x - input_mean) / input_std``."""
+        if self.per_image_standardization:
+            x = standardize_per_image(x, 3)
+        return (x - self.input_mean) / self.input_std
+
     def head(self, params: Params, h: Array) -> Array:
         """Dense layers after global average pooling: ``[batch, C] -> [batch, out]``."""
         act = ACTIVATIONS[self.activation]
@@ -359,7 +406,7 @@ class CNN(Architecture):
 
     def _forward(self, params: Params, x: Array, key: Array | None) -> Array:
         act = ACTIVATIONS[self.activation]
-        x = (x - self.input_mean) / self.input_std
+        x = self.normalize_input(x)
         for i in range(len(self.channels)):
             x = act(self.conv(params, i, x))
             if key is not None and self.dropout > 0:
@@ -401,7 +448,7 @@ class CNN(Architecture):
             return super().apply_many(params, x)
         _check_batch(self, x)
         act = ACTIVATIONS[self.activation]
-        x = (x - self.input_mean) / self.input_std
+        x = self.normalize_input(x)
         n_conv = len(self.channels)
 
         def flat(w: Array) -> Array:  # [..., O, I, kh, kw] -> [..., O, kh*kw*I], the patch order

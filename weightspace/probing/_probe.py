@@ -228,6 +228,97 @@ def kernel_for(arch: Architecture) -> Any:
     return _jitted_kernel(tuple(arch.compiler_options))
 
 
+def apply_models(
+    arch: Architecture,
+    params: Params,
+    probes: Float[Array, "probes ..."],
+    *,
+    mesh: Mesh | None = None,
+    adapt: bool = True,
+    formulation: str | None = None,
+) -> Float[Array, "models probes logits"]:
+    """Responses of a batch of models to probes, differentiable with respect to the probes.
+
+    This is the probe engine's kernel (:func:`_probe_kernel`, i.e. ``arch.apply_many`` with its
+    per-backend fast formulations) behind :func:`probe`, as a pure function to call inside a
+    jitted loss: ``jax.grad`` flows through the frozen models into the probes (and into
+    whatever made them, e.g. a ProbeGen generator). It is not jitted itself; :func:`probe`
+    adds chunking, padding and streaming around the same kernel.
+
+    .. math:: R[m, i, j] = f_m(\\mathrm{adapt}(x)_i)_j
+
+    Args:
+        arch: the architecture.
+        params: stacked parameters ``[models, ...]`` of ``arch`` (frozen: not differentiated
+            unless the caller asks for it).
+        probes: ``[probes, ...]`` raw probes; ``arch.adapt`` maps them onto the input
+            (image architectures resize and convert channels; others require the exact shape).
+        mesh: a mesh with a ``models`` axis: the models are resharded over it (padded to a
+            multiple of its size by repeating the last model) and the probes replicated.
+        adapt: apply ``arch.adapt`` to ``probes`` (``False``: they are already adapted).
+        formulation: ``None`` (the engine's per-backend choice) or an ``apply_many``
+            formulation; ``"vmap"`` (plain ``vmap`` of ``arch.apply``, no loops) is what FLOP
+            counts use, since XLA's cost analysis counts a loop body (``lax.map``) once.
+
+    Returns:
+        ``[models, probes, logits]`` float32.
+
+    Raises:
+        ShapeError: probes that do not fit the architecture's input.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from weightspace.nets import SIREN
+        >>> from weightspace.zoo import Zoo
+        >>> from weightspace.probing import apply_models
+        >>> zoo = Zoo.init(SIREN(), 4, key=jax.random.key(0))
+        >>> loss = lambda x: jnp.sum(apply_models(zoo.arch, zoo.params, x) ** 2)
+        >>> jax.grad(loss)(jnp.zeros((16, 2))).shape
+        (16, 2)
+    """
+    x = arch.adapt(probes) if adapt else probes
+    if x.shape[1:] != arch.input_shape:
+        raise ShapeError(f"apply_models: probes of shape {tuple(x.shape)} do not fit "
+                         f"{type(arch).__name__} input {arch.input_shape}")
+    x = x.astype(jnp.float32)
+    if formulation is not None:
+        if mesh is not None:
+            raise ConfigError("apply_models: give either mesh= or formulation=, not both")
+        if formulation == "vmap":
+            return Architecture.apply_many(arch, params, x).astype(jnp.float32)
+        return arch.apply_many(params, x, formulation=formulation).astype(jnp.float32)  # type: ignore[call-arg]
+    if mesh is None:
+        return _probe_kernel(params, x, arch=arch)
+    n_dev = model_axis_size(mesh, MODELS_AXIS)
+    n = _param_count(params)
+    pad = -n % n_dev
+    if pad:
+        idx = jnp.minimum(jnp.arange(n + pad), n - 1)
+        params = {k: jnp.asarray(v)[idx] for k, v in params.items()}
+    params = _place(params, NamedSharding(mesh, PartitionSpec(MODELS_AXIS)))
+    x = _place(x, NamedSharding(mesh, PartitionSpec()))
+    out = _probe_kernel(params, x, arch=arch, mesh=mesh)
+    if pad:  # an uneven model count cannot stay split over the mesh
+        out = _place(out, NamedSharding(mesh, PartitionSpec()))[:n]
+    return out
+
+
+def _place(tree: Any, sharding: NamedSharding) -> Any:
+    """Lay ``tree`` out as ``sharding`` says, inside or outside ``jit``, on Explicit or Auto meshes."""
+    from jax.sharding import AxisType
+
+    if all(t == AxisType.Explicit for t in sharding.mesh.axis_types):
+        return jax.reshard(tree, sharding)
+    return jax.lax.with_sharding_constraint(tree, sharding)
+
+
+def _param_count(params: Params) -> int:
+    sizes = {int(v.shape[0]) for v in params.values()}
+    if len(sizes) != 1:
+        raise ShapeError(f"apply_models: parameters must share the model axis 0, found sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
 def _chunk_of(params: Params, start: int, size: int, n: int) -> Params:
     """Models ``start .. start+size`` (the last model repeated past ``n``)."""
     if start + size <= n:

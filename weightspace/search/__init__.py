@@ -10,6 +10,10 @@ from weightspace.search._collab import Completion as Completion
 from weightspace.search._collab import collaborative_probe as collaborative_probe
 from weightspace.search._collab import complete_matrix as complete_matrix
 from weightspace.search._collab import randomized_svd as randomized_svd
+from weightspace.search._conse import DEFAULT_CONSE_TOP as DEFAULT_CONSE_TOP
+from weightspace.search._conse import ConSEAligner as ConSEAligner
+from weightspace.search._conse import conse_embeddings as conse_embeddings
+from weightspace.search._conse import default_aligner as default_aligner
 from weightspace.search._descriptors import DEFAULT_DISTANCE as DEFAULT_DISTANCE
 from weightspace.search._descriptors import DEFAULT_K as DEFAULT_K
 from weightspace.search._descriptors import DISTANCES as DISTANCES
@@ -35,6 +39,7 @@ from weightspace.search._text import CLIPAligner as CLIPAligner
 from weightspace.search._text import LabelAligner as LabelAligner
 
 __all__ = [
+    "DEFAULT_CONSE_TOP",
     "DEFAULT_DISTANCE",
     "DEFAULT_K",
     "DISTANCES",
@@ -44,6 +49,7 @@ __all__ = [
     "CLIPAligner",
     "CollaborativeProbing",
     "Completion",
+    "ConSEAligner",
     "Gallery",
     "Hit",
     "LabelAligner",
@@ -53,6 +59,8 @@ __all__ = [
     "build_gallery",
     "collaborative_probe",
     "complete_matrix",
+    "conse_embeddings",
+    "default_aligner",
     "discrepancy",
     "logit_descriptors",
     "model_descriptors",

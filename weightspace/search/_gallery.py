@@ -661,16 +661,16 @@ class Gallery:
         Args:
             texts: one text or several.
             aligner: an :class:`~weightspace.search.Aligner` (default: :class:`~weightspace.search.LabelAligner`
-                over MiniLM, which needs probes with labels).
+                over MiniLM when the probes have labels, else :class:`~weightspace.search.ConSEAligner`).
             **kw: search options (``top``, ``k``, ...).
         """
-        from weightspace.search._text import LabelAligner, check_texts
+        from weightspace.search._text import check_texts
 
         texts = check_texts(texts)
         if aligner is None:
-            from weightspace.nets import load_minilm
+            from weightspace.search._conse import default_aligner
 
-            aligner = LabelAligner(load_minilm())
+            aligner = default_aligner(self.probes)
         d = np.asarray(aligner.describe(texts, self.probes), np.float32)
         if d.shape != (len(texts), self.num_probes):
             raise ShapeError(f"{type(aligner).__name__}.describe returned {d.shape}, expected "

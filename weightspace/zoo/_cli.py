@@ -6,16 +6,68 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
-from weightspace.zoo._io import load_zoo, read_header
+from weightspace.zoo._io import read_header
+
+ZOO_HELP = ("a zoo: a packed zoo file, a model file, a directory (a recipe's cache or `zoo build --out` directory, "
+            "a zoo directory, a downloaded hub of model files), or a recipe name (with --size/--recipe-seed)")
+
+
+def add_zoo_options(p: argparse.ArgumentParser, *, recipes: bool = True) -> None:
+    """The options of every command that reads zoos: how recipes are named and files are read."""
+    if recipes:
+        p.add_argument("--size", type=int, default=None,
+                       help="models of a recipe named as ZOO (as in `zoo build --size`; default: full size)")
+        p.add_argument("--recipe-seed", type=int, default=0,
+                       help="seed of a recipe named as ZOO (as in `zoo build --seed`; default 0)")
+    p.add_argument("--activation", default=None,
+                   help="activation of plain state_dict files that declare none (instead of guessing relu)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse to guess what a plain state_dict does not declare (an error, not a warning)")
+
+
+def load_zoo_specs(specs: list[str], args: argparse.Namespace, *, progress: bool | None = None) -> list[Any]:
+    """The zoos of every spec: a path :func:`~weightspace.zoo.load_collection` reads, or a recipe name
+    (built or read from the cache for ``--size``/``--recipe-seed``)."""
+    from weightspace._errors import ConfigError, InvalidValueError
+    from weightspace.zoo._io import load_collection
+    from weightspace.zoo._recipes import RECIPES, build_recipe
+    from weightspace.zoo._zoo import Collection, Zoo
+
+    out: list[Any] = []
+    for spec in specs:
+        if Path(spec).exists():
+            out.extend(load_collection([spec], activation=getattr(args, "activation", None),
+                                       strict=getattr(args, "strict", False)).zoos)
+            continue
+        if spec not in RECIPES:
+            looks_like_path = any(c in spec for c in "/\\") or spec.endswith(".safetensors")
+            raise InvalidValueError(
+                f"{spec!r} is " + ("no such file or directory" if looks_like_path else "neither a zoo file/directory "
+                                   f"nor a known recipe (known: {', '.join(sorted(RECIPES))})"))
+        try:
+            built = build_recipe(spec, size=getattr(args, "size", None), seed=getattr(args, "recipe_seed", 0),
+                                 progress=progress)
+        except ConfigError as e:
+            raise InvalidValueError(f"recipe {spec!r}: {e}") from None
+        if not isinstance(built, Zoo | Collection):
+            as_zoos = RECIPES[spec].as_zoos
+            if as_zoos is None:
+                raise InvalidValueError(f"recipe {spec!r} returns a {type(built).__name__}, which has no models "
+                                        "to probe")
+            built = as_zoos(built)
+        out.extend([built] if isinstance(built, Zoo) else built.zoos)
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     zoo = sub.add_parser("zoo", help="inspect and build model zoos")
     zsub = zoo.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND")
     info = zsub.add_parser("info", help="summarise a zoo file or directory")
-    info.add_argument("path")
+    info.add_argument("path", help=ZOO_HELP)
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_zoo_options(info)
     info.set_defaults(func=_info)
     build = zsub.add_parser("build", help="build (or load from the cache) a named zoo recipe")
     build.add_argument("name", help="recipe name (see `weightspace zoo recipes`)")
@@ -33,26 +85,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _info(args: argparse.Namespace) -> int:
-    header = read_header(args.path)
-    zoo = load_zoo(args.path, check_finite=False)
-    summary = {
-        "path": args.path,
-        "name": zoo.name,
-        "models": len(zoo),
-        "architecture": zoo.arch.to_config(),
-        "params_per_model": zoo.arch.num_params(),
-        "format": header.get("format"),
-        "meta_columns": sorted(zoo.meta),
-    }
-    for col in ("test_acc", "train_acc"):
-        if col in zoo.meta and all(v is not None for v in zoo.meta[col]):
-            vals = sorted(float(v) for v in zoo.meta[col])
-            summary[col] = {"min": vals[0], "median": vals[len(vals) // 2], "max": vals[-1]}
+    header = read_header(args.path) if Path(args.path).exists() else {"format": "recipe name"}
+    zoos = load_zoo_specs([args.path], args)
+    parts = []
+    for zoo in zoos:
+        part: dict[str, Any] = {
+            "name": zoo.name,
+            "models": len(zoo),
+            "architecture": zoo.arch.to_config(),
+            "params_per_model": zoo.arch.num_params(),
+            "meta_columns": sorted(zoo.meta),
+        }
+        for col in ("test_acc", "train_acc"):
+            if col in zoo.meta and all(v is not None for v in zoo.meta[col]):
+                vals = sorted(float(v) for v in zoo.meta[col])
+                part[col] = {"min": vals[0], "median": vals[len(vals) // 2], "max": vals[-1]}
+        parts.append(part)
+    summary: dict[str, Any] = {"path": args.path, "format": header.get("format"),
+                               "models": sum(p["models"] for p in parts)}
+    if len(parts) == 1:
+        summary.update(parts[0])
+    else:
+        summary["zoos"] = parts
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         for k, v in summary.items():
-            print(f"{k:>18}: {v}")
+            if k == "zoos":
+                for i, p in enumerate(v):
+                    print(f"{'zoo ' + str(i):>18}: {p['name']} {p['models']} models, {p['architecture']}")
+            else:
+                print(f"{k:>18}: {v}")
     return 0
 
 
@@ -72,13 +135,14 @@ def _recipes(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     from weightspace.zoo._io import save_zoo
-    from weightspace.zoo._recipes import RECIPES, _save_zoos, build_recipe, recipe_path
+    from weightspace.zoo._recipes import RECIPES, build_recipe, recipe_path, save_recipe_result
     from weightspace.zoo._zoo import Collection, Zoo
 
     t0 = time.perf_counter()
     result = build_recipe(args.name, size=args.size, seed=args.seed, progress=None, cache=not args.no_cache)
     seconds = time.perf_counter() - t0
     recipe = RECIPES[args.name]
+    size = recipe.default_size if args.size is None else args.size
     # a registered recipe may return another type (e.g. a LoRAZoo): summarised by len() only
     zoo_like = isinstance(result, Zoo | Collection)
     zoos = [result] if isinstance(result, Zoo) else result.zoos if isinstance(result, Collection) else []
@@ -87,10 +151,10 @@ def _build(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if isinstance(result, Zoo):
             written = str(save_zoo(result, out))
-        else:  # a directory: one zoo file per part, or the files of the recipe's own save hook
+        else:  # a recipe directory, as in the cache: the parts (or the save hook's files) + recipe.json
             out.mkdir(parents=True, exist_ok=True)
-            save = recipe.save if recipe.save is not None else _save_zoos
-            save(result, out)
+            save_recipe_result(recipe, result, out, {"recipe": args.name, "size": size, "seed": args.seed,
+                                                     "version": recipe.version, "returns": recipe.returns})
             written = str(out)
     accs = [float(a) for z in zoos for a in z.meta.get("test_acc", []) if a is not None]
     summary = {

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from weightspace._errors import LoadError
 from weightspace.nets import Architecture
+from weightspace.zoo._declared import CONFIG_FILES
 from weightspace.zoo._io import load_model
 from weightspace.zoo._zoo import Collection, Zoo
 
@@ -33,13 +34,17 @@ def load_hub(
     cache_dir: str | os.PathLike[str] | None = None,
     arch: Architecture | None = None,
     fetch: Fetch | None = None,
+    activation: str | None = None,
+    strict: bool = False,
 ) -> Collection:
     """Fetch one safetensors file per hub repo and bucket the models into a Collection.
 
     Each entry of ``repo_ids`` is a hub repo id (downloaded with ``huggingface_hub``, cached)
     or a local directory laid out like a repo (read in place: works offline). The model id
-    in the metadata is the repo id. The architecture comes from the file header, ``arch``, or
-    is inferred from a plain PyTorch ``state_dict``.
+    in the metadata is the repo id. The architecture comes from ``arch``, the file header, the
+    repo's ``config.json``/``preprocessor_config.json`` (fetched too when the repo has them), the
+    file's metadata, or is inferred from a plain PyTorch ``state_dict`` (see
+    :func:`~weightspace.zoo.load_model`; ``activation``/``strict`` as there).
 
     Example:
         >>> import jax, tempfile, pathlib
@@ -63,7 +68,14 @@ def load_hub(
                 raise LoadError(f"local repo {rid!r} has no {filename!r}")
         else:
             path = Path(fetch(rid, filename, revision=revision, cache_dir=cache))
-        a, params, meta = load_model(path, arch=arch)
+            if arch is None:
+                # configs land next to the weights in the hub cache, where load_model reads them
+                for cfg in CONFIG_FILES:
+                    try:
+                        fetch(rid, cfg, revision=revision, cache_dir=cache)
+                    except LoadError:  # most repos have no preprocessor config; a missing one is no error
+                        pass
+        a, params, meta = load_model(path, arch=arch, activation=activation, strict=strict)
         meta["id"] = rid.replace("/", "--") if not local.is_dir() else local.name
         meta.setdefault("source", rid)
         zoo = Zoo.stack(a, [params], [meta], name="hub")

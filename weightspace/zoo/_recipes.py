@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from weightspace._atomic import atomic_path
 from weightspace._cache import cache_dir
 from weightspace._errors import ConfigError, LoadError
 from weightspace.nets import CNN, MLP, SIREN, Architecture, coordinate_grid
@@ -49,6 +50,9 @@ class Recipe:
         load: ``load(directory, file names) -> result`` reads back what ``save`` wrote
             (``None``: a Zoo or Collection).
         version: part of the cache key; bump when the recipe changes what it builds.
+        as_zoos: ``as_zoos(result) -> Zoo | Collection``: the models to probe of a result that is
+            not a Zoo or Collection (e.g. a LoRA zoo's merged models), so its cache directory
+            reads with :func:`~weightspace.zoo.load_collection` and ``weightspace index``/``probe``.
     """
 
     name: str
@@ -60,6 +64,7 @@ class Recipe:
     save: Callable[[Any, Path], list[str]] | None = None
     load: Callable[[Path, list[str]], Any] | None = None
     version: int = RECIPE_VERSION
+    as_zoos: Callable[[Any], Zoo | Collection] | None = None
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -77,6 +82,7 @@ def register_recipe(
     save: Callable[[Any, Path], list[str]] | None = None,
     load: Callable[[Path, list[str]], Any] | None = None,
     version: int = RECIPE_VERSION,
+    as_zoos: Callable[[Any], Zoo | Collection] | None = None,
 ) -> Recipe:
     """Make a recipe buildable by name with :func:`build_recipe` and ``weightspace zoo build NAME``.
 
@@ -95,6 +101,8 @@ def register_recipe(
         save: ``save(result, directory) -> file names written there`` (required unless Zoo/Collection).
         load: ``load(directory, file names) -> result`` (required unless Zoo/Collection).
         version: part of the cache key; bump when the recipe changes what it builds.
+        as_zoos: ``as_zoos(result) -> Zoo | Collection`` for results of another type: the models
+            that ``load_collection(cache dir)`` and ``weightspace index``/``probe`` read.
 
     Returns:
         The registered :class:`Recipe`.
@@ -121,7 +129,8 @@ def register_recipe(
     old = RECIPES.get(name)
     if old is not None and _qualname(old.build) != _qualname(build):
         raise ConfigError(f"recipe {name!r} is already registered by {_qualname(old.build)}")
-    recipe = Recipe(name, description, int(default_size), int(tiny_size), returns, build, save, load, int(version))
+    recipe = Recipe(name, description, int(default_size), int(tiny_size), returns, build, save, load, int(version),
+                    as_zoos)
     RECIPES[name] = recipe
     return recipe
 
@@ -568,6 +577,15 @@ def _save_zoos(result: Zoo | Collection, directory: Path) -> list[str]:
     return files
 
 
+def save_recipe_result(r: Recipe, result: Any, directory: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Write a recipe's result and its ``recipe.json`` (last) into ``directory``: the layout of the
+    cache and of ``weightspace zoo build --out``, which ``load_collection`` reads back."""
+    files = r.save(result, directory) if r.save is not None else _save_zoos(result, directory)
+    with atomic_path(directory / "recipe.json") as tmp:
+        tmp.write_text(json.dumps({**manifest, "files": list(files)}, indent=1))
+    return list(files)
+
+
 def _load(r: Recipe, directory: Path) -> Any:
     try:
         manifest = json.loads((directory / "recipe.json").read_text())
@@ -660,8 +678,7 @@ def build_recipe(
         }
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            files = r.save(result, tmp) if r.save is not None else _save_zoos(result, tmp)
-            (tmp / "recipe.json").write_text(json.dumps({**manifest, "files": list(files)}, indent=1))
+            save_recipe_result(r, result, tmp, manifest)
             os.replace(tmp, path)
         except OSError:
             if not (path / "recipe.json").exists():

@@ -730,7 +730,7 @@ def cnn_forward_im2col(
 
     act = ACTIVATIONS[arch.activation]
     k, st, pad = arch.kernel_size, arch.strides, arch.padding
-    x = (x - arch.input_mean) / arch.input_std
+    x = arch.normalize_input(x)
     keep_all, off = None, 0
     if key is not None:
         total, (h, w) = 0, x.shape[1:3]

@@ -1,0 +1,301 @@
+"""Speed and scale of the equivariant encoders against the PyTorch reference (nfn's NP layers).
+
+1. Encoding throughput (models/s) of the NP encoder (JAX, jit + vmap) vs the same-size NP stack
+   built from ``nfn.layers.NPLinear`` (PyTorch, CPU), same batch, same run; plus the neuron-graph
+   encoder (no PyTorch reference exists for it here).
+2. Contrastive train step (forward + backward + Adam, two views per model, NT-Xent) JAX vs PyTorch.
+3. FLOPs per model (XLA cost analysis, ``weightspace.learn.flops_per_model``).
+4. Embedding a 10,000-model zoo from disk in chunks (peak RSS growth bounded by a chunk) and the
+   same sharded over 8 fake CPU devices (``--devices 8``): sharded == unsharded.
+
+Compile time is reported apart; steady-state times are medians over ``--repeats``.
+
+    python benchmarks/equivariant.py --quick
+    python benchmarks/equivariant.py --repeats 5 --devices 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __name__ == "__main__":  # fake devices must be requested before JAX starts
+    _dev = next((a.split("=")[1] for a in sys.argv if a.startswith("--devices=")), None)
+    if _dev is None and "--devices" in sys.argv:
+        _dev = sys.argv[sys.argv.index("--devices") + 1]
+    if _dev and int(_dev) > 1:
+        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={int(_dev)} " + os.environ.get("XLA_FLAGS", "")
+
+import datetime
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _device import cpu_name, loadavg  # noqa: E402
+
+from weightspace.equivariant import GraphEncoder, NPEncoder, bucketize, embed_zoo, features_of  # noqa: E402
+from weightspace.equivariant._contrastive import ContrastiveModel, contrastive_loss  # noqa: E402
+from weightspace.equivariant._embed import encode_fn  # noqa: E402
+from weightspace.learn import flops_per_model  # noqa: E402
+from weightspace.nets import MLP, SIREN  # noqa: E402
+from weightspace.zoo import Zoo, load_zoo, save_zoo  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CASES = {
+    "siren-2-32-32-1": SIREN(hidden=(32, 32)),
+    "mlp-784-64-10": MLP(in_features=784, hidden=(64,), out_features=10),
+}
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(first call seconds = compile + run, median steady seconds)."""
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        ts.append(time.perf_counter() - t)
+    return first, statistics.median(ts)
+
+
+def torch_np_stack(arch, width: int, depth: int, embed: int):
+    import torch
+    from nfn.common import ArraySpec, NetworkSpec
+    from nfn.layers import NPLinear, NPPool
+
+    shapes = arch.param_shapes()
+    n = len([k for k in shapes if k.endswith(".weight")])
+    spec = NetworkSpec([ArraySpec(shapes[f"layers.{i}.weight"]) for i in range(n)],
+                       [ArraySpec(shapes[f"layers.{i}.bias"]) for i in range(n)])
+
+    class Act(torch.nn.Module):
+        def forward(self, x):
+            return x.map(torch.relu)
+
+    layers = [NPLinear(spec, 1, width), Act()]
+    for _ in range(depth):
+        layers += [NPLinear(spec, width, width), Act()]
+    pool_out = NPPool.get_num_outs(spec) * width
+    body = torch.nn.Sequential(*layers, NPPool(spec), torch.nn.Flatten(1),
+                               torch.nn.Linear(pool_out, 2 * embed), torch.nn.ReLU(), torch.nn.Linear(2 * embed, embed))
+    return body, spec
+
+
+def torch_inputs(zoo: Zoo):
+    import torch
+    from nfn.common import WeightSpaceFeatures
+
+    n = len([k for k in zoo.params if k.endswith(".weight")])
+    ws = tuple(torch.from_numpy(np.array(zoo.params[f"layers.{i}.weight"]))[:, None] for i in range(n))
+    bs = tuple(torch.from_numpy(np.array(zoo.params[f"layers.{i}.bias"]))[:, None] for i in range(n))
+    return WeightSpaceFeatures(ws, bs)
+
+
+def bench_speed(args: argparse.Namespace, out: dict) -> None:
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    rows = []
+    for name, arch in CASES.items():
+        zoo = Zoo.init(arch, args.batch, key=jax.random.key(0), name=name)
+        f = features_of(zoo)
+        np_enc = NPEncoder(taps=(1,), width=args.width, depth=args.depth, embed_dim=64,
+                           max_inputs=arch.widths[0], max_outputs=arch.widths[-1], rngs=nnx.Rngs(0))
+        gr_enc = GraphEncoder(taps=(1,), width=args.width, rounds=args.depth, embed_dim=64,
+                              max_inputs=arch.widths[0], max_outputs=arch.widths[-1], rngs=nnx.Rngs(0))
+        row = {"case": name, "batch": args.batch, "width": args.width, "depth": args.depth}
+        for label, enc in (("np", np_enc), ("graph", gr_enc)):
+            fn = encode_fn(enc)
+            first, steady = timed(lambda fn=fn: fn(f), args.repeats)
+            row[f"{label}_encode_s"], row[f"{label}_compile_s"] = steady, first - steady
+            row[f"{label}_models_per_s"] = args.batch / steady
+            gdef, state = nnx.split(enc)
+            row[f"{label}_flops_per_model"] = flops_per_model(
+                lambda s, x, gdef=gdef: jax.vmap(nnx.merge(gdef, s))(x), state, f, models=args.batch)
+            # contrastive train step: two views (here: the same features + noise), NT-Xent, Adam
+            model = ContrastiveModel(enc, proj_dim=32, rngs=nnx.Rngs(1))
+            g2, params, rest = nnx.split(model, nnx.Param, ...)
+            tx = optax.adam(1e-3)
+            opt = tx.init(params)
+            labels = jnp.concatenate([jnp.arange(args.batch)] * 2)
+
+            @jax.jit
+            def step(params, opt, x, g2=g2, rest=rest, tx=tx, labels=labels):
+                def loss(p):
+                    m = nnx.merge(g2, p, rest)
+                    x2 = jax.tree_util.tree_map(lambda a: a * 1.01 if a.dtype == jnp.float32 else a, x)
+                    z = jnp.concatenate([jax.vmap(m)(x), jax.vmap(m)(x2)])
+                    return contrastive_loss(z, labels, tau=0.1)
+
+                val, grads = jax.value_and_grad(loss)(params)
+                upd, opt = tx.update(grads, opt, params)
+                return optax.apply_updates(params, upd), opt, val
+
+            state_box = [params, opt]
+
+            def run_step(step=step, state_box=state_box):
+                p, o, v = step(state_box[0], state_box[1], f)
+                state_box[0], state_box[1] = p, o
+                return v
+
+            first, steady = timed(run_step, args.repeats)
+            row[f"{label}_train_step_s"], row[f"{label}_train_compile_s"] = steady, first - steady
+        # PyTorch reference (nfn NPLinear stack) for the NP encoder
+        body, _ = torch_np_stack(arch, args.width, args.depth - 1, 64)
+        x = torch_inputs(zoo)
+        with torch.no_grad():
+            body(x)
+            ts = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                body(x)
+                ts.append(time.perf_counter() - t)
+        row["torch_np_encode_s"] = statistics.median(ts)
+        row["torch_np_models_per_s"] = args.batch / row["torch_np_encode_s"]
+        proj = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+        opt_t = torch.optim.Adam(list(body.parameters()) + list(proj.parameters()), lr=1e-3)
+        lab = torch.cat([torch.arange(args.batch)] * 2)
+        x2 = x.map(lambda a: a * 1.01)
+
+        def torch_step() -> None:
+            opt_t.zero_grad()
+            z = torch.cat([proj(body(x)), proj(body(x2))])
+            z = torch.nn.functional.normalize(z, dim=-1)
+            sim = z @ z.T / 0.1
+            eye = torch.eye(len(z), dtype=torch.bool)
+            sim = sim.masked_fill(eye, -float("inf"))
+            pos = (lab[:, None] == lab[None]) & ~eye
+            logp = sim - torch.logsumexp(sim, -1, keepdim=True)
+            loss = -(logp.masked_fill(~pos, 0).sum(-1) / pos.sum(-1)).mean()
+            loss.backward()
+            opt_t.step()
+
+        torch_step()
+        ts = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            torch_step()
+            ts.append(time.perf_counter() - t)
+        row["torch_np_train_step_s"] = statistics.median(ts)
+        row["encode_speedup"] = row["torch_np_encode_s"] / row["np_encode_s"]
+        row["train_speedup"] = row["torch_np_train_step_s"] / row["np_train_step_s"]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    out["speed"] = rows
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_scale(args: argparse.Namespace, out: dict) -> None:
+    n = args.zoo_models
+    arch = SIREN(hidden=(32, 32))
+    enc = NPEncoder(taps=(1,), width=args.width, depth=args.depth, embed_dim=64, max_inputs=2, max_outputs=1,
+                    rngs=nnx.Rngs(0))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "zoo.safetensors"
+        # the zoo is written in pieces so this process never holds it whole either
+        parts = []
+        for lo in range(0, n, 2000):
+            parts.append(Zoo.init(arch, min(2000, n - lo), key=jax.random.fold_in(jax.random.key(0), lo)))
+        from weightspace.zoo import concat
+
+        save_zoo(concat(parts, name="scale"), path)
+        del parts
+        zoo = load_zoo(path)
+        base = rss_mb()
+        t = time.perf_counter()
+        emb, ids = embed_zoo(enc, zoo, chunk=args.chunk)
+        wall = time.perf_counter() - t
+        res = {"models": n, "chunk": args.chunk, "seconds": wall, "models_per_s": n / wall,
+               "peak_rss_growth_mb": rss_mb() - base, "zoo_file_mb": path.stat().st_size / 2**20,
+               "devices": len(jax.devices())}
+        if len(jax.devices()) > 1:
+            from weightspace.parallel import make_mesh
+
+            t = time.perf_counter()
+            emb_s, ids_s = embed_zoo(enc, zoo, chunk=args.chunk, mesh=make_mesh())
+            res["sharded_seconds"] = time.perf_counter() - t
+            res["sharded_equals_unsharded"] = bool(ids_s == ids and np.allclose(emb, emb_s, rtol=1e-5, atol=1e-6))
+            res["sharded_max_abs_diff"] = float(np.max(np.abs(emb - emb_s)))
+    print(json.dumps(res), flush=True)
+    out["scale"] = res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64, help="models per encode call / train step")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--zoo-models", type=int, default=10_000)
+    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--devices", type=int, default=1, help="fake CPU devices for the sharded run")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--name", default="equivariant")
+    args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.zoo_models, args.batch, args.name = 2, 2000, 32, args.name + "_quick"
+    out: dict = {"args": vars(args), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "machine": f"{platform.node()} {cpu_name()} ({os.cpu_count()} cpus)", "load_before": loadavg(),
+                 "jax": jax.__version__, "command": "python " + " ".join(sys.argv)}
+    import torch
+
+    out["torch"] = torch.__version__
+    bench_speed(args, out)
+    bench_scale(args, out)
+    out["load_after"] = loadavg()
+    write(out)
+    return 0
+
+
+def write(out: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    a = out["args"]
+    lines = [f"# Equivariant encoders: speed and scale ({a['name']})", "",
+             f"- date: {out['date']}; machine: {out['machine']}; load average {out['load_before']:.1f} before, "
+             f"{out['load_after']:.1f} after (the machine was shared with other engineers' jobs: times are noisy)",
+             f"- command: `{out['command']}`",
+             f"- jax {out['jax']} (CPU), torch {out['torch']} CPU ({a['torch_threads']} threads); "
+             f"{a['repeats']} repeats, medians; compile time apart",
+             f"- encoder: width {a['width']}, {a['depth']} NP layers / message-passing rounds, embedding 64; "
+             "PyTorch reference: nfn.layers.NPLinear(1->width) + NPLinear(width->width) stack, NPPool, same MLP head",
+             "", "| case | batch | NP JAX (models/s) | NP nfn/PyTorch (models/s) | encode speedup | NP JAX train step (ms) "
+             "| nfn train step (ms) | train speedup | graph JAX (models/s) | graph train step (ms) | NP FLOPs/model "
+             "| graph FLOPs/model | NP compile (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in out["speed"]:
+        lines.append(
+            f"| {r['case']} | {r['batch']} | {r['np_models_per_s']:.0f} | {r['torch_np_models_per_s']:.0f} | "
+            f"{r['encode_speedup']:.2f}x | {1e3 * r['np_train_step_s']:.1f} | {1e3 * r['torch_np_train_step_s']:.1f} | "
+            f"{r['train_speedup']:.2f}x | {r['graph_models_per_s']:.0f} | {1e3 * r['graph_train_step_s']:.1f} | "
+            f"{r['np_flops_per_model']:.3g} | {r['graph_flops_per_model']:.3g} | {r['np_compile_s']:.1f} |")
+    s = out["scale"]
+    lines += ["", f"## Embedding a {s['models']}-model SIREN zoo from disk", "",
+              f"- chunk {s['chunk']} models: {s['seconds']:.1f} s ({s['models_per_s']:.0f} models/s), peak RSS growth "
+              f"{s['peak_rss_growth_mb']:.0f} MB for a {s['zoo_file_mb']:.0f} MB zoo file"]
+    if "sharded_seconds" in s:
+        lines.append(f"- sharded over {s['devices']} fake CPU devices: {s['sharded_seconds']:.1f} s; sharded == "
+                     f"unsharded: {s['sharded_equals_unsharded']} (max |diff| {s['sharded_max_abs_diff']:.2g})")
+    (RESULTS / f"{a['name']}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{a['name']}.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

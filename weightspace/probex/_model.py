@@ -1,0 +1,160 @@
+"""The ProbeX module (Flax NNX): learned probes on one layer, a shared projection, per-probe encoders."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float
+
+from weightspace._errors import ConfigError
+
+TASKS = ("classes", "zero-shot")
+"""``classes``: multi-label "which classes was it trained on" (BCE); ``zero-shot``: the representation
+is mapped into a text-embedding space and scored against class-prompt embeddings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeXConfig:
+    """Static shape and task of a ProbeX expert (hashable; saved next to every checkpoint).
+
+    Attributes:
+        d_h, d_w: the layer's matrix shape ``[d_H, d_W]`` (linear: ``[out, in]``).
+        r_u: number of learned probes (``U`` is ``[d_W, r_U]``).
+        r_v: width of the shared projection (``V`` is ``[d_H, r_V]``).
+        r_t: representation width (``e`` in ``R^{r_T}``).
+        task: one of :data:`TASKS`.
+        n_out: head outputs: classes (``classes``) or the text-embedding width (``zero-shot``).
+        temperature: softmax temperature of the zero-shot cosine logits.
+        x_scale: inputs are divided by this (the train split's weight std), so trees whose layers
+            differ in scale train with one learning rate.
+
+    Example:
+        >>> ProbeXConfig(d_h=64, d_w=128, n_out=20).r_u
+        128
+    """
+
+    d_h: int
+    d_w: int
+    n_out: int
+    r_u: int = 128
+    r_v: int = 128
+    r_t: int = 512
+    task: str = "classes"
+    temperature: float = 0.07
+    x_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for k in ("d_h", "d_w", "n_out", "r_u", "r_v", "r_t"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"ProbeXConfig.{k} must be a positive int, got {v!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"ProbeXConfig.task must be one of {TASKS}, got {self.task!r}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"ProbeXConfig.temperature must be > 0, got {self.temperature}")
+        if not (self.x_scale > 0 and math.isfinite(self.x_scale)):
+            raise ConfigError(f"ProbeXConfig.x_scale must be > 0, got {self.x_scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProbeXConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ConfigError(f"ProbeXConfig: unknown fields {unknown}; known: {sorted(fields)}")
+        return cls(**{k: d[k] for k in fields if k in d})
+
+
+def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    """PyTorch ``nn.Linear``'s default: U(+-1/sqrt(fan_in))."""
+    b = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(rngs.params(), shape, jnp.float32, -b, b)
+
+
+class ProbeX(nnx.Module):
+    """Probing experts on one weight matrix (Horwitz et al., CVPR 2025).
+
+    For a layer ``X`` in ``R^{d_H x d_W}`` (one model):
+
+    .. math:: Z = X U,\\qquad H = \\sigma(V^\\top Z) \\in R^{r_V \\times r_U},\\qquad
+        e = M\\,\\mathrm{vec}(H^\\top) + b \\in R^{r_T},\\qquad y = \\mathrm{head}(e)
+
+    ``U`` (``[d_W, r_U]``) are the learned probes, ``V`` (``[d_H, r_V]``) the projection shared by
+    every probe, and ``M`` (one dense layer on the flattened ``[r_U, r_V]`` responses) equals the
+    sum of one encoder per probe. Written for a batch of models ``[batch, d_H, d_W]``.
+
+    Args:
+        config: a :class:`ProbeXConfig`.
+        rngs: ``nnx.Rngs`` for the initialisation.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> m = ProbeX(ProbeXConfig(d_h=8, d_w=6, n_out=3, r_u=4, r_v=5, r_t=7), rngs=nnx.Rngs(0))
+        >>> m(jnp.ones((2, 8, 6))).shape, m.represent(jnp.ones((2, 8, 6))).shape
+        ((2, 3), (2, 7))
+
+    References:
+        E. Horwitz, B. Cavia, J. Kahana, Y. Hoshen. Learning on Model Weights using Tree Experts.
+        CVPR 2025 (arXiv:2410.13569).
+    """
+
+    def __init__(self, config: ProbeXConfig, *, rngs: nnx.Rngs) -> None:
+        c = config
+        self.config = c
+        self.probes = nnx.Param(_uniform(rngs, (c.d_w, c.r_u), c.r_u))
+        self.proj = nnx.Param(_uniform(rngs, (c.d_h, c.r_v), c.d_h))
+        self.encoder = nnx.Linear(
+            c.r_u * c.r_v, c.r_t, rngs=rngs, kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+        )
+        self.head = nnx.Linear(
+            c.r_t, c.n_out, rngs=rngs, kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+        )
+
+    def responses(self, x: Float[Array, "batch d_h d_w"]) -> Float[Array, "batch r_u r_v"]:
+        """The projected probe responses ``sigma(V^T X U)`` transposed to ``[batch, r_U, r_V]``."""
+        z = (x / self.config.x_scale) @ self.probes[...]  # [b, d_h, r_u]
+        return jax.nn.relu(jnp.einsum("bhu,hv->buv", z, self.proj[...]))
+
+    def represent(self, x: Float[Array, "batch d_h d_w"]) -> Float[Array, "batch r_t"]:
+        """The representation ``e`` of each model."""
+        h = self.responses(x)
+        return self.encoder(h.reshape(h.shape[0], -1))
+
+    def __call__(self, x: Float[Array, "batch d_h d_w"]) -> Float[Array, "batch n_out"]:
+        """Task outputs: class logits (``classes``) or a vector in the text space (``zero-shot``)."""
+        return self.head(self.represent(x))
+
+
+def zero_shot_logits(
+    out: Float[Array, "batch d_text"], text: Float[Array, "classes d_text"], *, temperature: float
+) -> Float[Array, "batch classes"]:
+    """Cosine similarity between normalised outputs and normalised text embeddings, over ``temperature``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> zero_shot_logits(jnp.array([[1.0, 0.0]]), jnp.array([[2.0, 0.0], [0.0, 1.0]]), temperature=0.5).tolist()
+        [[2.0, 0.0]]
+    """
+    o = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    t = text / jnp.maximum(jnp.linalg.norm(text, axis=-1, keepdims=True), 1e-12)
+    return (o @ t.T) / temperature
+
+
+def probex_flops(config: ProbeXConfig) -> float:
+    """Multiply-adds x 2 of one forward pass of one model (the three matrix products + head).
+
+    Example:
+        >>> probex_flops(ProbeXConfig(d_h=2, d_w=3, n_out=1, r_u=1, r_v=1, r_t=1))
+        20.0
+    """
+    c = config
+    return 2.0 * (c.d_h * c.d_w * c.r_u + c.d_h * c.r_u * c.r_v + c.r_u * c.r_v * c.r_t + c.r_t * c.n_out)
