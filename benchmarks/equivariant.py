@@ -212,7 +212,8 @@ def bench_scale(args: argparse.Namespace, out: dict) -> None:
         # the zoo is written in pieces so this process never holds it whole either
         parts = []
         for lo in range(0, n, 2000):
-            parts.append(Zoo.init(arch, min(2000, n - lo), key=jax.random.fold_in(jax.random.key(0), lo)))
+            part = Zoo.init(arch, min(2000, n - lo), key=jax.random.fold_in(jax.random.key(0), lo))
+            parts.append(part.with_meta(id=[f"m{lo + i:06d}" for i in range(len(part))]))
         from weightspace.zoo import concat
 
         save_zoo(concat(parts, name="scale"), path)
@@ -248,6 +249,8 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--devices", type=int, default=1, help="fake CPU devices for the sharded run")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--speed-from", default=None,
+                    help="reuse the speed rows (JSON lines) an earlier run of this script printed; run only the scale part")
     ap.add_argument("--name", default="equivariant")
     args = ap.parse_args()
     if args.quick:
@@ -258,7 +261,12 @@ def main() -> int:
     import torch
 
     out["torch"] = torch.__version__
-    bench_speed(args, out)
+    if args.speed_from:
+        out["speed"] = [json.loads(line) for line in Path(args.speed_from).read_text().splitlines()
+                        if line.startswith('{"case"')]
+        out["speed_from"] = args.speed_from
+    else:
+        bench_speed(args, out)
     bench_scale(args, out)
     out["load_after"] = loadavg()
     write(out)
@@ -271,7 +279,9 @@ def write(out: dict) -> None:
     lines = [f"# Equivariant encoders: speed and scale ({a['name']})", "",
              f"- date: {out['date']}; machine: {out['machine']}; load average {out['load_before']:.1f} before, "
              f"{out['load_after']:.1f} after (the machine was shared with other engineers' jobs: times are noisy)",
-             f"- command: `{out['command']}`",
+             f"- command: `{out['command']}`" + (f" (speed rows printed by an earlier run of the same script on this "
+                                                  f"machine the same day, read from {out['speed_from']})"
+                                                  if out.get("speed_from") else ""),
              f"- jax {out['jax']} (CPU), torch {out['torch']} CPU ({a['torch_threads']} threads); "
              f"{a['repeats']} repeats, medians; compile time apart",
              f"- encoder: width {a['width']}, {a['depth']} NP layers / message-passing rounds, embedding 64; "

@@ -130,6 +130,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=48, help="models per step (two views each)")
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--encoders", default="np,graph")
     ap.add_argument("--quick", action="store_true", help="1 seed, 20 steps, mnist-inr:300 only")
     ap.add_argument("--name", default="equivariant_eval")
@@ -175,8 +176,8 @@ def main() -> int:
                 emb0 = embed_all(enc, buckets, n, index)
                 score(table, f"{kind} untrained", ds, emb0, splits, seed, seconds=time.time() - t)
                 t = time.time()
-                config = TrainConfig(steps=args.steps, learning_rate=1e-3, schedule="cosine", warmup=10,
-                                     eval_every=args.steps, seed=seed, grad_clip=1.0)
+                config = TrainConfig(steps=args.steps, learning_rate=args.lr, schedule="cosine", warmup=20,
+                                     eval_every=max(1, args.steps // 10), seed=seed, grad_clip=1.0)
                 # one optimizer object for every seed: the jitted train step compiles once per encoder
                 tx = txs.setdefault(kind, config.optimizer())
                 model, rep = train_contrastive(enc, buckets, labels, train=train_sets, config=config,
@@ -236,7 +237,7 @@ def write(table: ResultsTable, log: dict, args: argparse.Namespace, seconds: flo
             f"- command: `python {' '.join(sys.argv)}`\n"
             f"- jax {jax.__version__} on {jax.default_backend()}; wall time {seconds:.0f} s\n"
             f"- {args.seeds} seed(s) (split, init, batches), {args.steps} contrastive steps, {args.batch} models "
-            "x 2 views per step, NT-Xent tau=0.1, width " + str(args.width) + "\n"
+            f"x 2 views per step, NT-Xent tau=0.1, Adam lr {args.lr} cosine, width {args.width}\n"
             "- retrieval: test models query all other models (cosine); R@k = fraction of queries with a same-task "
             "model among the k nearest; probe: linear model on frozen embeddings trained on train+val models\n\n")
     (RESULTS / f"{args.name}.md").write_text(head + table.to_markdown(digits=3) + "\n")

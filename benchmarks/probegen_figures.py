@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
-ORDER = ("probegen", "probegen-nonlinear", "vanilla-probes", "fixed-uniform", "fixed-grid", "fixed-dead-leaves",
+ORDER = ("probegen", "probegen-nonlinear", "probegen-unbounded", "vanilla-probes", "fixed-uniform", "fixed-grid", "fixed-dead-leaves",
          "fixed-natural", "fixed-fashion-mnist")
 
 

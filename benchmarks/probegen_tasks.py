@@ -45,8 +45,10 @@ def methods(recipe: str) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = [
         ("probegen", {"probes": "generator"}),
         ("probegen-nonlinear", {"probes": "generator", "nonlinear": True}),
-        ("vanilla-probes", {"probes": "vanilla"}),
     ]
+    if recipe.endswith("-inr"):  # the paper's unbounded coordinate generator (ours ends in tanh)
+        out.append(("probegen-unbounded", {"probes": "generator", "bounded": False}))
+    out.append(("vanilla-probes", {"probes": "vanilla"}))
     out += [(f"fixed-{k}", {"probes": "fixed", "fixed": k}) for k in fixed]
     out += [(b, {"baseline": b}) for b in ("statnn-gbt", "statnn-mlp", "flat-mlp")]
     return out
@@ -113,7 +115,7 @@ def baseline_flops(name: str, ds: Any, n_out: int, batch: int = 32) -> float:
 
 
 def run_task(recipe: str, size: int, seeds: list[int], steps: int, only: list[str] | None,
-             probes_dir: Path, log: Any) -> dict[str, Any]:
+             probes_dir: Path, log: Any, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     from weightspace.learn import ResultsTable, run_baseline
     from weightspace.probegen import score, train_probegen, weight_dataset
     from weightspace.zoo import build_recipe
@@ -126,7 +128,9 @@ def run_task(recipe: str, size: int, seeds: list[int], steps: int, only: list[st
     n_out = int(np.max(ds.targets["y"])) + 1 if kind == "classify" else 1
     log(f"{recipe} (size {size}): {len(ds)} models, splits {list(ds.splits.sizes())}, built/loaded in "
         f"{time.perf_counter() - t0:.0f}s")
-    table = ResultsTable()
+    names = [m for m, _ in methods(recipe) if not only or m in only]
+    keep = [r for r in (previous or {}).get("table", {}).get("rows", []) if r["method"] not in names]
+    table = ResultsTable(keep)  # --update: rows of methods not rerun now come from the previous results
     y_te = ds.targets["y"][ds.splits.test]
     for name, spec in methods(recipe):
         if only and name not in only:
@@ -146,8 +150,10 @@ def run_task(recipe: str, size: int, seeds: list[int], steps: int, only: list[st
                     np.savez(probes_dir / f"{recipe}-{name}.npz", probes=np.asarray(run.model.probes()))
             table.add(name, metric, value, seed=seed, **extra)
             log(f"  {name} seed {seed}: {metric} {value:.4f} ({time.perf_counter() - t:.0f}s)")
+    order = [m for m, _ in methods(recipe)]
+    table.rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["seed"]))
     return {"recipe": recipe, "size": size, "models": len(ds), "splits": list(ds.splits.sizes()), "metric": metric,
-            "table": json.loads(table.to_json()), "markdown": table.to_markdown(digits=3)}
+            "steps": steps, "table": json.loads(table.to_json()), "markdown": table.to_markdown(digits=3)}
 
 
 def run_curve(recipe: str, size: int, seeds: list[int], steps: int, ns: list[int], log: Any) -> dict[str, Any]:
@@ -179,8 +185,8 @@ def markdown(r: dict[str, Any]) -> str:
              "+ predictor; StatNN features + MLP; MLP on flat weights; statnn-gbt: features only, trees are not FLOPs); "
              "seconds: steady-state training time of one run", ""]
     for t in r["tasks"]:
-        lines += [f"## {t['recipe']} (size {t['size']}: {t['models']} models, train/val/test {t['splits']}) — "
-                  f"{t['metric']}", "", t["markdown"], ""]
+        lines += [f"## {t['recipe']} (size {t['size']}: {t['models']} models, train/val/test {t['splits']}; "
+                  f"{t.get('steps', r['steps'])} steps) — {t['metric']}", "", t["markdown"], ""]
     if r.get("curve"):
         c = r["curve"]
         lines += [f"## Number of probes ({c['recipe']}, size {c['size']})", "", c["markdown"], ""]
@@ -197,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=None, help="comma-separated subset of methods")
     ap.add_argument("--curve", default=None, help="probe counts for the curve on the first task, e.g. 4,16,64,128")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--update", action="store_true",
+                    help="merge into the existing results NAME.json: rerun only --methods (and --curve), keep the rest")
     args = ap.parse_args(argv)
     tasks = args.tasks.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -224,9 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(RESULTS / f"{name}.md") as tmp:
             tmp.write_text(markdown(r))
 
+    old: dict[str, Any] = {}
+    if args.update and (RESULTS / f"{name}.json").exists():
+        old = json.loads((RESULTS / f"{name}.json").read_text())
+        r["tasks"] = list(old.get("tasks", []))
+        if old.get("curve"):
+            r["curve"] = old["curve"]
+        r["command"] = old.get("command", "") + " ; then " + r["command"]
     only = args.methods.split(",") if args.methods else None
     for recipe, size in zip(tasks, sizes, strict=True):
-        r["tasks"].append(run_task(recipe, size, seeds, steps, only, probes_dir, log))
+        prev = next((t for t in r["tasks"] if t["recipe"] == recipe), None)
+        res = run_task(recipe, size, seeds, steps, only, probes_dir, log, prev if args.update else None)
+        r["tasks"] = [t for t in r["tasks"] if t["recipe"] != recipe] + [res]
         write()
     if args.curve:
         r["curve"] = run_curve(tasks[0], sizes[0], seeds, steps, [int(n) for n in args.curve.split(",")], log)

@@ -45,7 +45,7 @@ def _layer(n: int, d_h: int, d_w: int) -> tuple[np.ndarray, np.ndarray, str]:
             y = px.zoo_targets(zoo, px.POOL_CLASSES)
             reps = -(-n // len(x))
             return np.tile(x, (reps, 1, 1))[:n], np.tile(y, (reps, 1))[:n], "fmnist-trees mlp-fmnist layers.1.weight"
-    except Exception:  # noqa: BLE001 - fall back to the stand-in below
+    except Exception:
         pass
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(n, d_h, d_w)) * 0.1).astype(np.float32)
@@ -59,13 +59,26 @@ def bench_jax(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict:
     names = [f"c{i}" for i in range(y.shape[1])]
     runs = []
     for _ in range(args.repeats):
-        _, rep = train_expert(x, y, class_names=names, train_idx=np.arange(len(x)), r_u=args.r_u, r_v=args.r_v,
-                              r_t=args.r_t, train={"steps": args.steps, "batch_size": args.batch, "patience": None,
-                                                   "eval_every": args.steps}, progress=False)
+        _, rep = train_expert(
+            x,
+            y,
+            class_names=names,
+            train_idx=np.arange(len(x)),
+            r_u=args.r_u,
+            r_v=args.r_v,
+            r_t=args.r_t,
+            train={"steps": args.steps, "batch_size": args.batch, "patience": None, "eval_every": args.steps},
+            progress=False,
+        )
         runs.append((rep.compile_seconds, rep.seconds))
     steady = statistics.median(r[1] for r in runs) / (args.steps - 1)
-    return {"compile_s": statistics.median(r[0] for r in runs), "step_s": steady, "steps_per_s": 1 / steady,
-            "models_per_s": args.batch / steady, "repeats": [list(r) for r in runs]}
+    return {
+        "compile_s": statistics.median(r[0] for r in runs),
+        "step_s": steady,
+        "steps_per_s": 1 / steady,
+        "models_per_s": args.batch / steady,
+        "repeats": [list(r) for r in runs],
+    }
 
 
 def bench_torch(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, device: str) -> dict:
@@ -113,8 +126,13 @@ def bench_torch(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, device: 
             times.append(time.perf_counter() - t0)
         runs.append((times[0], sum(times[1:])))
     steady = statistics.median(r[1] for r in runs) / (args.steps - 1)
-    return {"first_step_s": statistics.median(r[0] for r in runs), "step_s": steady, "steps_per_s": 1 / steady,
-            "models_per_s": args.batch / steady, "repeats": [list(r) for r in runs]}
+    return {
+        "first_step_s": statistics.median(r[0] for r in runs),
+        "step_s": steady,
+        "steps_per_s": 1 / steady,
+        "models_per_s": args.batch / steady,
+        "repeats": [list(r) for r in runs],
+    }
 
 
 def _markdown(res: dict) -> str:
@@ -125,8 +143,11 @@ def _markdown(res: dict) -> str:
         "",
         f"- date: {res['date']}",
         f"- machine: {res['machine']}; load average at start {res['load_start']}, at end {res['load_end']}"
-        + (" (a SHARED, loaded machine: absolute times are inflated, the ratio is the number to read)"
-           if res["load_start"][0] > (os.cpu_count() or 1) else ""),
+        + (
+            " (a SHARED, loaded machine: absolute times are inflated, the ratio is the number to read)"
+            if res["load_start"][0] > (os.cpu_count() or 1)
+            else ""
+        ),
         f"- command: `{res['command']}`",
         f"- devices: {_device.describe(res['devices'])}",
         f"- module: d_H x d_W = {c['d_h']} x {c['d_w']} ({res['inputs']}), r_U = {c['r_u']}, r_V = {c['r_v']}, "
@@ -186,8 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         "load_start": load_start,
         "load_end": [round(v, 2) for v in os.getloadavg()],
         "inputs": inputs,
-        "config": {"d_h": args.d_h, "d_w": args.d_w, "r_u": args.r_u, "r_v": args.r_v, "r_t": args.r_t,
-                   "batch": args.batch, "steps": args.steps, "repeats": args.repeats, "models": args.models},
+        "config": {
+            "d_h": args.d_h,
+            "d_w": args.d_w,
+            "r_u": args.r_u,
+            "r_v": args.r_v,
+            "r_t": args.r_t,
+            "batch": args.batch,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "models": args.models,
+        },
         "jax": j,
         "torch": t,
         "speedup": t["step_s"] / j["step_s"],

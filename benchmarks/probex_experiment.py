@@ -62,7 +62,7 @@ def _figures(out: dict, trees: dict, class_names: list[str], stem: str) -> list[
         digit_share += [np.mean([c.startswith("digit") for c in row if c is not None]) for row in zoo.meta["classes"]]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     offsets = {t: 6.0 * i for i, t in enumerate(trees)}
-    xy = np.concatenate([emb + [offsets[t], 0] for t, emb in zip(trees, embs, strict=True)])
+    xy = np.concatenate([emb + np.array([offsets[t], 0.0]) for t, emb in zip(trees, embs, strict=True)])
     tree_arr = np.array(tree_of)
     for t in trees:
         m = tree_arr == t
@@ -103,36 +103,78 @@ def _markdown(res: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for s in res["trees"]:
-        lines.append(f"| {s['tree']} | {s['models']} | {s['arch']} | {s['pretrain']} | {s['base_test_acc']:.3f} | "
-                     f"{s['test_acc_mean']:.3f} / {s['test_acc_min']:.3f} | `{res['layers'][s['tree']]}` |")
-    lines += ["", "## Results (test split, mean ± std over seeds)", "", res["table_md"], "",
-              "## Per-layer sweep (validation mAP of one small expert per layer; best marked)", ""]
+        lines.append(
+            f"| {s['tree']} | {s['models']} | {s['arch']} | {s['pretrain']} | {s['base_test_acc']:.3f} | "
+            f"{s['test_acc_mean']:.3f} / {s['test_acc_min']:.3f} | `{res['layers'][s['tree']]}` |"
+        )
+    lines += [
+        "",
+        "## Results (test split, mean ± std over seeds)",
+        "",
+        res["table_md"],
+        "",
+        "## Per-layer sweep (validation mAP of one small expert per layer; best marked)",
+        "",
+    ]
     for t, rows in res["sweep"].items():
-        lines.append(f"- **{t}**: " + ", ".join(
-            f"`{r['layer']}` {r['shape']} val {r['val_map']:.3f} / test {r['test_map']:.3f}"
-            + (" **(best)**" if r["best"] else "") for r in rows))
+        lines.append(
+            f"- **{t}**: "
+            + ", ".join(
+                f"`{r['layer']}` {r['shape']} val {r['val_map']:.3f} / test {r['test_map']:.3f}"
+                + (" **(best)**" if r["best"] else "")
+                for r in rows
+            )
+        )
     lines += ["", "## Routing accuracy", ""]
     for k, v in res["routing"].items():
         lines.append(f"- {k}: " + ", ".join(f"{t} {a:.3f}" for t, a in v.items()))
     if res.get("lora"):
-        lines += ["", "## fmnist-lora (layer = scale * B @ A)", "", f"- layer sweep: {res['lora']['sweep']}",
-                  f"- chosen layer: `{res['lora']['layer']}`"]
+        lines += [
+            "",
+            "## fmnist-lora (layer = scale * B @ A)",
+            "",
+            f"- layer sweep: {res['lora']['sweep']}",
+            f"- chosen layer: `{res['lora']['layer']}`",
+        ]
     if res.get("figures"):
         lines += ["", "## Figures", ""] + [f"- `{f}`" for f in res["figures"]]
     return "\n".join(lines) + "\n"
 
 
+def _work(stem: str) -> Path:
+    from weightspace._cache import cache_dir
+
+    return cache_dir("probex-experiment") / stem
+
+
+def _save_part(stem: str, part: str, data: dict) -> None:
+    from weightspace._atomic import atomic_path
+
+    with atomic_path(_work(stem) / f"{part}.json") as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--part",
+        default="all",
+        choices=["all", "trees", "cross", "lora", "report"],
+        help="run one part (parts can run in parallel processes; `report` merges them)",
+    )
+    ap.add_argument("--trees", default=None, help="--part trees: comma-separated trees (default all)")
     ap.add_argument("--size", type=int, default=None, help="fmnist-trees size per tree (default 250; quick 4)")
     ap.add_argument("--fresh-size", type=int, default=None, help="seed-1 fresh fine-tunes per tree (default 20)")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--models", type=int, default=None, help="use the first N models of every tree (default all)")
     ap.add_argument("--steps", type=int, default=None, help="max expert training steps (early stopping on val)")
     ap.add_argument("--r", type=int, default=32, help="r_U = r_V (r_T = 4 r)")
-    ap.add_argument("--lora-size", type=int, default=10, help="fmnist-lora concepts (0: skip)")
+    ap.add_argument("--lora-size", type=int, default=4, help="fmnist-lora concepts (0: skip)")
     ap.add_argument("--baselines", default="flat-linear,statnn-mlp,flat-mlp")
+    ap.add_argument("--zoo-dir", default=None,
+                    help="read the trees from <tree>.safetensors files here instead of building the recipe "
+                    "(e.g. the partial directory of a build in progress)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     size = args.size or (4 if args.quick else 250)
@@ -143,53 +185,149 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     import weightspace.lora  # noqa: F401  (registers fmnist-lora)
     import weightspace.probex as px
-    from weightspace.probex._experiment import HELD_OUT, run_lora, run_trees
+    from weightspace.learn import ResultsTable
+    from weightspace.probex._experiment import HELD_OUT, run_cross, run_lora, run_trees
     from weightspace.zoo import build_recipe
 
+    stem = Path(args.out or ("probex_experiment_quick" if args.quick else "probex_experiment")).name
     t_start = time.perf_counter()
-    built = build_recipe("fmnist-trees", size=size, progress=True)
-    fresh = build_recipe("fmnist-trees", size=fresh_size, seed=1, progress=True)
+    if args.zoo_dir:
+        from weightspace.zoo import load_zoo
+
+        chosen = args.trees.split(",") if args.trees else list(px.TREES)
+        built = px.ModelTrees({t: load_zoo(Path(args.zoo_dir) / f"{t}.safetensors") for t in chosen})
+    else:
+        built = build_recipe("fmnist-trees", size=size, progress=True)
     trees = dict(px.trees_from(built))
     if args.models:
         trees = {t: z.select(np.arange(min(args.models, len(z)))) for t, z in trees.items()}
     widths = {"r_u": args.r, "r_v": args.r, "r_t": 4 * args.r}
     train = {"steps": steps, "eval_every": max(10, steps // 12)}
-    out = run_trees(trees, class_names=list(px.POOL_CLASSES), seeds=seeds, widths=widths, train=train,
-                    sweep_train={"steps": max(20, steps // 2), "eval_every": max(10, steps // 12)},
-                    fresh=dict(px.trees_from(fresh)), baselines=[b for b in args.baselines.split(",") if b])
-    lora = None
-    if args.lora_size:
-        lz = build_recipe("fmnist-lora", size=args.lora_size, progress=True)
-        lora = run_lora(lz, seeds=seeds, widths=widths, train=train, table=out["table"],
-                        sweep_train={"steps": max(20, steps // 2), "eval_every": max(10, steps // 12)})
-    name = args.out or ("probex_experiment_quick" if args.quick else "probex_experiment")
-    stem = Path(name).name
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    figs = _figures(out, trees, list(px.POOL_CLASSES), stem)
-    res = {
-        "name": stem,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.node()}, {os.cpu_count()} cpus, python {platform.python_version()}",
-        "command": "python benchmarks/probex_experiment.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "load_start": load_start,
-        "load_end": [round(v, 2) for v in os.getloadavg()],
-        "seconds": time.perf_counter() - t_start,
-        "size": size, "fresh_size": fresh_size, "models": sum(len(z) for z in trees.values()), "seeds": seeds, "widths": widths,
-        "train": train, "held_out": list(HELD_OUT), "trees": built.summary(), "layers": out["layers"],
-        "sweep": out["sweep"], "routing": out["routing"], "zero_shot": out["zero_shot"],
-        "timings": out["timings"], "table": json.loads(out["table"].to_json()),
-        "table_md": out["table"].to_markdown(), "figures": figs,
-        "lora": None if lora is None else {"sweep": lora["sweep"], "layer": lora["layer"]},
+    sweep_train = {"steps": max(20, steps // 2), "eval_every": max(10, steps // 12)}
+    names = list(px.POOL_CLASSES)
+    settings = {
+        "size": size,
+        "fresh_size": fresh_size,
+        "seeds": seeds,
+        "widths": widths,
+        "train": train,
+        "models_per_tree": args.models,
     }
-    path = RESULTS / stem if not Path(name).is_absolute() else Path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from weightspace._atomic import atomic_path
+    parts = ["trees", "cross", "lora", "report"] if args.part == "all" else [args.part]
+    for part in parts:
+        t0 = time.perf_counter()
+        if part == "trees":
+            chosen = args.trees.split(",") if args.trees else list(trees)
+            out = run_trees(
+                {t: trees[t] for t in chosen},
+                class_names=names,
+                seeds=seeds,
+                widths=widths,
+                train=train,
+                sweep_train=sweep_train,
+                cross=False,
+                baselines=[b for b in args.baselines.split(",") if b],
+            )
+            for t, e in out["experts"].items():
+                e.save(_work(stem) / "experts" / t)
+            _save_part(
+                stem,
+                "trees-" + "-".join(chosen),
+                {
+                    "rows": out["table"].rows,
+                    "sweep": out["sweep"],
+                    "layers": out["layers"],
+                    "zero_shot": out["zero_shot"],
+                    "timings": out["timings"],
+                    "settings": settings,
+                    "seconds": time.perf_counter() - t0,
+                    "load": [round(v, 2) for v in os.getloadavg()],
+                },
+            )
+        elif part == "cross":
+            fresh = build_recipe("fmnist-trees", size=fresh_size, seed=1, progress=True)
+            experts = {t: px.Expert.load(_work(stem) / "experts" / t) for t in trees}
+            out = run_cross(
+                trees,
+                experts,
+                class_names=names,
+                seeds=seeds,
+                widths=widths,
+                train=train,
+                fresh=dict(px.trees_from(fresh)),
+            )
+            _save_part(
+                stem,
+                "cross",
+                {
+                    "rows": out["table"].rows,
+                    "routing": out["routing"],
+                    "timings": out["timings"],
+                    "seconds": time.perf_counter() - t0,
+                },
+            )
+        elif part == "lora" and args.lora_size:
+            lz = build_recipe("fmnist-lora", size=args.lora_size, progress=True)
+            out = run_lora(lz, seeds=seeds, widths=widths, train=train, sweep_train=sweep_train)
+            _save_part(
+                stem,
+                "lora",
+                {
+                    "rows": out["table"].rows,
+                    "sweep": out["sweep"],
+                    "layer": out["layer"],
+                    "models": len(lz),
+                    "seconds": time.perf_counter() - t0,
+                },
+            )
+        elif part == "report":
+            data = {f.stem: json.loads(f.read_text()) for f in sorted(_work(stem).glob("*.json"))}
+            rows, sweep, layers, zs, timings = [], {}, {}, {}, {}
+            for k, d in data.items():
+                rows += d["rows"]
+                sweep.update(d.get("sweep", {}) if k.startswith("trees") else {})
+                layers.update(d.get("layers", {}))
+                zs.update(d.get("zero_shot", {}))
+                timings.update(d.get("timings", {}))
+            experts = {
+                t: px.Expert.load(_work(stem) / "experts" / t) for t in trees if (_work(stem) / "experts" / t).exists()
+            }
+            FIGURES.mkdir(parents=True, exist_ok=True)
+            figs = _figures({"sweep": sweep, "experts": experts}, {t: trees[t] for t in experts}, names, stem)
+            res = {
+                "name": stem,
+                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": f"{platform.node()}, {os.cpu_count()} cpus, python {platform.python_version()}",
+                "command": "python benchmarks/probex_experiment.py "
+                + " ".join(argv if argv is not None else sys.argv[1:]),
+                "load_start": load_start,
+                "load_end": [round(v, 2) for v in os.getloadavg()],
+                "seconds": sum(d.get("seconds", 0.0) for d in data.values()),
+                **settings,
+                "models": sum(len(z) for z in trees.values()),
+                "held_out": list(HELD_OUT),
+                "trees": built.summary(),
+                "layers": layers,
+                "sweep": sweep,
+                "routing": data.get("cross", {}).get("routing", {}),
+                "zero_shot": zs,
+                "timings": timings,
+                "table": rows,
+                "table_md": ResultsTable(rows).to_markdown(),
+                "figures": figs,
+                "lora": None if "lora" not in data else {k: data["lora"][k] for k in ("sweep", "layer", "models")},
+                "parts": {k: {"seconds": d.get("seconds"), "load": d.get("load")} for k, d in data.items()},
+            }
+            path = RESULTS / stem
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from weightspace._atomic import atomic_path
 
-    with atomic_path(path.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(res, indent=1, default=str))
-    with atomic_path(path.with_suffix(".md")) as tmp:
-        tmp.write_text(_markdown(res))
-    print(_markdown(res))
+            with atomic_path(path.with_suffix(".json")) as tmp:
+                tmp.write_text(json.dumps(res, indent=1, default=str))
+            with atomic_path(path.with_suffix(".md")) as tmp:
+                tmp.write_text(_markdown(res))
+            print(_markdown(res))
+        print(f"[{part}] {time.perf_counter() - t0:.0f} s (total {time.perf_counter() - t_start:.0f} s)", flush=True)
     return 0
 
 

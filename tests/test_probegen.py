@@ -223,11 +223,30 @@ def test_missing_label_column_names_it_and_lists_columns() -> None:
         weight_dataset(zoo, task="classify", target="nope")
 
 
-def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
-    ds = weight_dataset(_separable_zoo(16), task="classify")
-    with pytest.raises(TrainingDivergedError, match=r"loss of step \d+") as e:
-        train_probegen(ds, task="classify", probes="vanilla", n_probes=4, steps=40, batch_size=4, eval_every=2,
-                       learning_rate=1e12, depth=2, width=8, checkpoint_dir=tmp_path / "ckpt")
+def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """A model whose responses make the loss NaN (here: marked by a finite bias of 123 that the loss
+    turns into NaN; real cases are overflowing responses) stops training with the step named."""
+    from weightspace.probegen import _train
+
+    zoo = _separable_zoo(16)
+    params = {k: np.array(v) for k, v in zoo.params.items()}
+    ds = weight_dataset(Zoo(zoo.arch, params, zoo.meta, "poisoned"), task="classify")
+    poison = int(ds.splits.train[-1])
+    ds.inputs["layers.2.bias"][poison] = 123.0
+    original = _train._Loss.__call__
+
+    def poisoned(self: object, model: object, batch: dict, key: jax.Array) -> tuple:
+        loss, aux = original(self, model, batch, key)
+        bad = jnp.any(batch["params"]["layers.2.bias"] == 123.0)
+        return loss + jnp.where(bad, jnp.nan, 0.0), aux
+
+    monkeypatch.setattr(_train._Loss, "__call__", poisoned)
+    with pytest.raises(TrainingDivergedError, match=r"loss of step \d+ \(of 40\) is nan; the last good checkpoint"
+                       ) as e:
+        # seed 0: the poisoned model's first batch is step 2; a checkpoint is written every step
+        train_probegen(ds, task="classify", probes="vanilla", n_probes=4, steps=40, batch_size=4, eval_every=1,
+                       depth=2, width=8, seed=0, checkpoint_dir=tmp_path / "ckpt")
     assert e.value.checkpoint_step is not None and e.value.checkpoint_step < e.value.step
     assert (tmp_path / "ckpt" / str(e.value.checkpoint_step)).exists()
 

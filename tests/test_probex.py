@@ -50,9 +50,13 @@ def _tree(name: str, n: int, seed: int) -> Zoo:
     from weightspace.zoo import ClassifierLoss, fit_population
 
     ds = load_dataset("digits", "train")
-    base = train_population(MLP(in_features=64, hidden=(16,), out_features=10, image_shape=(8, 8, 1)), ds,
-                            {"steps": [150], "learning_rate": 0.01, "seed": [seed]}, key=jax.random.key(seed),
-                            eval_size=100)
+    base = train_population(
+        MLP(in_features=64, hidden=(16,), out_features=10, image_shape=(8, 8, 1)),
+        ds,
+        {"steps": [150], "learning_rate": 0.01, "seed": [seed]},
+        key=jax.random.key(seed),
+        eval_size=100,
+    )
     arch = MLP(in_features=64, hidden=(16,), out_features=5, image_shape=(8, 8, 1))
     rng = np.random.default_rng(seed)
     classes = [rng.permutation(10)[: rng.integers(3, 6)].tolist() for _ in range(n)]
@@ -63,12 +67,23 @@ def _tree(name: str, n: int, seed: int) -> Zoo:
     for m, cl in enumerate(classes):
         label_map[m, cl] = np.arange(len(cl))
     rows = [np.flatnonzero(np.isin(ds.labels, cl)) for cl in classes]
-    res = fit_population(ClassifierLoss(arch, mask_outputs=True), params, {"x": ds.images, "y": ds.labels},
-                         key=jax.random.key(seed), steps=40, batch_size=32, index=rows,
-                         hparams={"learning_rate": rng.uniform(3e-3, 1e-2, n)},
-                         model_data={"label_map": label_map, "n_out": np.array([len(c) for c in classes], np.int32)})
-    meta = {"id": [f"{name}-{i:03d}" for i in range(n)], "tree": [name] * n,
-            "classes": [[str(c) for c in cl] + [None] * (5 - len(cl)) for cl in classes], "steps": [40] * n}
+    res = fit_population(
+        ClassifierLoss(arch, mask_outputs=True),
+        params,
+        {"x": ds.images, "y": ds.labels},
+        key=jax.random.key(seed),
+        steps=40,
+        batch_size=32,
+        index=rows,
+        hparams={"learning_rate": rng.uniform(3e-3, 1e-2, n)},
+        model_data={"label_map": label_map, "n_out": np.array([len(c) for c in classes], np.int32)},
+    )
+    meta = {
+        "id": [f"{name}-{i:03d}" for i in range(n)],
+        "tree": [name] * n,
+        "classes": [[str(c) for c in cl] + [None] * (5 - len(cl)) for cl in classes],
+        "steps": [40] * n,
+    }
     return Zoo(arch, res.params, meta, name)
 
 
@@ -99,8 +114,9 @@ def test_zero_shot_logits_oracle():
     rng = np.random.default_rng(1)
     o, t = rng.normal(size=(3, 4)), rng.normal(size=(5, 4))
     want = (o / np.linalg.norm(o, axis=1, keepdims=True)) @ (t / np.linalg.norm(t, axis=1, keepdims=True)).T / 0.1
-    np.testing.assert_allclose(np.asarray(zero_shot_logits(jnp.asarray(o), jnp.asarray(t), temperature=0.1)), want,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(zero_shot_logits(jnp.asarray(o), jnp.asarray(t), temperature=0.1)), want, rtol=1e-5
+    )
 
 
 def test_ensemble_members_differ_and_config_errors():
@@ -118,8 +134,17 @@ def test_train_learns_classes_and_roundtrips(trees, tmp_path):
     x, y = zoo_layer(zoo, "layers.1.weight"), zoo_targets(zoo, DIGITS)
     assert x.shape == (40, 5, 16) and y.sum(1).min() >= 3
     sp = split_models(len(zoo), seed=0)
-    e, rep = train_expert(x, y, class_names=DIGITS, train_idx=sp.train, val_idx=sp.val, layer="layers.1.weight",
-                          members=2, train={"steps": 150, "eval_every": 50, "learning_rate": 3e-3}, **SMALL)
+    e, rep = train_expert(
+        x,
+        y,
+        class_names=DIGITS,
+        train_idx=sp.train,
+        val_idx=sp.val,
+        layer="layers.1.weight",
+        members=2,
+        train={"steps": 150, "eval_every": 50, "learning_rate": 3e-3},
+        **SMALL,
+    )
     assert rep.best_step is not None and e.info["train_models"] == len(sp.train)
     s = e.scores(x[sp.train])
     assert s.shape == (2, len(sp.train), 10)
@@ -139,8 +164,17 @@ def test_zero_shot_scores_unseen_classes(trees):
     x, y = zoo_layer(zoo, "layers.1.weight"), zoo_targets(zoo, DIGITS)
     sp = split_models(len(zoo), seed=0)
     text = np.random.default_rng(0).normal(size=(10, 12)).astype(np.float32)  # any text space
-    z, _ = train_expert(x, y, class_names=DIGITS, train_idx=sp.train, task="zero-shot", held_out=["3", "7"],
-                        text=text, train={"steps": 20}, **SMALL)
+    z, _ = train_expert(
+        x,
+        y,
+        class_names=DIGITS,
+        train_idx=sp.train,
+        task="zero-shot",
+        held_out=["3", "7"],
+        text=text,
+        train={"steps": 20},
+        **SMALL,
+    )
     assert z.classes == [c for c in DIGITS if c not in ("3", "7")] and z.config.n_out == 12
     assert z.scores(x[:3], ["3", "7"], text=text[[3, 7]]).shape == (1, 3, 2)
     with pytest.raises(InvalidValueError, match="held-out"):
@@ -172,12 +206,19 @@ def test_router_routes_held_out_and_permuted_models(trees):
     test = {t: {k: v[sp[t].test] for k, v in z.params.items()} for t, z in trees.items()}
     assert routing_accuracy(router, test)["all"] == 1.0
     # with permutation-invariant summaries, permuting hidden neurons does not change a model's route
-    router = Router.fit({t: {k: v[sp[t].train] for k, v in z.params.items()} for t, z in trees.items()},
-                        features="summary")
+    router = Router.fit(
+        {t: {k: v[sp[t].train] for k, v in z.params.items()} for t, z in trees.items()}, features="summary"
+    )
     p = {k: np.asarray(v)[:3].copy() for k, v in trees["tree-b"].params.items()}
     perm = np.random.default_rng(0).permutation(16)
-    q = dict(p, **{"layers.0.weight": p["layers.0.weight"][:, perm], "layers.0.bias": p["layers.0.bias"][:, perm],
-                   "layers.1.weight": p["layers.1.weight"][:, :, perm]})
+    q = dict(
+        p,
+        **{
+            "layers.0.weight": p["layers.0.weight"][:, perm],
+            "layers.0.bias": p["layers.0.bias"][:, perm],
+            "layers.1.weight": p["layers.1.weight"][:, :, perm],
+        },
+    )
     assert router.route(q) == router.route(p)
     back = Router.from_json(router.to_json())
     assert back.features == "summary" and back.route(p) == router.route(p)
@@ -201,8 +242,11 @@ def test_modelj_layout_roundtrip(trees, tmp_path):
     # a model of another width in the same subset: the error names models and shapes
     from weightspace._safetensors import write_safetensors
 
-    write_safetensors(tmp_path / "subset" / "odd.safetensors", {"layers.1.weight": np.zeros((7, 16), np.float32)},
-                      {"dataset_chosen_targets": "['0', '1']"})
+    write_safetensors(
+        tmp_path / "subset" / "odd.safetensors",
+        {"layers.1.weight": np.zeros((7, 16), np.float32)},
+        {"dataset_chosen_targets": "['0', '1']"},
+    )
     with pytest.raises(ShapeError, match=r"\[7, 16\].*odd"):
         load_modelj(tmp_path / "subset", layer="layers.1.weight")
 
@@ -210,8 +254,13 @@ def test_modelj_layout_roundtrip(trees, tmp_path):
 def test_lora_subset_file(tmp_path):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(5, 2, 6)).astype(np.float32), rng.normal(size=(5, 4, 2)).astype(np.float32)
-    write_lora_subset(tmp_path / "sd.safetensors", {"up.0": (a, b)}, ids=[f"l{i}" for i in range(5)],
-                      labels=["cat", "dog", "cat", ["dog", "cat"], "owl"], alpha=4.0)
+    write_lora_subset(
+        tmp_path / "sd.safetensors",
+        {"up.0": (a, b)},
+        ids=[f"l{i}" for i in range(5)],
+        labels=["cat", "dog", "cat", ["dog", "cat"], "owl"],
+        alpha=4.0,
+    )
     got = load_lora_subset(tmp_path / "sd.safetensors", layer="up.0")
     np.testing.assert_allclose(got.x, 2.0 * (b @ a), rtol=1e-6)
     assert got.labels[3] == ["dog", "cat"] and got.classes == ["cat", "dog", "owl"]
@@ -225,8 +274,29 @@ def test_cli_train_predict_layers(trees, tmp_path, capsys):
     both = tmp_path / "both.safetensors"
     save_zoo(concat([trees["tree-a"], trees["tree-b"]]), both)  # same arch: one zoo, a `tree` column
     out = tmp_path / "px"
-    assert main(["probex", "train", str(both), "--layer", "layers.1.weight", "--out", str(out), "--steps", "20",
-                 "--r-u", "8", "--r-v", "8", "--r-t", "16", "--json"]) == 0
+    assert (
+        main(
+            [
+                "probex",
+                "train",
+                str(both),
+                "--layer",
+                "layers.1.weight",
+                "--out",
+                str(out),
+                "--steps",
+                "20",
+                "--r-u",
+                "8",
+                "--r-v",
+                "8",
+                "--r-t",
+                "16",
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["trees"]) == {"tree-a", "tree-b"} and (out / "router.json").exists()
     model = tmp_path / "one.safetensors"
@@ -265,8 +335,14 @@ SHARDED = textwrap.dedent(
 
 def test_sharded_training_equals_unsharded():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[1])
+    res = subprocess.run(
+        [sys.executable, "-c", SHARDED],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["devices"] == 8 and got["diff"] < 1e-4

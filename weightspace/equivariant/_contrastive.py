@@ -100,7 +100,7 @@ def augment(x: WeightFeatures, key: Array, aug: Augment) -> WeightFeatures:
 
 
 def contrastive_loss(z: Float[Array, "n d"], labels: Int[Array, " n"], *, tau: float = 0.1, loss: str = "ntxent",
-                     margin: float = 0.5) -> Array:
+                     margin: float = 0.5, standardize: bool = True) -> Array:
     """Supervised NT-Xent (``loss="ntxent"``) or a cosine margin loss (``"margin"``) over a batch of views.
 
     .. math::
@@ -108,7 +108,8 @@ def contrastive_loss(z: Float[Array, "n d"], labels: Int[Array, " n"], *, tau: f
             \\log \\frac{e^{s_{ip}/\\tau}}{\\sum_{j \\ne i} e^{s_{ij}/\\tau}}, \\qquad
         \\mathrm{margin} = \\mathrm{mean}_{i \\ne j}\\, y_{ij} (1 - s_{ij}) + (1 - y_{ij}) \\max(0, s_{ij} - m)
 
-    with ``s`` the cosine similarity, ``P(i)`` the views with the label of ``i`` (``j != i``).
+    with ``s`` the cosine similarity of the batch-standardised projections (``standardize``: each
+    dimension centred and scaled over the batch), ``P(i)`` the views with the label of ``i`` (``j != i``).
     (The seed proposal writes the margin loss with ``+ y sim``; read as a distance ``1 - sim`` it
     is the usual contrastive loss, which is what this computes.)
 
@@ -122,6 +123,12 @@ def contrastive_loss(z: Float[Array, "n d"], labels: Int[Array, " n"], *, tau: f
     """
     if loss not in LOSSES:
         raise ConfigError(f"unknown contrastive loss {loss!r}; known: {list(LOSSES)}")
+    if standardize:
+        # Batch-standardised projections (the role of SimCLR's BatchNorm in the projection head): a
+        # common component shared by every view cannot dominate the cosines, so the loss cannot
+        # park all embeddings on one point (without it, training sat on the collapsed plateau
+        # loss = log(n - 1) for hundreds of steps).
+        z = (z - z.mean(0)) / (z.std(0) + 1e-6)
     z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8)
     sim = z @ z.T
     n = z.shape[0]

@@ -42,7 +42,10 @@ class ProbeGenerator(nnx.Module):
 
     Coordinates (INRs): dense layers ``latent -> hidden... -> d_in``. Images ``(H, W, C)``:
     a dense layer to a ``ceil(H/4) x ceil(W/4)`` map, two stride-2 transposed convolutions
-    (kernel 4), crop, then ``tanh`` mapped onto ``[0, 1]``. With ``nonlinear=False`` (ProbeGen)
+    (kernel 4), crop, then ``tanh`` mapped onto ``[0, 1]``. Coordinates end in ``tanh`` too when
+    ``bounded`` (our default: an INR is only fitted on ``[-1, 1]^d``, and unbounded linear probes
+    drift far outside it and overfit; the paper's two linear layers end unbounded:
+    ``bounded=False``). With ``nonlinear=False`` (ProbeGen)
     no activation sits between the layers: the generator is a deep LINEAR map (its
     over-parameterisation is the inductive bias); ``nonlinear=True`` adds leaky-ReLUs (the ablation).
 
@@ -65,10 +68,12 @@ class ProbeGenerator(nnx.Module):
         nonlinear: bool = False,
         hidden: int = 32,
         channels: Sequence[int] = (32, 16),
+        bounded: bool = True,
         rngs: nnx.Rngs,
     ) -> None:
         self.shape = tuple(arch.input_shape)
         self.nonlinear = bool(nonlinear)
+        self.bounded = bool(bounded)
         self.latents = nnx.Param(jax.random.normal(rngs.params(), (n_probes, latent_dim), jnp.float32))
         if _is_image(arch):
             h, w, c = self.shape
@@ -98,7 +103,7 @@ class ProbeGenerator(nnx.Module):
             if i < len(self.dense) - 1 or len(self.deconvs):
                 z = self._act(z)
         if not len(self.deconvs):
-            return z
+            return jnp.tanh(z) if self.bounded else z
         h, w, _ = self.shape
         z = z.reshape(z.shape[0], self.base[0], self.base[1], self.c0)
         for i, layer in enumerate(self.deconvs):
@@ -173,6 +178,7 @@ class ProbeGen(nnx.Module):
         probes: one of :data:`PROBE_SOURCES`.
         latent_dim: dimension of the latent codes (paper: 32).
         nonlinear: activations inside the generator (ablation; the paper's generator is linear).
+        bounded: coordinate probes end in ``tanh`` (inside an INR's ``[-1, 1]^d`` domain).
         fixed: ``[n_probes, ...]`` probes for ``probes="fixed"``.
         depth: predictor layers (paper: 6).
         width: predictor width (paper: 256).
@@ -198,6 +204,7 @@ class ProbeGen(nnx.Module):
         probes: str = "generator",
         latent_dim: int = 32,
         nonlinear: bool = False,
+        bounded: bool = True,
         fixed: np.ndarray | Array | None = None,
         depth: int = 6,
         width: int = 256,
@@ -218,7 +225,7 @@ class ProbeGen(nnx.Module):
         self.kind = probes
         if probes == "generator":
             self.source: nnx.Module = ProbeGenerator(a0, n_probes, latent_dim=latent_dim, nonlinear=nonlinear,
-                                                     rngs=rngs)
+                                                     bounded=bounded, rngs=rngs)
         elif probes == "vanilla":
             self.source = LearnedProbes(a0, n_probes, rngs=rngs)
         else:
@@ -282,5 +289,6 @@ def build_from_config(config: dict[str, Any]) -> ProbeGen:
     if config["probes"] == "fixed":
         fixed = np.zeros((config["n_probes"], *archs[0].input_shape), np.float32)
     return ProbeGen(archs, n_out=int(config["n_out"]), n_probes=int(config["n_probes"]), probes=config["probes"],
-                    latent_dim=int(config["latent_dim"]), nonlinear=bool(config["nonlinear"]), fixed=fixed,
+                    latent_dim=int(config["latent_dim"]), nonlinear=bool(config["nonlinear"]),
+                    bounded=bool(config.get("bounded", True)), fixed=fixed,
                     depth=int(config["depth"]), width=int(config["width"]), rngs=nnx.Rngs(0))

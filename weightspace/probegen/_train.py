@@ -346,6 +346,7 @@ def train_probegen(
     n_probes: int = 64,
     latent_dim: int = 32,
     nonlinear: bool = False,
+    bounded: bool = True,
     fixed: str | np.ndarray | None = None,
     depth: int = 6,
     width: int = 256,
@@ -374,6 +375,8 @@ def train_probegen(
         n_probes: number of probes.
         latent_dim: latent code dimension.
         nonlinear: a non-linear generator (ablation).
+        bounded: coordinate probes end in ``tanh`` (``False``: unbounded, as the paper's two
+            linear layers; see :class:`~weightspace.probegen.ProbeGenerator`).
         fixed: for ``probes="fixed"``: a probe kind for :func:`fixed_probe_data` or an array.
         depth, width: the predictor MLP.
         steps, batch_size, learning_rate, weight_decay, eval_every, patience: optimisation.
@@ -410,7 +413,8 @@ def train_probegen(
     y = np.asarray(dataset.targets["y"])
     tr, va = dataset.splits.train, dataset.splits.val
     cfg: dict[str, Any] = {"task": task, "kind": kind, "probes": probes, "n_probes": int(n_probes),
-                           "latent_dim": int(latent_dim), "nonlinear": bool(nonlinear), "depth": int(depth),
+                           "latent_dim": int(latent_dim), "nonlinear": bool(nonlinear), "bounded": bool(bounded),
+                           "depth": int(depth),
                            "width": int(width), "archs": [a.to_config() for a in archs],
                            "fixed": fixed if isinstance(fixed, str) or fixed is None else "array",
                            "steps": int(steps), "batch_size": int(batch_size), "learning_rate": float(learning_rate),
@@ -434,7 +438,8 @@ def train_probegen(
         fixed_data = (fixed_probe_data(fixed, archs[0], n_probes, seed=seed) if isinstance(fixed, str)
                       else np.asarray(fixed, np.float32))
     model = ProbeGen(archs, n_out=n_out, n_probes=n_probes, probes=probes, latent_dim=latent_dim,
-                     nonlinear=nonlinear, fixed=fixed_data, depth=depth, width=width, rngs=nnx.Rngs(seed))
+                     nonlinear=nonlinear, bounded=bounded, fixed=fixed_data, depth=depth, width=width,
+                     rngs=nnx.Rngs(seed))
     params = {k: np.asarray(v, np.float32) for k, v in dataset.inputs.items()}
     for name, shape in archs[0].param_shapes().items():
         if name not in params or params[name].shape[1:] != shape:

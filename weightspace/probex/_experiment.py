@@ -96,10 +96,13 @@ def run_trees(
     held_out: Sequence[str] = HELD_OUT,
     fresh: Mapping[str, Any] | None = None,
     baselines: Sequence[str] = ("flat-linear", "statnn-mlp", "flat-mlp"),
+    cross: bool = True,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Run the whole experiment; returns ``{"table": ResultsTable, "sweep", "layers", "zero_shot",
-    "routing", "timings"}``. Splits: :func:`weightspace.learn.split_models` seed 0 (70/15/15) per tree."""
+    "routing", "timings"}``. Splits: :func:`weightspace.learn.split_models` seed 0 (70/15/15) per tree.
+    ``cross=False`` skips the parts that need every tree (routing, routed vs one expert): run them
+    later with :func:`run_cross` on the experts of every tree."""
     from weightspace.learn import (
         ResultsTable,
         WeightDataset,
@@ -199,6 +202,47 @@ def run_trees(
         out["zero_shot"][t] = {k: float(np.mean([m[k] for m in per])) for k in per[0]}
         out["timings"][f"{t}/zero-shot"] = time.perf_counter() - t0
         _log(f"{t}: zero-shot {out['zero_shot'][t]}", verbose)
+    out["table"] = table
+    out["experts"] = experts
+    out["splits"] = splits
+    if cross:
+        c = run_cross(
+            trees,
+            experts,
+            class_names=class_names,
+            seeds=seeds,
+            widths=widths,
+            train=train,
+            fresh=fresh,
+            verbose=verbose,
+        )
+        out["table"] = ResultsTable(table.rows + c["table"].rows)
+        out["routing"] = c["routing"]
+        out["timings"].update(c["timings"])
+    return out
+
+
+def run_cross(
+    trees: Mapping[str, Any],
+    experts: Mapping[str, Any],
+    *,
+    class_names: Sequence[str],
+    seeds: int = 3,
+    widths: Mapping[str, int] | None = None,
+    train: Mapping[str, Any] | None = None,
+    fresh: Mapping[str, Any] | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Routing accuracy (test splits and fresh fine-tunes) and routed experts vs one expert for all
+    trees (every tree's chosen layer zero-padded to one shape)."""
+    from weightspace.learn import ResultsTable, exact_set_accuracy, mean_average_precision, split_models
+
+    widths = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
+    table = ResultsTable()
+    out: dict[str, Any] = {"timings": {}}
+    splits = {t: split_models(len(z), seed=0) for t, z in trees.items()}
+    xs = {t: zoo_layer(z, experts[t].layer) for t, z in trees.items()}
+    ys = {t: zoo_targets(z, class_names) for t, z in trees.items()}
 
     # routing: k-means on the training models of every tree; test split and fresh fine-tunes
     router = Router.fit({t: {k: np.asarray(v)[splits[t].train] for k, v in z.params.items()} for t, z in trees.items()})
@@ -257,8 +301,6 @@ def run_trees(
         table.add("all trees: one expert", "exact", exact_set_accuracy(s_one[s], y_all[te_all]), seed=s)
     _log("one-for-all done", verbose)
     out["table"] = table
-    out["experts"] = experts
-    out["splits"] = splits
     return out
 
 

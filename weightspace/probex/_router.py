@@ -91,8 +91,9 @@ def weight_sketch(params: Mapping[str, Any], *, dim: int = 32, seed: int = 0) ->
         feats.append(flat @ proj)
     out = np.concatenate(feats, axis=1).astype(np.float64)
     if not np.isfinite(out).all():
-        raise InvalidValueError("weight_sketch: NaN/Inf in the weights of models "
-                                f"{np.flatnonzero(~np.isfinite(out).all(1))[:8].tolist()}")
+        raise InvalidValueError(
+            f"weight_sketch: NaN/Inf in the weights of models {np.flatnonzero(~np.isfinite(out).all(1))[:8].tolist()}"
+        )
     return out
 
 

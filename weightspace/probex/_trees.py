@@ -181,6 +181,7 @@ def train_trees(
     seed: int = 0,
     progress: bool | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    mesh: Any | None = None,
 ) -> tuple[TreeExperts, dict[str, Any]]:
     """Train one expert per tree (train split of :func:`weightspace.learn.split_models`, seed
     ``split_seed``) and fit a router on the training models of every tree.
@@ -213,6 +214,7 @@ def train_trees(
             seed=seed,
             progress=progress,
             checkpoint_dir=ck,
+            mesh=mesh,
             **dict(widths or {}),
         )
     router = None
@@ -234,9 +236,11 @@ def layer_sweep(
     split_seed: int = 0,
     seed: int = 0,
     progress: bool | None = None,
+    mesh: Any | None = None,
 ) -> list[dict[str, Any]]:
     """Train one small ``classes`` expert per layer (``members`` seeds in one vmapped program each)
-    and score it; the best layer is picked on the VALIDATION split, never on test.
+    and score it; the best layer is picked on the VALIDATION split, never on test. ``mesh`` shards
+    every expert's batches over a device mesh (:func:`weightspace.parallel.make_mesh`).
 
     Returns:
         One row per layer: ``layer, shape, val_map, test_map, test_exact, best`` (``best`` marks
@@ -265,6 +269,7 @@ def layer_sweep(
             train=train,
             seed=seed,
             progress=progress,
+            mesh=mesh,
             **dict(widths or {}),
         )
         sv, st = e.scores(x[sp.val]), e.scores(x[sp.test])
