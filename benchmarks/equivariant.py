@@ -1,3 +1,4 @@
+# ruff: noqa: B023  (closures are called inside the loop iteration that defines them)
 """Speed and scale of the equivariant encoders against the PyTorch reference (nfn's NP layers).
 
 1. Encoding throughput (models/s) of the NP encoder (JAX, jit + vmap) vs the same-size NP stack
@@ -25,7 +26,8 @@ if __name__ == "__main__":  # fake devices must be requested before JAX starts
     if _dev is None and "--devices" in sys.argv:
         _dev = sys.argv[sys.argv.index("--devices") + 1]
     if _dev and int(_dev) > 1:
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={int(_dev)} " + os.environ.get("XLA_FLAGS", "")
+        _flag = f"--xla_force_host_platform_device_count={int(_dev)} "
+        os.environ["XLA_FLAGS"] = _flag + os.environ.get("XLA_FLAGS", "")
 
 import datetime
 import json
@@ -43,14 +45,14 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _device import cpu_name, loadavg  # noqa: E402
+from _device import cpu_name, loadavg
 
-from weightspace.equivariant import GraphEncoder, NPEncoder, bucketize, embed_zoo, features_of  # noqa: E402
-from weightspace.equivariant._contrastive import ContrastiveModel, contrastive_loss  # noqa: E402
-from weightspace.equivariant._embed import encode_fn  # noqa: E402
-from weightspace.learn import flops_per_model  # noqa: E402
-from weightspace.nets import MLP, SIREN  # noqa: E402
-from weightspace.zoo import Zoo, load_zoo, save_zoo  # noqa: E402
+from weightspace.equivariant import GraphEncoder, NPEncoder, embed_zoo, features_of
+from weightspace.equivariant._contrastive import ContrastiveModel, contrastive_loss
+from weightspace.equivariant._embed import encode_fn
+from weightspace.learn import flops_per_model
+from weightspace.nets import MLP, SIREN
+from weightspace.zoo import Zoo, load_zoo, save_zoo
 
 RESULTS = Path(__file__).parent / "results"
 CASES = {
@@ -250,12 +252,13 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=1, help="fake CPU devices for the sharded run")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--speed-from", default=None,
-                    help="reuse the speed rows (JSON lines) an earlier run of this script printed; run only the scale part")
+                    help="reuse the speed rows (JSON lines) an earlier run of this script printed; "
+                    "run only the scale part")
     ap.add_argument("--name", default="equivariant")
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.zoo_models, args.batch, args.name = 2, 2000, 32, args.name + "_quick"
-    out: dict = {"args": vars(args), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    out: dict = {"args": vars(args), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                  "machine": f"{platform.node()} {cpu_name()} ({os.cpu_count()} cpus)", "load_before": loadavg(),
                  "jax": jax.__version__, "command": "python " + " ".join(sys.argv)}
     import torch
@@ -286,7 +289,8 @@ def write(out: dict) -> None:
              f"{a['repeats']} repeats, medians; compile time apart",
              f"- encoder: width {a['width']}, {a['depth']} NP layers / message-passing rounds, embedding 64; "
              "PyTorch reference: nfn.layers.NPLinear(1->width) + NPLinear(width->width) stack, NPPool, same MLP head",
-             "", "| case | batch | NP JAX (models/s) | NP nfn/PyTorch (models/s) | encode speedup | NP JAX train step (ms) "
+             "", "| case | batch | NP JAX (models/s) | NP nfn/PyTorch (models/s) | encode speedup "
+             "| NP JAX train step (ms) "
              "| nfn train step (ms) | train speedup | graph JAX (models/s) | graph train step (ms) | NP FLOPs/model "
              "| graph FLOPs/model | NP compile (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -1,3 +1,4 @@
+# ruff: noqa: B023  (closures are called inside the loop iteration that defines them)
 """Evaluate the equivariant encoders (NP, neuron graph) trained contrastively, against baselines.
 
 One ``weightspace.learn.ResultsTable`` (mean ± std over seeds), every score on held-out models:
@@ -36,8 +37,15 @@ from weightspace.equivariant import bucketize
 from weightspace.equivariant._contrastive import Augment, build_encoder, task_labels, train_contrastive
 from weightspace.equivariant._embed import embed_bucket
 from weightspace.equivariant._layout import _zoos_of, layer_specs
-from weightspace.learn import ResultsTable, TrainConfig, linear_probe, retrieval_recall, split_models, statnn_features
-from weightspace.learn import flat_features
+from weightspace.learn import (
+    ResultsTable,
+    TrainConfig,
+    flat_features,
+    linear_probe,
+    retrieval_recall,
+    split_models,
+    statnn_features,
+)
 from weightspace.zoo import build_recipe
 
 RESULTS = Path(__file__).parent / "results"
@@ -112,7 +120,7 @@ def embed_all(encoder: nnx.Module, buckets: list, n: int, index: dict) -> np.nda
 def score(table: ResultsTable, method: str, ds: dict, emb: np.ndarray, splits, seed: int, **extra) -> None:
     labels = ds["task"]
     tr = np.concatenate([splits.train, splits.val])
-    if not ds["name"] == "fmnist-cnn-zoo":
+    if ds["name"] != "fmnist-cnn-zoo":
         rec = retrieval_recall(emb, labels, ks=(1, 5, 10), queries=splits.test)
         for k, v in rec.items():
             table.add(method, f"{ds['name']} R@{k}", v, seed=seed, **extra)
@@ -193,7 +201,7 @@ def main() -> int:
                       f"loss {rep.history[0]['loss']:.3f} -> {rep.history[-1]['loss']:.3f}", flush=True)
                 if args.figure and not fig_done and seed == 0 and kind == "np":
                     plot_map(emb, ds, Path(args.figure))
-                    np.save(Path(args.figure).with_suffix(".npy"), emb)
+                    np.save(RESULTS / f"{args.name}_map_embeddings.npy", emb)
                     fig_done = True
             write(table, log, args, time.time() - t_all)
         print(table.to_markdown(digits=3), flush=True)
@@ -219,7 +227,7 @@ def plot_map(emb: np.ndarray, ds: dict, path: Path) -> None:
     for c in sorted(set(lab.tolist())):
         sel = lab == c
         ax.scatter(xy[sel, 0], xy[sel, 1], s=8, label=names[c], alpha=0.8)
-    ax.set_title(f"{ds['name']}: NP encoder embeddings (contrastive), PCA, coloured by task")
+    ax.set_title(f"{ds['name']}: contrastive NP embeddings (PCA), colour = class", fontsize=10)
     ax.legend(fontsize=7, markerscale=2, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +239,7 @@ def write(table: ResultsTable, log: dict, args: argparse.Namespace, seconds: flo
     RESULTS.mkdir(exist_ok=True)
     load = os.getloadavg()
     head = (f"# Equivariant encoders: evaluation ({args.name})\n\n"
-            f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}\n"
+            f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}\n"
             f"- machine: {platform.node()} ({os.cpu_count()} cpus, load average {load[0]:.1f} / {load[1]:.1f}; "
             "shared with other engineers' jobs)\n"
             f"- command: `python {' '.join(sys.argv)}`\n"

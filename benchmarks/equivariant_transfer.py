@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -80,7 +79,7 @@ def main() -> int:
                 for budget, acc in accs.items():
                     table.add(how, f"acc@{budget} ({fam})", float(np.mean(acc)), seed=seed)
         jac = {how: [] for how in ("retrieved", "random")}
-        for fam, by in starts.items():
+        for by in starts.values():
             for how in jac:
                 for q, src in by[how]:
                     a, b = set(classes[q]), set(classes[src])
@@ -104,7 +103,7 @@ def finetune(zoos, rows, classes, fam, by, train_ds, test_ds, budgets, seed):  #
     head_b = head_w.replace(".weight", ".bias")
     label_map = np.zeros((n, 10), np.int32)
     n_out = np.zeros(n, np.int32)
-    for m, (how, q, src) in enumerate(plans):
+    for m, (_how, q, src) in enumerate(plans):
         cl = classes[q]
         label_map[m, cl] = np.arange(len(cl))
         n_out[m] = len(cl)
@@ -143,7 +142,7 @@ def finetune(zoos, rows, classes, fam, by, train_ds, test_ds, budgets, seed):  #
 def write(table: ResultsTable, args: argparse.Namespace) -> None:
     RESULTS.mkdir(exist_ok=True)
     head = (f"# Does retrieval transfer? ({args.name})\n\n"
-            f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; "
+            f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; "
             f"load average {os.getloadavg()[0]:.1f} (shared machine)\n"
             f"- command: `python {' '.join(sys.argv)}`\n"
             "- per held-out hub model q: start a model for q's class set from the encoder's nearest same-family "

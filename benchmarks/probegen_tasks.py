@@ -38,6 +38,7 @@ TASKS = {  # recipe -> (probegen task, metric)
 }
 INR_FIXED = ("uniform", "grid")
 IMAGE_FIXED = ("uniform", "dead-leaves", "natural", "fashion-mnist")
+EVAL_EVERY = 100  # steps between validations (--eval-every)
 
 
 def methods(recipe: str) -> list[tuple[str, dict[str, Any]]]:
@@ -142,7 +143,8 @@ def run_task(recipe: str, size: int, seeds: list[int], steps: int, only: list[st
                 value = score(kind, pred, y_te)
                 extra = {"flops": baseline_flops(spec["baseline"], ds, n_out), "seconds": time.perf_counter() - t}
             else:
-                run = train_probegen(ds, task=task, steps=steps, seed=seed, progress=False, **spec)
+                run = train_probegen(ds, task=task, steps=steps, seed=seed, progress=False, eval_every=EVAL_EVERY,
+                                     **spec)
                 value = run.test_score
                 extra = {"flops": probing_flops(run), "seconds": run.report.seconds,
                          "best_step": float(run.report.best_step or 0)}
@@ -166,7 +168,8 @@ def run_curve(recipe: str, size: int, seeds: list[int], steps: int, ns: list[int
     table = ResultsTable()
     for n in ns:
         for seed in seeds:
-            run = train_probegen(ds, task=task, n_probes=n, steps=steps, seed=seed, progress=False)
+            run = train_probegen(ds, task=task, n_probes=n, steps=steps, seed=seed, progress=False,
+                                 eval_every=EVAL_EVERY)
             table.add(f"probegen n={n}", metric, run.test_score, seed=seed, flops=probing_flops(run),
                       seconds=run.report.seconds)
             log(f"  curve n={n} seed {seed}: {metric} {run.test_score:.4f}")
@@ -201,11 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    ap.add_argument("--eval-every", type=int, default=100, help="steps between validations (default 100)")
     ap.add_argument("--curve", default=None, help="probe counts for the curve on the first task, e.g. 4,16,64,128")
     ap.add_argument("--name", default=None)
     ap.add_argument("--update", action="store_true",
                     help="merge into the existing results NAME.json: rerun only --methods (and --curve), keep the rest")
     args = ap.parse_args(argv)
+    global EVAL_EVERY
+    EVAL_EVERY = args.eval_every
     tasks = args.tasks.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:

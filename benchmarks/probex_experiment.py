@@ -83,6 +83,65 @@ def _figures(out: dict, trees: dict, class_names: list[str], stem: str) -> list[
     return files
 
 
+def _cell(rows: list[dict], method: str, metric: str) -> str:
+    v = [r["value"] for r in rows if r["method"] == method and r["metric"] == metric]
+    return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "–"
+
+
+def _compact(res: dict) -> list[str]:
+    """Per-tree tables from the raw ResultsTable rows."""
+    rows, trees = res["table"], [s["tree"] for s in res["trees"] if s["tree"] in res["layers"]]
+    methods = [m for m in ("ProbeX", "flat-linear", "statnn-mlp", "flat-mlp") if any(r["method"] == m for r in rows)]
+    out = [
+        "### Which classes was it trained on (test mAP / exact-set accuracy)",
+        "",
+        "| tree | layer | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for t in trees:
+        out.append(
+            f"| {t} | `{res['layers'][t]}` | "
+            + " | ".join(f"{_cell(rows, m, f'{t} mAP')} / {_cell(rows, m, f'{t} exact')}" for m in methods)
+            + " |"
+        )
+    out += [
+        "",
+        "### Zero-shot on held-out classes (ProbeX zero-shot)",
+        "",
+        "| tree | zero-shot mAP | zero-shot acc (chance) | text->model P@1 | P@5 (chance) |",
+        "|---|---|---|---|---|",
+    ]
+    for t in trees:
+        m = "ProbeX zero-shot"
+        out.append(
+            f"| {t} | {_cell(rows, m, f'{t} zs_map')} | {_cell(rows, m, f'{t} zs_acc')} "
+            f"({_cell(rows, m, f'{t} zs_acc_chance')[:5]}) | {_cell(rows, m, f'{t} ret_p1')} | "
+            f"{_cell(rows, m, f'{t} ret_p5')} ({_cell(rows, m, f'{t} ret_chance')[:5]}) |"
+        )
+    out += [
+        "",
+        "### Downstream on the representation e (ProbeX classes experts)",
+        "",
+        "| tree | k-NN per-class accuracy | one-class AUC (Mahalanobis, Ledoit-Wolf) |",
+        "|---|---|---|",
+    ]
+    for t in trees:
+        out.append(
+            f"| {t} | {_cell(rows, 'ProbeX e: k-NN', f'{t} class acc')} | "
+            f"{_cell(rows, 'ProbeX e: one-class', f'{t} AUC')} |"
+        )
+    if any(r["method"].startswith("all trees") for r in rows):
+        out += ["", "### All trees: routed experts vs one expert", "", "| method | mAP | exact |", "|---|---|---|"]
+        for m in ("all trees: routed experts", "all trees: one expert"):
+            out.append(f"| {m} | {_cell(rows, m, 'mAP')} | {_cell(rows, m, 'exact')} |")
+    if any("fmnist-lora" in r["method"] for r in rows):
+        out += ["", "### fmnist-lora", "", "| method | metric | value |", "|---|---|---|"]
+        for m in dict.fromkeys(r["method"] for r in rows if "fmnist-lora" in r["method"]):
+            for k in dict.fromkeys(r["metric"] for r in rows if r["method"] == m):
+                out.append(f"| {m} | {k} | {_cell(rows, m, k)} |")
+    return out
+
+
 def _markdown(res: dict) -> str:
     lines = [
         f"# ProbeX experiment ({res['name']})",
@@ -105,11 +164,15 @@ def _markdown(res: dict) -> str:
     for s in res["trees"]:
         lines.append(
             f"| {s['tree']} | {s['models']} | {s['arch']} | {s['pretrain']} | {s['base_test_acc']:.3f} | "
-            f"{s['test_acc_mean']:.3f} / {s['test_acc_min']:.3f} | `{res['layers'][s['tree']]}` |"
+            f"{s['test_acc_mean']:.3f} / {s['test_acc_min']:.3f} | `{res['layers'].get(s['tree'], '-')}` |"
         )
     lines += [
         "",
         "## Results (test split, mean ± std over seeds)",
+        "",
+        *_compact(res),
+        "",
+        "### Full table",
         "",
         res["table_md"],
         "",
@@ -172,9 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--r", type=int, default=32, help="r_U = r_V (r_T = 4 r)")
     ap.add_argument("--lora-size", type=int, default=4, help="fmnist-lora concepts (0: skip)")
     ap.add_argument("--baselines", default="flat-linear,statnn-mlp,flat-mlp")
-    ap.add_argument("--zoo-dir", default=None,
-                    help="read the trees from <tree>.safetensors files here instead of building the recipe "
-                    "(e.g. the partial directory of a build in progress)")
+    ap.add_argument(
+        "--zoo-dir",
+        default=None,
+        help="read the trees from <tree>.safetensors files here instead of building the recipe "
+        "(e.g. the partial directory of a build in progress)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     size = args.size or (4 if args.quick else 250)
@@ -218,6 +284,28 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if part == "trees":
             chosen = args.trees.split(",") if args.trees else list(trees)
+            saved: set[str] = set()
+
+            def save(out: dict, chosen: list[str] = chosen, t0: float = t0, saved: set[str] = saved) -> None:
+                for t, e in out["experts"].items():
+                    if t not in saved:
+                        e.save(_work(stem) / "experts" / t)
+                        saved.add(t)
+                _save_part(
+                    stem,
+                    "trees-" + "-".join(chosen),
+                    {
+                        "rows": out["table"].rows,
+                        "sweep": out["sweep"],
+                        "layers": out["layers"],
+                        "zero_shot": out["zero_shot"],
+                        "timings": out["timings"],
+                        "settings": settings,
+                        "seconds": time.perf_counter() - t0,
+                        "load": [round(v, 2) for v in os.getloadavg()],
+                    },
+                )
+
             out = run_trees(
                 {t: trees[t] for t in chosen},
                 class_names=names,
@@ -226,24 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                 train=train,
                 sweep_train=sweep_train,
                 cross=False,
+                on_stage=save,
                 baselines=[b for b in args.baselines.split(",") if b],
             )
-            for t, e in out["experts"].items():
-                e.save(_work(stem) / "experts" / t)
-            _save_part(
-                stem,
-                "trees-" + "-".join(chosen),
-                {
-                    "rows": out["table"].rows,
-                    "sweep": out["sweep"],
-                    "layers": out["layers"],
-                    "zero_shot": out["zero_shot"],
-                    "timings": out["timings"],
-                    "settings": settings,
-                    "seconds": time.perf_counter() - t0,
-                    "load": [round(v, 2) for v in os.getloadavg()],
-                },
-            )
+            save(out)
         elif part == "cross":
             fresh = build_recipe("fmnist-trees", size=fresh_size, seed=1, progress=True)
             experts = {t: px.Expert.load(_work(stem) / "experts" / t) for t in trees}
@@ -303,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 "load_start": load_start,
                 "load_end": [round(v, 2) for v in os.getloadavg()],
                 "seconds": sum(d.get("seconds", 0.0) for d in data.values()),
-                **settings,
+                **next((d["settings"] for d in data.values() if "settings" in d), settings),
                 "models": sum(len(z) for z in trees.values()),
                 "held_out": list(HELD_OUT),
                 "trees": built.summary(),

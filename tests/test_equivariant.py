@@ -23,7 +23,7 @@ from weightspace.equivariant import (
     transform_zoo,
 )
 from weightspace.equivariant._embed import embed_zoo, encode_fn
-from weightspace.nets import CNN, MLP, SIREN, CIFAR10CNN
+from weightspace.nets import CIFAR10CNN, CNN, MLP, SIREN
 from weightspace.probing import probe
 from weightspace.testing import (
     assert_permutation_equivariant,
@@ -125,7 +125,7 @@ def _features(seed: int = 1, widths=(5, 7, 6, 3), taps=(1, 1, 1), c: int = 2, pa
 @pytest.mark.parametrize("pad", [0, 2], ids=["dense", "padded"])
 @pytest.mark.parametrize("depth", [2, 4], ids=["depth2", "depth4"])
 def test_np_layer_is_equivariant(pad: int, depth: int) -> None:
-    widths = (5, 7, 6, 6, 3)[: depth] + (3,) if depth == 4 else (5, 7, 3)
+    widths = (5, 7, 6, 6, 3) if depth == 4 else (5, 7, 3)
     x = _features(widths=widths, taps=(1,) * (len(widths) - 1), pad=pad)
     assert_permutation_equivariant(NPLayer(2, 3, rngs=nnx.Rngs(0)), x)
 
@@ -220,7 +220,7 @@ def test_bad_input_errors(encoders: dict) -> None:
     z = _zoo("mlp-relu")
     bad = Zoo(z.arch, {k: np.array(v) for k, v in z.params.items()}, dict(z.meta), "bad")
     bad.params["layers.1.weight"][1, 0, 0] = np.nan
-    with pytest.raises(InvalidValueError, match=r"layers\.1\.weight.*bad-000001"):
+    with pytest.raises(InvalidValueError, match=r"zoo 'bad'.*layers\.1\.weight.*mlp-relu-000001"):
         embed_zoo(encoders["np"], bad)
     other = Zoo.init(MLP(in_features=5, hidden=(4, 6), out_features=3), 1, key=jax.random.key(0), name="other")
     with pytest.raises(ShapeError, match="pad=True"):

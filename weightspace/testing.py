@@ -135,6 +135,19 @@ def assert_permutation_invariant(encoder: Any, zoo: Any, *, key: Any = None, tri
                                  f"{err:.3g} (max|embedding| {float(np.max(np.abs(base))):.3g})")
 
 
+def _jitted(layer: Any) -> Any:
+    """``layer`` as one compiled function (NNX modules through split/merge): op-by-op dispatch is slow."""
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover
+        return jax.jit(layer)
+    if isinstance(layer, nnx.Module):
+        gdef, state = nnx.split(layer)
+        run = jax.jit(lambda s, v: nnx.merge(gdef, s)(v))
+        return lambda v: run(state, v)
+    return jax.jit(layer)
+
+
 def assert_permutation_equivariant(layer: Any, x: Any, *, key: Any = None, trials: int = 3,
                                    scale: float = 1.0) -> None:
     """Assert ``layer(P x) == P layer(x)`` for random permutations ``P`` of the hidden neurons.
@@ -163,6 +176,7 @@ def assert_permutation_equivariant(layer: Any, x: Any, *, key: Any = None, trial
     def floats(v: Any) -> Any:  # the int activation id is not permuted and not compared
         return tuple(a for a in v if not (hasattr(a, "dtype") and np.issubdtype(a.dtype, np.integer)))
 
+    layer = _jitted(layer)
     y = layer(x)
     lay = layout_of(x)
     for t in range(trials):

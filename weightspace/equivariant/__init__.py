@@ -21,8 +21,8 @@ from weightspace.equivariant._graph import MessagePassing as MessagePassing
 from weightspace.equivariant._layout import ACTIVATION_IDS as ACTIVATION_IDS
 from weightspace.equivariant._layout import COVERED as COVERED
 from weightspace.equivariant._layout import Bucket as Bucket
-from weightspace.equivariant._layout import Layout as Layout
 from weightspace.equivariant._layout import LayerSpec as LayerSpec
+from weightspace.equivariant._layout import Layout as Layout
 from weightspace.equivariant._layout import NeuronGraph as NeuronGraph
 from weightspace.equivariant._layout import WeightFeatures as WeightFeatures
 from weightspace.equivariant._layout import bucketize as bucketize

@@ -80,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
     _, rep = train_contrastive(enc, buckets, labels, config=config, batch_size=args.batch, tau=args.tau,
                                loss=args.loss)
     path = save_encoder(enc, args.out, extra={"task": args.task, "models": int(sum(len(b) for b in buckets)),
-                                              "tasks": int(len(np.unique(flat))), "steps": args.steps})
+                                              "tasks": len(np.unique(flat)), "steps": args.steps})
     print(f"trained {args.kind} encoder on {sum(len(b) for b in buckets)} models ({len(np.unique(flat))} tasks), "
           f"{rep.steps_done} steps in {rep.seconds:.1f} s (+{rep.compile_seconds:.1f} s compile), final loss "
           f"{rep.history[-1]['loss']:.4f} -> {path}")

@@ -277,8 +277,9 @@ def train_contrastive(
     if not keep:
         raise InvalidValueError("no training models")
     buckets, labels, train = [buckets[i] for i in keep], [labels[i] for i in keep], [train[i] for i in keep]
-    total = sum(len(t) for t in train)
-    sizes = [max(2, int(round(batch_size * len(t) / total))) for t in train]
+    # per-bucket batch shares from the bucket sizes (not the split): other splits/seeds reuse the compiled step
+    total = sum(len(b) for b in buckets)
+    sizes = [max(2, round(batch_size * len(b) / total)) for b in buckets]
     model = ContrastiveModel(encoder, proj_dim=proj_dim, rngs=nnx.Rngs(config.seed + 1))
     fn = _Loss(augmentation, tau, loss, margin)
     wrapped = None if val_fn is None else (lambda m: val_fn(m.encoder))

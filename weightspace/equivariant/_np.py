@@ -200,9 +200,9 @@ class NPEncoder(nnx.Module):
     def __init__(self, *, taps: tuple[int, ...] = (1, 9), width: int = 16, depth: int = 2, embed_dim: int = 64,
                  max_inputs: int = 784, max_outputs: int = 10, in_embed: bool = True, out_embed: bool = False,
                  rngs: nnx.Rngs) -> None:
-        self.spec = tuple({"kind": "np", "taps": tuple(int(t) for t in taps), "width": width, "depth": depth, "embed_dim": embed_dim,
-                       "max_inputs": max_inputs, "max_outputs": max_outputs, "in_embed": in_embed,
-                       "out_embed": out_embed}.items())
+        self.spec = tuple({"kind": "np", "taps": tuple(int(t) for t in taps), "width": width, "depth": depth,
+                       "embed_dim": embed_dim, "max_inputs": max_inputs, "max_outputs": max_outputs,
+                       "in_embed": in_embed, "out_embed": out_embed}.items())
         self.lift = Lift(width, taps=taps, max_inputs=max_inputs, max_outputs=max_outputs, in_embed=in_embed,
                          out_embed=out_embed, rngs=rngs)
         self.layers = nnx.List([NPLayer(width, width, rngs=rngs) for _ in range(depth)])
