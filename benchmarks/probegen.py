@@ -51,8 +51,11 @@ def _zoo(case: str, log: list[str]) -> Any:
             z = max(z.zoos, key=len)  # one architecture (the larger of the relu / tanh zoos)
         log.append(f"{case}: real zoo {name} (size {size}), {len(z)} models")
         return z
-    arch = SIREN() if case == "siren" else CNN(image_shape=(28, 28, 1), channels=(16, 16, 16), strides=2,
-                                               input_mean=0.286, input_std=0.353)
+    arch = (
+        SIREN()
+        if case == "siren"
+        else CNN(image_shape=(28, 28, 1), channels=(16, 16, 16), strides=2, input_mean=0.286, input_std=0.353)
+    )
     z = Zoo.init(arch, 256, key=jax.random.key(0), name=case)
     log.append(f"{case}: {name} not cached; 256 freshly initialised models of the same architecture")
     return z
@@ -76,15 +79,23 @@ def jax_run(case: str, steps: int, repeats: int, mesh: Any = None) -> dict[str, 
     ds = weight_dataset(zoo, task=task, target="y", fractions=(0.8, 0.1, 0.1))
     times, compiles, losses = [], [], None
     for _ in range(repeats):
-        run = train_probegen(ds, task=task, n_probes=N_PROBES, steps=steps, batch_size=BATCH, eval_every=steps,
-                             mesh=mesh, progress=False)
+        run = train_probegen(
+            ds, task=task, n_probes=N_PROBES, steps=steps, batch_size=BATCH, eval_every=steps, mesh=mesh, progress=False
+        )
         times.append(run.report.seconds)
         compiles.append(run.report.compile_seconds)
         losses = run.report.losses
     sec = statistics.median(times)
-    return {"models_per_s": (steps - 1) * BATCH / sec, "step_ms": 1e3 * sec / (steps - 1), "seconds": times,
-            "compile_s": compiles[0], "compile_s_cached": compiles[1:], "log": log,
-            "losses": np.asarray(losses).tolist(), "train_models": len(ds.splits.train)}
+    return {
+        "models_per_s": (steps - 1) * BATCH / sec,
+        "step_ms": 1e3 * sec / (steps - 1),
+        "seconds": times,
+        "compile_s": compiles[0],
+        "compile_s_cached": compiles[1:],
+        "log": log,
+        "losses": np.asarray(losses).tolist(),
+        "train_models": len(ds.splits.train),
+    }
 
 
 def torch_run(case: str, steps: int, repeats: int, threads: int) -> dict[str, Any]:
@@ -100,6 +111,7 @@ def torch_run(case: str, steps: int, repeats: int, threads: int) -> dict[str, An
     arch = zoo.arch
     params = [{k: torch.tensor(np.asarray(v[i])) for k, v in zoo.params.items()} for i in range(len(zoo))]
     if case == "siren":
+
         class Net(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
@@ -116,6 +128,7 @@ def torch_run(case: str, steps: int, repeats: int, threads: int) -> dict[str, An
         gen = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 2))
         n_out = int(max(zoo.meta["y"])) + 1
     else:
+
         class Net(nn.Module):  # type: ignore[no-redef]
             def __init__(self) -> None:
                 super().__init__()
@@ -183,8 +196,13 @@ def torch_run(case: str, steps: int, repeats: int, threads: int) -> dict[str, An
             step()
         times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
-    return {"models_per_s": (steps - 1) * BATCH / sec, "step_ms": 1e3 * sec / (steps - 1), "seconds": times,
-            "threads": threads, "log": log}
+    return {
+        "models_per_s": (steps - 1) * BATCH / sec,
+        "step_ms": 1e3 * sec / (steps - 1),
+        "seconds": times,
+        "threads": threads,
+        "log": log,
+    }
 
 
 def shard_child(steps: int) -> dict[str, Any]:
@@ -198,45 +216,66 @@ def shard_child(steps: int) -> dict[str, Any]:
         a = jax_run(case, steps, 1)
         b = jax_run(case, steps, 1, mesh=make_mesh())
         la, lb = np.asarray(a["losses"]), np.asarray(b["losses"])
-        out[case] = {"unsharded_models_per_s": a["models_per_s"], "sharded_models_per_s": b["models_per_s"],
-                     "max_loss_diff": float(np.max(np.abs(la - lb))), "max_loss": float(np.max(np.abs(la))),
-                     "equal": bool(np.allclose(la, lb, rtol=1e-4, atol=1e-5))}
+        out[case] = {
+            "unsharded_models_per_s": a["models_per_s"],
+            "sharded_models_per_s": b["models_per_s"],
+            "max_loss_diff": float(np.max(np.abs(la - lb))),
+            "max_loss": float(np.max(np.abs(la))),
+            "equal": bool(np.allclose(la, lb, rtol=1e-4, atol=1e-5)),
+        }
     return out
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"# ProbeGen training throughput ({r['name']})", "",
-             f"- date: {r['date']}", f"- machine: {r['machine']} ({r['cores']} cores, load average {r['load']:.1f} "
-             f"at start, {r['load_end']:.1f} at end){' — SHARED and loaded: absolute times are pessimistic, ratios are measured in the same run' if r['load'] > r['cores'] else ''}",
-             f"- command: `{r['command']}`", f"- {r['devices']}",
-             f"- batch {BATCH} models, {N_PROBES} probes, {r['steps']} steps per repeat, median of {r['repeats']} "
-             "repeats; models/s = (steps - 1) x batch / steady seconds (first step = compile, reported apart)", "",
-             "| zoo | JAX models/s | JAX ms/step | JAX compile (s) | PyTorch loop models/s | PyTorch ms/step | speedup | target |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# ProbeGen training throughput ({r['name']})",
+        "",
+        f"- date: {r['date']}",
+        f"- machine: {r['machine']} ({r['cores']} cores, load average {r['load']:.1f} "
+        f"at start, {r['load_end']:.1f} at end){' — SHARED and loaded: absolute times are pessimistic, ratios are measured in the same run' if r['load'] > r['cores'] else ''}",
+        f"- command: `{r['command']}`",
+        f"- {r['devices']}",
+        f"- batch {BATCH} models, {N_PROBES} probes, {r['steps']} steps per repeat, median of {r['repeats']} "
+        "repeats; models/s = (steps - 1) x batch / steady seconds (first step = compile, reported apart)",
+        "",
+        "| zoo | JAX models/s | JAX ms/step | JAX compile (s) | PyTorch loop models/s | PyTorch ms/step | speedup | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for case, target in (("siren", 3.0), ("cnn", 1.0)):
         c = r["cases"].get(case)
         if not c:
             continue
         j, t = c["jax"], c["torch"]
         sp = j["models_per_s"] / t["models_per_s"]
-        lines.append(f"| {case} ({'SIREN 2-32-32-1' if case == 'siren' else 'Small CNN 3x16ch'}) | "
-                     f"{j['models_per_s']:.0f} | {j['step_ms']:.1f} | {j['compile_s']:.1f} | {t['models_per_s']:.0f} "
-                     f"({t['threads']} thread(s); all: {t.get('all_threads')}) | "
-                     f"{t['step_ms']:.1f} | {sp:.2f}x | >= {target:g}x {'met' if sp >= target else 'NOT met'} |")
+        lines.append(
+            f"| {case} ({'SIREN 2-32-32-1' if case == 'siren' else 'Small CNN 3x16ch'}) | "
+            f"{j['models_per_s']:.0f} | {j['step_ms']:.1f} | {j['compile_s']:.1f} | {t['models_per_s']:.0f} "
+            f"({t['threads']} thread(s); all: {t.get('all_threads')}) | "
+            f"{t['step_ms']:.1f} | {sp:.2f}x | >= {target:g}x {'met' if sp >= target else 'NOT met'} |"
+        )
     for case in ("siren", "cnn"):
         for line in r["cases"].get(case, {}).get("jax", {}).get("log", []):
             lines.append(f"\n- {line}")
     s = r.get("shard")
     if s:
-        lines += ["", f"## Sharded over {s.get('devices')} fake CPU devices (models axis) vs unsharded, same run", "",
-                  "| zoo | unsharded models/s | sharded models/s | max |loss diff| | equal |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Sharded over {s.get('devices')} fake CPU devices (models axis) vs unsharded, same run",
+            "",
+            "| zoo | unsharded models/s | sharded models/s | max |loss diff| | equal |",
+            "|---|---|---|---|---|",
+        ]
         for case in ("siren", "cnn"):
             c = s.get(case)
             if c:
-                lines.append(f"| {case} | {c['unsharded_models_per_s']:.0f} | {c['sharded_models_per_s']:.0f} | "
-                             f"{c['max_loss_diff']:.2g} (of {c['max_loss']:.3g}) | {c['equal']} |")
-        lines.append("\n8 fake devices share the same physical cores: the sharded figure checks correctness and "
-                     "overhead, not a speed-up.")
+                lines.append(
+                    f"| {case} | {c['unsharded_models_per_s']:.0f} | {c['sharded_models_per_s']:.0f} | "
+                    f"{c['max_loss_diff']:.2g} (of {c['max_loss']:.3g}) | {c['equal']} |"
+                )
+        lines.append(
+            "\n8 fake devices share the same physical cores: the sharded figure checks correctness and "
+            "overhead, not a speed-up."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -246,9 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="steps per repeat (default 300; quick 40)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats (default 3; quick 2)")
     ap.add_argument("--cases", default="siren,cnn", help="comma-separated: siren, cnn")
-    ap.add_argument("--threads", default=None,
-                    help="PyTorch thread counts to try, comma-separated; the fastest is the reference "
-                    "(default: 1 and the cores JAX sees)")
+    ap.add_argument(
+        "--threads",
+        default=None,
+        help="PyTorch thread counts to try, comma-separated; the fastest is the reference "
+        "(default: 1 and the cores JAX sees)",
+    )
     ap.add_argument("--no-shard", action="store_true", help="skip the 8-device sharded == unsharded run")
     ap.add_argument("--shard-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--name", default=None, help="results stem (default probegen[_quick])")
@@ -262,10 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
     name = args.name or _device.default_stem("probegen", quick=args.quick, gpu=_device.is_gpu())
-    r: dict[str, Any] = {"name": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                         "machine": _device.cpu_name(), "cores": len(os.sched_getaffinity(0)), "load": _device.loadavg(),
-                         "command": "python benchmarks/probegen.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                         "steps": steps, "repeats": repeats, "cases": {}}
+    r: dict[str, Any] = {
+        "name": name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": _device.cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "load": _device.loadavg(),
+        "command": "python benchmarks/probegen.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "steps": steps,
+        "repeats": repeats,
+        "cases": {},
+    }
     r["devices"] = _device.describe({**info, **_device.torch_info("cpu", max(threads))})
     for case in args.cases.split(","):
         print(f"{case}: JAX ...", flush=True)
@@ -274,13 +323,19 @@ def main(argv: list[str] | None = None) -> int:
         runs = [torch_run(case, steps, repeats, th) for th in threads]
         t = max(runs, key=lambda x: x["models_per_s"])  # the reference at its best thread count
         t["all_threads"] = {str(x["threads"]): x["models_per_s"] for x in runs}
-        print(f"{case}: PyTorch {t['all_threads']} models/s -> {j['models_per_s'] / t['models_per_s']:.2f}x",
-              flush=True)
+        print(
+            f"{case}: PyTorch {t['all_threads']} models/s -> {j['models_per_s'] / t['models_per_s']:.2f}x", flush=True
+        )
         r["cases"][case] = {"jax": {k: v for k, v in j.items() if k != "losses"}, "torch": t}
     if not args.no_shard:
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-        proc = subprocess.run([sys.executable, __file__, "--shard-child", "--steps", str(min(steps, 40))],
-                              capture_output=True, text=True, env=env, check=False)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--shard-child", "--steps", str(min(steps, 40))],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         try:
             r["shard"] = json.loads(proc.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):

@@ -13,8 +13,17 @@ from pathlib import Path
 import numpy as np
 
 FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
-ORDER = ("probegen", "probegen-nonlinear", "probegen-unbounded", "vanilla-probes", "fixed-uniform", "fixed-grid", "fixed-dead-leaves",
-         "fixed-natural", "fixed-fashion-mnist")
+ORDER = (
+    "probegen",
+    "probegen-nonlinear",
+    "probegen-unbounded",
+    "vanilla-probes",
+    "fixed-uniform",
+    "fixed-grid",
+    "fixed-dead-leaves",
+    "fixed-natural",
+    "fixed-fashion-mnist",
+)
 
 
 def _load(directory: Path) -> list[tuple[str, np.ndarray]]:

@@ -111,12 +111,21 @@ def baseline_flops(name: str, ds: Any, n_out: int, batch: int = 32) -> float:
         return flops_per_model(statnn, shapes, models=batch)
     if name == "statnn-mlp":
         return flops_per_model(lambda p: mlp(statnn(p)), shapes, models=batch)
-    return flops_per_model(lambda p: mlp(jnp.concatenate([p[k].reshape(batch, -1) for k in tensors], 1)), shapes,
-                           models=batch)
+    return flops_per_model(
+        lambda p: mlp(jnp.concatenate([p[k].reshape(batch, -1) for k in tensors], 1)), shapes, models=batch
+    )
 
 
-def run_task(recipe: str, size: int, seeds: list[int], steps: int, only: list[str] | None,
-             probes_dir: Path, log: Any, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_task(
+    recipe: str,
+    size: int,
+    seeds: list[int],
+    steps: int,
+    only: list[str] | None,
+    probes_dir: Path,
+    log: Any,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     from weightspace.learn import ResultsTable, run_baseline
     from weightspace.probegen import score, train_probegen, weight_dataset
     from weightspace.zoo import build_recipe
@@ -127,8 +136,10 @@ def run_task(recipe: str, size: int, seeds: list[int], steps: int, only: list[st
     ds = weight_dataset(zoo, task=task, seed=0)
     kind = "classify" if task == "classify" else "regress"
     n_out = int(np.max(ds.targets["y"])) + 1 if kind == "classify" else 1
-    log(f"{recipe} (size {size}): {len(ds)} models, splits {list(ds.splits.sizes())}, built/loaded in "
-        f"{time.perf_counter() - t0:.0f}s")
+    log(
+        f"{recipe} (size {size}): {len(ds)} models, splits {list(ds.splits.sizes())}, built/loaded in "
+        f"{time.perf_counter() - t0:.0f}s"
+    )
     names = [m for m, _ in methods(recipe) if not only or m in only]
     keep = [r for r in (previous or {}).get("table", {}).get("rows", []) if r["method"] not in names]
     table = ResultsTable(keep)  # --update: rows of methods not rerun now come from the previous results
@@ -143,19 +154,31 @@ def run_task(recipe: str, size: int, seeds: list[int], steps: int, only: list[st
                 value = score(kind, pred, y_te)
                 extra = {"flops": baseline_flops(spec["baseline"], ds, n_out), "seconds": time.perf_counter() - t}
             else:
-                run = train_probegen(ds, task=task, steps=steps, seed=seed, progress=False, eval_every=EVAL_EVERY,
-                                     **spec)
+                run = train_probegen(
+                    ds, task=task, steps=steps, seed=seed, progress=False, eval_every=EVAL_EVERY, **spec
+                )
                 value = run.test_score
-                extra = {"flops": probing_flops(run), "seconds": run.report.seconds,
-                         "best_step": float(run.report.best_step or 0)}
+                extra = {
+                    "flops": probing_flops(run),
+                    "seconds": run.report.seconds,
+                    "best_step": float(run.report.best_step or 0),
+                }
                 if seed == seeds[0]:
                     np.savez(probes_dir / f"{recipe}-{name}.npz", probes=np.asarray(run.model.probes()))
             table.add(name, metric, value, seed=seed, **extra)
             log(f"  {name} seed {seed}: {metric} {value:.4f} ({time.perf_counter() - t:.0f}s)")
     order = [m for m, _ in methods(recipe)]
     table.rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["seed"]))
-    return {"recipe": recipe, "size": size, "models": len(ds), "splits": list(ds.splits.sizes()), "metric": metric,
-            "steps": steps, "table": json.loads(table.to_json()), "markdown": table.to_markdown(digits=3)}
+    return {
+        "recipe": recipe,
+        "size": size,
+        "models": len(ds),
+        "splits": list(ds.splits.sizes()),
+        "metric": metric,
+        "steps": steps,
+        "table": json.loads(table.to_json()),
+        "markdown": table.to_markdown(digits=3),
+    }
 
 
 def run_curve(recipe: str, size: int, seeds: list[int], steps: int, ns: list[int], log: Any) -> dict[str, Any]:
@@ -168,28 +191,49 @@ def run_curve(recipe: str, size: int, seeds: list[int], steps: int, ns: list[int
     table = ResultsTable()
     for n in ns:
         for seed in seeds:
-            run = train_probegen(ds, task=task, n_probes=n, steps=steps, seed=seed, progress=False,
-                                 eval_every=EVAL_EVERY)
-            table.add(f"probegen n={n}", metric, run.test_score, seed=seed, flops=probing_flops(run),
-                      seconds=run.report.seconds)
+            run = train_probegen(
+                ds, task=task, n_probes=n, steps=steps, seed=seed, progress=False, eval_every=EVAL_EVERY
+            )
+            table.add(
+                f"probegen n={n}",
+                metric,
+                run.test_score,
+                seed=seed,
+                flops=probing_flops(run),
+                seconds=run.report.seconds,
+            )
             log(f"  curve n={n} seed {seed}: {metric} {run.test_score:.4f}")
-    return {"recipe": recipe, "size": size, "ns": ns, "table": json.loads(table.to_json()),
-            "markdown": table.to_markdown(digits=3)}
+    return {
+        "recipe": recipe,
+        "size": size,
+        "ns": ns,
+        "table": json.loads(table.to_json()),
+        "markdown": table.to_markdown(digits=3),
+    }
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"# ProbeGen and baselines on real zoos ({r['name']})", "",
-             f"- date: {r['date']}; machine: {r['machine']} ({r['cores']} cores, load average {r['load']:.1f} at start"
-             f"{', SHARED with other jobs: times are pessimistic' if r['load'] > r['cores'] else ''})",
-             f"- command: `{r['command']}`",
-             f"- {r['steps']} steps (Adam 3e-4, cosine decay, batch 32 models, 64 probes, latent 32, predictor 6x256), "
-             f"best validation step kept; seeds {r['seeds']} (training seed; the split is fixed, seed 0)",
-             "- flops: per model read, XLA cost analysis of the compiled inference forward (probes through the model "
-             "+ predictor; StatNN features + MLP; MLP on flat weights; statnn-gbt: features only, trees are not FLOPs); "
-             "seconds: steady-state training time of one run", ""]
+    lines = [
+        f"# ProbeGen and baselines on real zoos ({r['name']})",
+        "",
+        f"- date: {r['date']}; machine: {r['machine']} ({r['cores']} cores, load average {r['load']:.1f} at start"
+        f"{', SHARED with other jobs: times are pessimistic' if r['load'] > r['cores'] else ''})",
+        f"- command: `{r['command']}`",
+        f"- {r['steps']} steps (Adam 3e-4, cosine decay, batch 32 models, 64 probes, latent 32, predictor 6x256), "
+        f"best validation step kept; seeds {r['seeds']} (training seed; the split is fixed, seed 0)",
+        "- flops: per model read, XLA cost analysis of the compiled inference forward (probes through the model "
+        "+ predictor; StatNN features + MLP; MLP on flat weights; statnn-gbt: features only, trees are not FLOPs); "
+        "seconds: steady-state training time of one run",
+        "",
+    ]
     for t in r["tasks"]:
-        lines += [f"## {t['recipe']} (size {t['size']}: {t['models']} models, train/val/test {t['splits']}; "
-                  f"{t.get('steps', r['steps'])} steps) — {t['metric']}", "", t["markdown"], ""]
+        lines += [
+            f"## {t['recipe']} (size {t['size']}: {t['models']} models, train/val/test {t['splits']}; "
+            f"{t.get('steps', r['steps'])} steps) — {t['metric']}",
+            "",
+            t["markdown"],
+            "",
+        ]
     if r.get("curve"):
         c = r["curve"]
         lines += [f"## Number of probes ({c['recipe']}, size {c['size']})", "", c["markdown"], ""]
@@ -207,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=100, help="steps between validations (default 100)")
     ap.add_argument("--curve", default=None, help="probe counts for the curve on the first task, e.g. 4,16,64,128")
     ap.add_argument("--name", default=None)
-    ap.add_argument("--update", action="store_true",
-                    help="merge into the existing results NAME.json: rerun only --methods (and --curve), keep the rest")
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="merge into the existing results NAME.json: rerun only --methods (and --curve), keep the rest",
+    )
     args = ap.parse_args(argv)
     global EVAL_EVERY
     EVAL_EVERY = args.eval_every
@@ -222,10 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     probes_dir = RESULTS / f"{name}_probes"
     probes_dir.mkdir(exist_ok=True)
-    r: dict[str, Any] = {"name": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                         "machine": _device.cpu_name(), "cores": len(os.sched_getaffinity(0)), "load": _device.loadavg(),
-                         "command": "python benchmarks/probegen_tasks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                         "steps": steps, "seeds": seeds, "tasks": []}
+    r: dict[str, Any] = {
+        "name": name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": _device.cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "load": _device.loadavg(),
+        "command": "python benchmarks/probegen_tasks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "steps": steps,
+        "seeds": seeds,
+        "tasks": [],
+    }
 
     def log(msg: str) -> None:
         print(msg, flush=True)

@@ -165,7 +165,9 @@ def test_fashion_mnist_download_is_verified_and_cached(offline_fmnist, monkeypat
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param("fashion-mnist", marks=needs_fmnist), "mnist-5k", "digits"], ids=["fashion-mnist", "mnist-5k", "digits"]
+    "name",
+    [pytest.param("fashion-mnist", marks=needs_fmnist), "mnist-5k", "digits"],
+    ids=["fashion-mnist", "mnist-5k", "digits"],
 )
 def test_load_dataset_splits(name):
     shape, n_all = EXPECTED[name]

@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 TEST_FILES = sorted((ROOT / "tests").glob("test_*.py"))
 # Ids that betray a value which changes from run to run: object addresses, temp paths, raw bytes.
@@ -42,7 +40,8 @@ def _missing_ids(path: Path) -> list[str]:
 
 def _gzip_without_mtime(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    return [f"{path.name}:{c.lineno}" for c in _calls(tree, "gzip.compress") if not any(k.arg == "mtime" for k in c.keywords)]
+    calls = _calls(tree, "gzip.compress")
+    return [f"{path.name}:{c.lineno}" for c in calls if not any(k.arg == "mtime" for k in c.keywords)]
 
 
 def test_every_parametrize_has_explicit_ids():

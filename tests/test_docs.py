@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python[ \t]*(\w*)[ \t]*\n(.*?)^```", re.S | re.M)
 # Pages whose snippets build real zoos or train: run with the slow tests.
-SLOW_PAGES = {"zoos.md", "search.md", "lora.md", "selection.md", "pretrained.md"}
+SLOW_PAGES = {"zoos.md", "search.md", "lora.md", "selection.md", "pretrained.md", "equivariant.md"}
 
 
 def _pages():

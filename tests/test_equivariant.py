@@ -88,7 +88,7 @@ def test_encoders_are_permutation_invariant(encoders: dict, enc: str, arch: str)
     assert_permutation_invariant(encoders[enc], _zoo(arch), trials=1)
 
 
-@pytest.mark.parametrize("enc", list(ENCODERS), ids=list(ENCODERS))
+@pytest.mark.parametrize("enc", [pytest.param("np", marks=pytest.mark.slow), "graph"], ids=["np", "graph"])
 def test_invariant_with_padding_masks(encoders: dict, enc: str) -> None:
     # a hub-like collection: widths and output counts differ, padded into one bucket with masks
     coll = Collection([
@@ -130,6 +130,7 @@ def test_np_layer_is_equivariant(pad: int, depth: int) -> None:
     assert_permutation_equivariant(NPLayer(2, 3, rngs=nnx.Rngs(0)), x)
 
 
+@pytest.mark.slow
 def test_message_passing_is_equivariant() -> None:
     enc = GraphEncoder(taps=(1,), width=4, rounds=1, embed_dim=4, max_inputs=5, max_outputs=3, rngs=nnx.Rngs(0))
     g, _ = enc.graph(_features(c=1, pad=2))
@@ -203,6 +204,7 @@ def test_np_layer_matches_nfn() -> None:
     assert_tree_allclose([np.asarray(b) for b in y.biases], want_b)
 
 
+@pytest.mark.slow
 def test_sharded_equals_unsharded(encoders: dict) -> None:
     from weightspace.parallel import make_mesh
 

@@ -58,6 +58,7 @@ def tasks_zoo() -> Zoo:
                        label_name=["A"] * 12 + ["B"] * 12)
 
 
+@pytest.mark.slow
 def test_augment_keeps_padding_and_permutation_only_positives_are_identical(tasks_zoo: Zoo) -> None:
     enc = build_encoder({"kind": "np", "taps": [1], "width": 4, "depth": 1, "embed_dim": 8, "max_inputs": 2,
                          "max_outputs": 1})
@@ -73,6 +74,7 @@ def test_augment_keeps_padding_and_permutation_only_positives_are_identical(task
     assert_tree_allclose(embed(p), embed(f))
 
 
+@pytest.mark.slow
 def test_train_save_load_embed_neighbours(tasks_zoo: Zoo, tmp_path) -> None:
     buckets = bucketize(tasks_zoo)
     labels = [task_labels([tasks_zoo.meta["task"][r] for _, r in b.rows]) for b in buckets]

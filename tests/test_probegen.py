@@ -95,8 +95,10 @@ def test_fast_sin_derivative_matches_cos_and_finite_differences() -> None:
     assert float(jnp.max(jnp.abs(d - jnp.cos(x)))) < 2e-6
     x64 = np.linspace(-3.0, 3.0, 61)
     h = 1e-3
-    fd = (np.asarray(fast_sin(jnp.asarray(x64 + h, jnp.float32))) -
-          np.asarray(fast_sin(jnp.asarray(x64 - h, jnp.float32)))) / (2 * h)
+    fd = (
+        np.asarray(fast_sin(jnp.asarray(x64 + h, jnp.float32)))
+        - np.asarray(fast_sin(jnp.asarray(x64 - h, jnp.float32)))
+    ) / (2 * h)
     assert np.max(np.abs(fd - np.asarray(jax.vmap(jax.grad(fast_sin))(jnp.asarray(x64, jnp.float32))))) < 1e-3
 
 
@@ -113,7 +115,8 @@ def test_sharded_gradient_equals_unsharded(name: str) -> None:
     g1 = jax.jit(jax.grad(lambda x: loss(x, mesh)))(x)
     assert_tree_allclose(g1, g0)
     r = jax.jit(lambda p, x: apply_models(zoo.arch, p, x, mesh=mesh))(
-        jax.device_put(_zoo(name, 8).params, NamedSharding(mesh, PartitionSpec("models"))), x)
+        jax.device_put(_zoo(name, 8).params, NamedSharding(mesh, PartitionSpec("models"))), x
+    )
     assert len(r.sharding.device_set) == 8
 
 
@@ -132,6 +135,7 @@ def test_generator_is_deep_linear_and_nonlinear_ablation_is_not(name: str) -> No
     arch = ARCHS[name]
     lin = ProbeGenerator(arch, 4, rngs=nnx.Rngs(0))
     assert lin().shape == (4, *arch.input_shape)
+
     def at(gen: ProbeGenerator, z: jax.Array) -> jax.Array:  # the generator before its final tanh
         gen.latents[...] = z
         if name == "cnn":  # images: 0.5 * (tanh + 1)
@@ -161,8 +165,9 @@ def _separable_zoo(n: int = 48) -> Zoo:
 def trained() -> tuple[Zoo, object, object]:
     zoo = _separable_zoo()
     ds = weight_dataset(zoo, task="classify")
-    run = train_probegen(ds, task="classify", n_probes=16, steps=150, batch_size=16, learning_rate=1e-3,
-                         eval_every=50, depth=3, width=64)
+    run = train_probegen(
+        ds, task="classify", n_probes=16, steps=150, batch_size=16, learning_rate=1e-3, eval_every=50, depth=3, width=64
+    )
     return zoo, ds, run
 
 
@@ -189,12 +194,33 @@ def test_save_load_predict_round_trip(trained: tuple, tmp_path: Path) -> None:
 def test_vanilla_and_fixed_probes_train_only_what_they_should() -> None:
     ds = weight_dataset(_separable_zoo(16), task="classify")
     for probes, fixed in (("vanilla", None), ("fixed", "grid")):
-        run = train_probegen(ds, task="classify", probes=probes, fixed=fixed, n_probes=9, steps=4, batch_size=4,
-                             eval_every=2, depth=2, width=8)
-        moved = not np.allclose(np.asarray(run.model.probes()),
-                                np.asarray(ProbeGen(run.model.archs, n_out=2, n_probes=9, probes=probes,
-                                                    fixed=None if fixed is None else np.asarray(run.model.probes()),
-                                                    depth=2, width=8, rngs=nnx.Rngs(0)).probes()))
+        run = train_probegen(
+            ds,
+            task="classify",
+            probes=probes,
+            fixed=fixed,
+            n_probes=9,
+            steps=4,
+            batch_size=4,
+            eval_every=2,
+            depth=2,
+            width=8,
+        )
+        moved = not np.allclose(
+            np.asarray(run.model.probes()),
+            np.asarray(
+                ProbeGen(
+                    run.model.archs,
+                    n_out=2,
+                    n_probes=9,
+                    probes=probes,
+                    fixed=None if fixed is None else np.asarray(run.model.probes()),
+                    depth=2,
+                    width=8,
+                    rngs=nnx.Rngs(0),
+                ).probes()
+            ),
+        )
         assert moved == (probes == "vanilla")
 
 
@@ -224,8 +250,9 @@ def test_missing_label_column_names_it_and_lists_columns() -> None:
         weight_dataset(zoo, task="classify", target="nope")
 
 
-def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                                 ) -> None:
+def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A model whose responses make the loss NaN (here: marked by a finite bias of 123 that the loss
     turns into NaN; real cases are overflowing responses) stops training with the step named."""
     from weightspace.probegen import _train
@@ -243,11 +270,23 @@ def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(tmp_path: Path, 
         return loss + jnp.where(bad, jnp.nan, 0.0), aux
 
     monkeypatch.setattr(_train._Loss, "__call__", poisoned)
-    with pytest.raises(TrainingDivergedError, match=r"loss of step \d+ \(of 40\) is nan; the last good checkpoint"
-                       ) as e:
+    with pytest.raises(
+        TrainingDivergedError, match=r"loss of step \d+ \(of 40\) is nan; the last good checkpoint"
+    ) as e:
         # seed 0: the poisoned model's first batch is step 2; a checkpoint is written every step
-        train_probegen(ds, task="classify", probes="vanilla", n_probes=4, steps=40, batch_size=4, eval_every=1,
-                       depth=2, width=8, seed=0, checkpoint_dir=tmp_path / "ckpt")
+        train_probegen(
+            ds,
+            task="classify",
+            probes="vanilla",
+            n_probes=4,
+            steps=40,
+            batch_size=4,
+            eval_every=1,
+            depth=2,
+            width=8,
+            seed=0,
+            checkpoint_dir=tmp_path / "ckpt",
+        )
     assert e.value.checkpoint_step is not None and e.value.checkpoint_step < e.value.step
     assert (tmp_path / "ckpt" / str(e.value.checkpoint_step)).exists()
 
@@ -257,8 +296,29 @@ def test_cli_train_predict_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 
     zoo_file = save_zoo(_separable_zoo(24), tmp_path / "zoo.safetensors")
     out = tmp_path / "run"
-    assert main(["probegen", "train", str(zoo_file), "--task", "classify", "--out", str(out), "--steps", "20",
-                 "--batch-size", "8", "--eval-every", "10", "--n-probes", "8", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "probegen",
+                "train",
+                str(zoo_file),
+                "--task",
+                "classify",
+                "--out",
+                str(out),
+                "--steps",
+                "20",
+                "--batch-size",
+                "8",
+                "--eval-every",
+                "10",
+                "--n-probes",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["metric"] == "accuracy" and res["steps_done"] == 20 and (out / "probes.npy").exists()
     assert np.load(out / "probes.npy").shape == (8, 2)
@@ -274,8 +334,16 @@ def test_cli_train_predict_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_sharded_training_equals_unsharded() -> None:
     """learn.fit shards each batch over 8 devices; apply_models runs the kernel under shard_map."""
     ds = weight_dataset(_separable_zoo(24), task="classify")
-    kw = {"task": "classify", "n_probes": 8, "steps": 6, "batch_size": 8, "learning_rate": 1e-3, "eval_every": 3,
-          "depth": 2, "width": 16}
+    kw = {
+        "task": "classify",
+        "n_probes": 8,
+        "steps": 6,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "eval_every": 3,
+        "depth": 2,
+        "width": 16,
+    }
     a = train_probegen(ds, **kw)
     b = train_probegen(ds, mesh=make_mesh(), **kw)
     assert_tree_allclose(b.report.losses, a.report.losses)

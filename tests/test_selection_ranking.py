@@ -16,7 +16,10 @@ from weightspace import ShapeError
 from weightspace.testing import TOLERANCES
 
 RTOL64, ATOL64 = TOLERANCES["float64"]
-SPIDER = Path("/work/shared/data/model_spider")
+# shared/ sits beside the checkout (CI clones elsewhere, with a copy of shared/ next to it).
+_SPIDER_DIRS = (Path(__file__).resolve().parents[2] / "shared/data/model_spider",
+                Path("/work/shared/data/model_spider"))
+SPIDER = next((p for p in _SPIDER_DIRS if p.exists()), _SPIDER_DIRS[-1])
 
 
 @pytest.fixture(autouse=True)

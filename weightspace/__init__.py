@@ -3,8 +3,8 @@
 Subpackages: ``nets`` (architectures), ``zoo`` (populations of models and their storage),
 ``data`` (datasets and probe sets), ``probing`` (the vmapped probe engine), ``search``
 (ProbeLog), ``learn`` (weight datasets, the one encoder-training loop, the evaluation harness,
-baselines), ``lora`` (DSiRe, Spectral DeTuning), ``selection`` (transferability metrics,
-Model Spider), ``parallel`` and ``testing``.
+baselines), ``probegen`` (deep linear probe generators), ``lora`` (DSiRe, Spectral DeTuning),
+``selection`` (transferability metrics, Model Spider), ``parallel`` and ``testing``.
 """
 
 from weightspace._errors import ConfigError as ConfigError

@@ -74,7 +74,7 @@ def embed_gallery(encoder: Any, source: Any, out: str | os.PathLike[str], *, chu
         ...                   tempfile.mkdtemp())
         >>> len(g), g.num_probes
         (5, 8)
-        >>> [h.model_id for h in neighbours(g, "zoo-000002", top=2)][0] != "zoo-000002"
+        >>> [h.model_id for h in neighbours(g, "inr-000002", top=2)][0] != "inr-000002"
         True
     """
     from weightspace.equivariant._embed import embed_zoo

@@ -18,24 +18,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from weightspace.probegen._train import TASKS
     from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
 
-    pg = sub.add_parser("probegen", help="ProbeGen: learned probe generators that read models through their outputs",
-                        description="Train ProbeGen (deep linear probe generator + MLP on the responses) on a zoo, "
-                        "or predict with a trained one.")
+    pg = sub.add_parser(
+        "probegen",
+        help="ProbeGen: learned probe generators that read models through their outputs",
+        description="Train ProbeGen (deep linear probe generator + MLP on the responses) on a zoo, "
+        "or predict with a trained one.",
+    )
     psub = pg.add_subparsers(dest="probegen_command", metavar="COMMAND")
-    t = psub.add_parser("train", help="train ProbeGen on a zoo and evaluate it on held-out models",
-                        description="Split ZOO by model (train/val/test; checkpoints of one run or fits of one image "
-                        "stay together), train with Adam + cosine decay, keep the best validation step, report the "
-                        "test score (accuracy for classify, Kendall tau for accuracy). DIR gets model/ (the trained "
-                        "module), checkpoints/ (a killed run resumes from here), probes.npy and results.json.")
+    t = psub.add_parser(
+        "train",
+        help="train ProbeGen on a zoo and evaluate it on held-out models",
+        description="Split ZOO by model (train/val/test; checkpoints of one run or fits of one image "
+        "stay together), train with Adam + cosine decay, keep the best validation step, report the "
+        "test score (accuracy for classify, Kendall tau for accuracy). DIR gets model/ (the trained "
+        "module), checkpoints/ (a killed run resumes from here), probes.npy and results.json.",
+    )
     t.add_argument("zoo", help=ZOO_HELP)
-    t.add_argument("--task", required=True, choices=sorted(TASKS),
-                   help="classify: predict the meta column 'label' (e.g. the class of an INR's image); accuracy: "
-                   "predict 'test_acc' (generalization)")
+    t.add_argument(
+        "--task",
+        required=True,
+        choices=sorted(TASKS),
+        help="classify: predict the meta column 'label' (e.g. the class of an INR's image); accuracy: "
+        "predict 'test_acc' (generalization)",
+    )
     t.add_argument("--target", default=None, help="meta column to predict instead of the task's default")
     t.add_argument("--out", required=True, help="output directory")
-    t.add_argument("--probes", default="generator", choices=PROBE_SOURCES,
-                   help="generator (ProbeGen), vanilla (free learned probes) or fixed")
-    t.add_argument("--fixed", default=None, help="fixed probe kind (uniform, grid, dead-leaves, natural, a dataset name)")
+    t.add_argument(
+        "--probes",
+        default="generator",
+        choices=PROBE_SOURCES,
+        help="generator (ProbeGen), vanilla (free learned probes) or fixed",
+    )
+    t.add_argument(
+        "--fixed", default=None, help="fixed probe kind (uniform, grid, dead-leaves, natural, a dataset name)"
+    )
     t.add_argument("--n-probes", type=int, default=64, help="number of probes (default 64)")
     t.add_argument("--nonlinear", action="store_true", help="non-linear generator (ablation)")
     t.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
@@ -72,28 +88,48 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
     source = _source(args)
     ds = weight_dataset(source, task=args.task, target=args.target, seed=args.split_seed)
-    run = train_probegen(ds, task=args.task, probes=args.probes, fixed=args.fixed, n_probes=args.n_probes,
-                         nonlinear=args.nonlinear, steps=args.steps, batch_size=args.batch_size,
-                         learning_rate=args.lr, eval_every=args.eval_every, seed=args.seed,
-                         checkpoint_dir=out / "checkpoints", progress=False if args.no_progress else None)
+    run = train_probegen(
+        ds,
+        task=args.task,
+        probes=args.probes,
+        fixed=args.fixed,
+        n_probes=args.n_probes,
+        nonlinear=args.nonlinear,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        checkpoint_dir=out / "checkpoints",
+        progress=False if args.no_progress else None,
+    )
     save_run(run, out)
     with atomic_path(out / "probes.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, np.asarray(run.model.probes()))
     te = ds.splits.test
     metric = "accuracy" if run.config["kind"] == "classify" else "kendall_tau"
     results = {
-        "zoo": args.zoo, "task": args.task, "metric": metric, "val": run.val_score, "test": run.test_score,
+        "zoo": args.zoo,
+        "task": args.task,
+        "metric": metric,
+        "val": run.val_score,
+        "test": run.test_score,
         "splits": {k: len(v) for k, v in zip(("train", "val", "test"), ds.splits, strict=True)},
-        "best_step": run.report.best_step, "steps_done": run.report.steps_done,
-        "train_seconds": run.report.seconds, "compile_seconds": run.report.compile_seconds,
-        "config": run.config, "test_ids": [ds.ids[i] for i in te],
+        "best_step": run.report.best_step,
+        "steps_done": run.report.steps_done,
+        "train_seconds": run.report.seconds,
+        "compile_seconds": run.report.compile_seconds,
+        "config": run.config,
+        "test_ids": [ds.ids[i] for i in te],
         "test_predictions": np.asarray(run.test_predictions).tolist(),
     }
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1, default=float))
-    print(f"probegen {args.task} on {args.zoo}: {len(ds)} models {list(ds.splits.sizes())}; "
-          f"val {metric} {run.val_score:.4f}, test {metric} {run.test_score:.4f} (best step {run.report.best_step}); "
-          f"wrote {out}")
+    print(
+        f"probegen {args.task} on {args.zoo}: {len(ds)} models {list(ds.splits.sizes())}; "
+        f"val {metric} {run.val_score:.4f}, test {metric} {run.test_score:.4f} (best step {run.report.best_step}); "
+        f"wrote {out}"
+    )
     return 0
 
 

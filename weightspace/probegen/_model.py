@@ -4,6 +4,7 @@ the predictor that reads a model's flattened responses."""
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -80,18 +81,23 @@ class ProbeGenerator(nnx.Module):
             self.base = (math.ceil(h / 4), math.ceil(w / 4))
             c0, c1 = (int(x) for x in channels)
             self.dense = nnx.List([nnx.Linear(latent_dim, c0 * self.base[0] * self.base[1], rngs=rngs)])
-            self.deconvs = nnx.List([
-                nnx.ConvTranspose(c0, c1, (4, 4), strides=(2, 2), padding="SAME", rngs=rngs),
-                nnx.ConvTranspose(c1, c, (4, 4), strides=(2, 2), padding="SAME", rngs=rngs),
-            ])
+            self.deconvs = nnx.List(
+                [
+                    nnx.ConvTranspose(c0, c1, (4, 4), strides=(2, 2), padding="SAME", rngs=rngs),
+                    nnx.ConvTranspose(c1, c, (4, 4), strides=(2, 2), padding="SAME", rngs=rngs),
+                ]
+            )
             self.c0 = c0
         elif len(self.shape) == 1:
-            self.dense = nnx.List([nnx.Linear(latent_dim, hidden, rngs=rngs),
-                                   nnx.Linear(hidden, self.shape[0], rngs=rngs)])
+            self.dense = nnx.List(
+                [nnx.Linear(latent_dim, hidden, rngs=rngs), nnx.Linear(hidden, self.shape[0], rngs=rngs)]
+            )
             self.deconvs = nnx.List([])
         else:
-            raise ConfigError(f"ProbeGenerator: no generator for inputs of shape {self.shape} "
-                              f"(vectors/coordinates [d] and images [H, W, C] are supported)")
+            raise ConfigError(
+                f"ProbeGenerator: no generator for inputs of shape {self.shape} "
+                f"(vectors/coordinates [d] and images [H, W, C] are supported)"
+            )
 
     def _act(self, x: Array) -> Array:
         return jax.nn.leaky_relu(x, 0.2) if self.nonlinear else x
@@ -148,7 +154,7 @@ class Predictor(nnx.Module):
         if depth < 2:
             raise ConfigError(f"Predictor depth must be >= 2, got {depth}")
         dims = [d_in] + [width] * (depth - 1) + [d_out]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:], strict=True)])
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)])
 
     def embed(self, x: Float[Array, "models features"]) -> Float[Array, "models width"]:
         for layer in list(self.layers)[:-1]:
@@ -216,16 +222,19 @@ class ProbeGen(nnx.Module):
         a0 = archs[0]
         for a in archs[1:]:
             if a.input_shape != a0.input_shape or a.num_outputs != a0.num_outputs:
-                raise ConfigError(f"ProbeGen: every architecture must share input shape and outputs; "
-                                  f"{a0.input_shape}->{a0.num_outputs} vs {a.input_shape}->{a.num_outputs}")
+                raise ConfigError(
+                    f"ProbeGen: every architecture must share input shape and outputs; "
+                    f"{a0.input_shape}->{a0.num_outputs} vs {a.input_shape}->{a.num_outputs}"
+                )
         if probes not in PROBE_SOURCES:
             raise ConfigError(f"ProbeGen: probes must be one of {PROBE_SOURCES}, got {probes!r}")
         self.archs = archs
         self.n_probes = int(n_probes)
         self.kind = probes
         if probes == "generator":
-            self.source: nnx.Module = ProbeGenerator(a0, n_probes, latent_dim=latent_dim, nonlinear=nonlinear,
-                                                     bounded=bounded, rngs=rngs)
+            self.source: nnx.Module = ProbeGenerator(
+                a0, n_probes, latent_dim=latent_dim, nonlinear=nonlinear, bounded=bounded, rngs=rngs
+            )
         elif probes == "vanilla":
             self.source = LearnedProbes(a0, n_probes, rngs=rngs)
         else:
@@ -244,7 +253,11 @@ class ProbeGen(nnx.Module):
         return self.source()
 
     def responses(
-        self, params: Any, *, arch_index: int | Array = 0, mesh: Mesh | None = None,
+        self,
+        params: Any,
+        *,
+        arch_index: int | Array = 0,
+        mesh: Mesh | None = None,
         formulation: str | None = None,
     ) -> Float[Array, "models probes logits"]:
         """Responses of a batch of models (params stacked on axis 0) to the probes
@@ -288,7 +301,16 @@ def build_from_config(config: dict[str, Any]) -> ProbeGen:
     fixed = None
     if config["probes"] == "fixed":
         fixed = np.zeros((config["n_probes"], *archs[0].input_shape), np.float32)
-    return ProbeGen(archs, n_out=int(config["n_out"]), n_probes=int(config["n_probes"]), probes=config["probes"],
-                    latent_dim=int(config["latent_dim"]), nonlinear=bool(config["nonlinear"]),
-                    bounded=bool(config.get("bounded", True)), fixed=fixed,
-                    depth=int(config["depth"]), width=int(config["width"]), rngs=nnx.Rngs(0))
+    return ProbeGen(
+        archs,
+        n_out=int(config["n_out"]),
+        n_probes=int(config["n_probes"]),
+        probes=config["probes"],
+        latent_dim=int(config["latent_dim"]),
+        nonlinear=bool(config["nonlinear"]),
+        bounded=bool(config.get("bounded", True)),
+        fixed=fixed,
+        depth=int(config["depth"]),
+        width=int(config["width"]),
+        rngs=nnx.Rngs(0),
+    )

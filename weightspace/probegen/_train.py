@@ -7,7 +7,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -78,12 +78,14 @@ def weight_dataset(
         >>> from weightspace.nets import SIREN
         >>> from weightspace.zoo import Zoo
         >>> zoo = Zoo.init(SIREN(), 10, key=jax.random.key(0)).with_meta(label=[i % 3 for i in range(10)])
-        >>> weight_dataset(zoo, task="classify")
-        WeightDataset(models=10, inputs=['layers.0.bias', 'layers.0.weight', 'layers.1.bias', 'layers.1.weight', 'layers.2.bias', 'layers.2.weight'], targets=['y'], splits=[7, 2, 1])
-        >>> weight_dataset(zoo, task="accuracy")
-        Traceback (most recent call last):
-        ...
-        weightspace._errors.ConfigError: task 'accuracy' needs the meta column 'test_acc', which zoo 'zoo' lacks; its columns are ['id', 'label']
+        >>> ds = weight_dataset(zoo, task="classify")
+        >>> len(ds), ds.targets["y"].tolist()[:4], [len(s) for s in ds.splits]
+        (10, [0, 1, 2, 0], [7, 2, 1])
+        >>> try:
+        ...     weight_dataset(zoo, task="accuracy")
+        ... except ConfigError as e:
+        ...     print(e)
+        task 'accuracy' needs the meta column 'test_acc', which zoo 'zoo' lacks; its columns are ['id', 'label']
     """
     _task_kind(task)
     column = TASKS[task] if target is None else target
@@ -95,15 +97,19 @@ def weight_dataset(
         raise ConfigError(f"weight_dataset needs a Zoo or a Collection, got {type(source).__name__}")
     for z in zoos:
         if column not in z.meta:
-            raise ConfigError(f"task {task!r} needs the meta column {column!r}, which zoo {z.name!r} lacks; "
-                              f"its columns are {sorted(z.meta)}")
+            raise ConfigError(
+                f"task {task!r} needs the meta column {column!r}, which zoo {z.name!r} lacks; "
+                f"its columns are {sorted(z.meta)}"
+            )
         if any(v is None for v in z.meta[column]):
             raise InvalidValueError(f"zoo {z.name!r}: meta column {column!r} is empty (None) for some models")
     names = sorted(zoos[0].params)
     for z in zoos[1:]:
         if sorted(z.params) != names or any(z.params[k].shape[1:] != zoos[0].params[k].shape[1:] for k in names):
-            raise ConfigError(f"zoos {zoos[0].name!r} and {z.name!r} have different tensors; ProbeGen reads "
-                              f"zoos of one input/output shape and parameter layout")
+            raise ConfigError(
+                f"zoos {zoos[0].name!r} and {z.name!r} have different tensors; ProbeGen reads "
+                f"zoos of one input/output shape and parameter layout"
+            )
     if group == "auto":
         group = next((g for g in GROUP_COLUMNS if all(g in z.meta for z in zoos)), None)
     if len(zoos) == 1:
@@ -133,8 +139,10 @@ def dataset_architectures(dataset: WeightDataset) -> tuple[tuple[Architecture, .
     if dataset.arch is not None:
         return (dataset.arch,), np.zeros(len(dataset), np.int64)
     if ARCH_COLUMN not in dataset.meta:
-        raise ConfigError(f"the dataset has no architecture: build it with weight_dataset() or give "
-                          f"WeightDataset(arch=...) (or a meta column {ARCH_COLUMN!r} of signatures)")
+        raise ConfigError(
+            f"the dataset has no architecture: build it with weight_dataset() or give "
+            f"WeightDataset(arch=...) (or a meta column {ARCH_COLUMN!r} of signatures)"
+        )
     sigs = list(dict.fromkeys(dataset.meta[ARCH_COLUMN]))
     archs = tuple(architecture_from_config(s) for s in sigs)
     where = {s: i for i, s in enumerate(sigs)}
@@ -166,8 +174,14 @@ def _infer(graphdef: Any, state: Any, params: Any, *, arch_index: int, what: str
     return model(params, arch_index=arch_index, mesh=mesh)
 
 
-def _run(model: ProbeGen, params: Mapping[str, np.ndarray], arch_index: np.ndarray | None, what: str,
-         chunk: int = 256, mesh: Mesh | None = None) -> np.ndarray:
+def _run(
+    model: ProbeGen,
+    params: Mapping[str, np.ndarray],
+    arch_index: np.ndarray | None,
+    what: str,
+    chunk: int = 256,
+    mesh: Mesh | None = None,
+) -> np.ndarray:
     graphdef, state = nnx.split(model)
     n = int(next(iter(params.values())).shape[0])
     idx_all = np.zeros(n, np.int64) if arch_index is None else np.asarray(arch_index)
@@ -178,8 +192,16 @@ def _run(model: ProbeGen, params: Mapping[str, np.ndarray], arch_index: np.ndarr
         for lo in range(0, len(rows), c):
             take = rows[lo : lo + c]
             pad = np.concatenate([take, np.repeat(take[-1:], c - len(take))])  # fixed shapes: one compile
-            r = np.asarray(_infer(graphdef, state, {k: jnp.asarray(v[pad]) for k, v in params.items()},
-                                  arch_index=int(a), what=what, mesh=mesh))[: len(take)]
+            r = np.asarray(
+                _infer(
+                    graphdef,
+                    state,
+                    {k: jnp.asarray(v[pad]) for k, v in params.items()},
+                    arch_index=int(a),
+                    what=what,
+                    mesh=mesh,
+                )
+            )[: len(take)]
             if out is None:
                 out = np.zeros((n, *r.shape[1:]), np.float32)
             out[take] = r
@@ -235,11 +257,17 @@ class ProbeGenRun(NamedTuple):
 
 
 def _indices(dataset: WeightDataset, which: str | np.ndarray) -> np.ndarray:
-    return dataset._indices(which)  # noqa: SLF001 - WeightDataset's own index resolution
+    return dataset._indices(which)  # WeightDataset's own index resolution
 
 
-def predict(model: ProbeGen, config: Mapping[str, Any], dataset: WeightDataset,
-            which: str | np.ndarray = "test", *, mesh: Mesh | None = None) -> np.ndarray:
+def predict(
+    model: ProbeGen,
+    config: Mapping[str, Any],
+    dataset: WeightDataset,
+    which: str | np.ndarray = "test",
+    *,
+    mesh: Mesh | None = None,
+) -> np.ndarray:
     """Class logits ``[models, classes]`` or predicted targets ``[models]`` of a trained model.
 
     Args:
@@ -258,8 +286,9 @@ def predict(model: ProbeGen, config: Mapping[str, Any], dataset: WeightDataset,
     return out[:, 0] * float(config["y_std"]) + float(config["y_mean"])
 
 
-def embed(model: ProbeGen, dataset: WeightDataset, which: str | np.ndarray = "test", *,
-          mesh: Mesh | None = None) -> np.ndarray:
+def embed(
+    model: ProbeGen, dataset: WeightDataset, which: str | np.ndarray = "test", *, mesh: Mesh | None = None
+) -> np.ndarray:
     """The predictor's last hidden layer ``[models, width]`` for the models of a split (an embedding
     to compare with other weight encoders, e.g. by ``learn.knn_classify`` or ``learn.linear_probe``)."""
     idx = _indices(dataset, which)
@@ -267,8 +296,9 @@ def embed(model: ProbeGen, dataset: WeightDataset, which: str | np.ndarray = "te
     return _run(model, {k: v[idx] for k, v in dataset.inputs.items()}, arch_index[idx], "embed", mesh=mesh)
 
 
-def predict_zoo(model: ProbeGen, config: Mapping[str, Any], source: Zoo | Collection | Sequence[Zoo],
-                *, mesh: Mesh | None = None) -> tuple[list[str], np.ndarray]:
+def predict_zoo(
+    model: ProbeGen, config: Mapping[str, Any], source: Zoo | Collection | Sequence[Zoo], *, mesh: Mesh | None = None
+) -> tuple[list[str], np.ndarray]:
     """Predictions of a trained model for every model of a zoo or Collection (no targets needed).
 
     Returns:
@@ -284,13 +314,15 @@ def predict_zoo(model: ProbeGen, config: Mapping[str, Any], source: Zoo | Collec
     outs: list[np.ndarray] = []
     for z in zoos:
         if z.arch.signature not in mine:
-            raise ConfigError(f"zoo {z.name!r} is {z.arch!r}; this ProbeGen was trained for "
-                              f"{[repr(a) for a in model.archs]}")
+            raise ConfigError(
+                f"zoo {z.name!r} is {z.arch!r}; this ProbeGen was trained for {[repr(a) for a in model.archs]}"
+            )
         z.arch.check_params(z.params, stacked=True, where=f"zoo {z.name!r}")
         params = {k: np.asarray(v, np.float32) for k, v in z.params.items()}
         out = _run(model, params, np.full(len(z), mine[z.arch.signature]), "predict", mesh=mesh)
-        outs.append(out if config["kind"] == "classify"
-                    else out[:, 0] * float(config["y_std"]) + float(config["y_mean"]))
+        outs.append(
+            out if config["kind"] == "classify" else out[:, 0] * float(config["y_std"]) + float(config["y_mean"])
+        )
         ids.extend(z.ids)
     return ids, np.concatenate(outs)
 
@@ -300,14 +332,18 @@ def _check_archs(model: ProbeGen, dataset: WeightDataset) -> tuple[tuple[Archite
     mine = {a.signature: i for i, a in enumerate(model.archs)}
     missing = [a for a in archs if a.signature not in mine]
     if missing:
-        raise ConfigError(f"the model was trained for {[repr(a) for a in model.archs]}; the dataset holds "
-                          f"{[repr(a) for a in missing]}")
+        raise ConfigError(
+            f"the model was trained for {[repr(a) for a in model.archs]}; the dataset holds "
+            f"{[repr(a) for a in missing]}"
+        )
     remap = np.asarray([mine[a.signature] for a in archs], np.int64)
     for name, shape in model.archs[0].param_shapes().items():
         got = dataset.inputs.get(name)
         if got is None or tuple(got.shape[1:]) != tuple(shape):
-            raise ShapeError(f"dataset tensor {name!r} is {None if got is None else list(got.shape)}, the "
-                             f"architecture needs [models, *{list(shape)}]")
+            raise ShapeError(
+                f"dataset tensor {name!r} is {None if got is None else list(got.shape)}, the "
+                f"architecture needs [models, *{list(shape)}]"
+            )
     return archs, remap[arch_index]
 
 
@@ -334,8 +370,10 @@ def fixed_probe_data(kind: str, arch: Architecture, n: int, *, seed: int = 0) ->
         g = np.linspace(-1.0, 1.0, side + 2)[1:-1]
         yy, xx = np.meshgrid(g, g, indexing="ij")
         return np.stack([yy.ravel(), xx.ravel()], -1)[:n].astype(np.float32)
-    raise ConfigError(f"no fixed probe set {kind!r} for inputs of shape {shape}; use 'uniform' or 'grid' "
-                      f"(coordinates) or an image probe kind")
+    raise ConfigError(
+        f"no fixed probe set {kind!r} for inputs of shape {shape}; use 'uniform' or 'grid' "
+        f"(coordinates) or an image probe kind"
+    )
 
 
 def train_probegen(
@@ -406,19 +444,31 @@ def train_probegen(
     if probes not in PROBE_SOURCES:
         raise ConfigError(f"probes must be one of {PROBE_SOURCES}, got {probes!r}")
     if "y" not in dataset.targets:
-        raise ConfigError(f"the dataset has no target 'y' (it has {sorted(dataset.targets)}); build it with "
-                          f"weight_dataset(..., task={task!r})")
+        raise ConfigError(
+            f"the dataset has no target 'y' (it has {sorted(dataset.targets)}); build it with "
+            f"weight_dataset(..., task={task!r})"
+        )
     dataset.check_finite()
     archs, arch_index = dataset_architectures(dataset)
     y = np.asarray(dataset.targets["y"])
     tr, va = dataset.splits.train, dataset.splits.val
-    cfg: dict[str, Any] = {"task": task, "kind": kind, "probes": probes, "n_probes": int(n_probes),
-                           "latent_dim": int(latent_dim), "nonlinear": bool(nonlinear), "bounded": bool(bounded),
-                           "depth": int(depth),
-                           "width": int(width), "archs": [a.to_config() for a in archs],
-                           "fixed": fixed if isinstance(fixed, str) or fixed is None else "array",
-                           "steps": int(steps), "batch_size": int(batch_size), "learning_rate": float(learning_rate),
-                           "seed": int(seed)}
+    cfg: dict[str, Any] = {
+        "task": task,
+        "kind": kind,
+        "probes": probes,
+        "n_probes": int(n_probes),
+        "latent_dim": int(latent_dim),
+        "nonlinear": bool(nonlinear),
+        "bounded": bool(bounded),
+        "depth": int(depth),
+        "width": int(width),
+        "archs": [a.to_config() for a in archs],
+        "fixed": fixed if isinstance(fixed, str) or fixed is None else "array",
+        "steps": int(steps),
+        "batch_size": int(batch_size),
+        "learning_rate": float(learning_rate),
+        "seed": int(seed),
+    }
     if kind == "classify":
         if y.dtype.kind not in "iub":
             raise InvalidValueError(f"task {task!r} needs integer class labels, got dtype {y.dtype}")
@@ -435,11 +485,24 @@ def train_probegen(
     if probes == "fixed":
         if fixed is None:
             raise ConfigError("probes='fixed' needs fixed= (a probe kind or an array)")
-        fixed_data = (fixed_probe_data(fixed, archs[0], n_probes, seed=seed) if isinstance(fixed, str)
-                      else np.asarray(fixed, np.float32))
-    model = ProbeGen(archs, n_out=n_out, n_probes=n_probes, probes=probes, latent_dim=latent_dim,
-                     nonlinear=nonlinear, bounded=bounded, fixed=fixed_data, depth=depth, width=width,
-                     rngs=nnx.Rngs(seed))
+        fixed_data = (
+            fixed_probe_data(fixed, archs[0], n_probes, seed=seed)
+            if isinstance(fixed, str)
+            else np.asarray(fixed, np.float32)
+        )
+    model = ProbeGen(
+        archs,
+        n_out=n_out,
+        n_probes=n_probes,
+        probes=probes,
+        latent_dim=latent_dim,
+        nonlinear=nonlinear,
+        bounded=bounded,
+        fixed=fixed_data,
+        depth=depth,
+        width=width,
+        rngs=nnx.Rngs(seed),
+    )
     params = {k: np.asarray(v, np.float32) for k, v in dataset.inputs.items()}
     for name, shape in archs[0].param_shapes().items():
         if name not in params or params[name].shape[1:] != shape:
@@ -447,9 +510,16 @@ def train_probegen(
     cal = tr[: min(len(tr), 256)]
     model.calibrate({k: jnp.asarray(v[cal]) for k, v in params.items()}, arch_index=int(arch_index[cal[0]]))
 
-    config = TrainConfig(steps=int(steps), batch_size=int(batch_size), learning_rate=float(learning_rate),
-                         weight_decay=float(weight_decay), schedule="cosine", eval_every=int(eval_every),
-                         patience=patience, seed=int(seed))
+    config = TrainConfig(
+        steps=int(steps),
+        batch_size=int(batch_size),
+        learning_rate=float(learning_rate),
+        weight_decay=float(weight_decay),
+        schedule="cosine",
+        eval_every=int(eval_every),
+        patience=patience,
+        seed=int(seed),
+    )
     val_params = {k: v[va] for k, v in params.items()}
 
     def val_fn(m: ProbeGen) -> float:
@@ -470,13 +540,25 @@ def train_probegen(
             rng = np.random.default_rng([int(seed), int(step)])
             a = int(rng.choice(len(groups), p=sizes / sizes.sum()))
             take = groups[a][rng.choice(len(groups[a]), bs, replace=len(groups[a]) < bs)]
-            return {"params": {k: v[take] for k, v in train_tr.items()}, "y": y_fit[tr][take],
-                    "arch": np.full(bs, a, np.int32)}
+            return {
+                "params": {k: v[take] for k, v in train_tr.items()},
+                "y": y_fit[tr][take],
+                "arch": np.full(bs, a, np.int32),
+            }
 
         train_data = None
     t0 = time.perf_counter()
-    report = fit(model, _Loss(kind, mesh), train_data, config=config, val_fn=val_fn if len(va) else None,
-                 checkpoint_dir=checkpoint_dir, sample=sample, progress=progress, mesh=mesh)
+    report = fit(
+        model,
+        _Loss(kind, mesh),
+        train_data,
+        config=config,
+        val_fn=val_fn if len(va) else None,
+        checkpoint_dir=checkpoint_dir,
+        sample=sample,
+        progress=progress,
+        mesh=mesh,
+    )
     cfg["train_seconds"] = time.perf_counter() - t0
     val = float(report.best_score) if report.best_score is not None else float("nan")
     te = dataset.splits.test
@@ -506,5 +588,3 @@ def load_run(directory: str | Path) -> tuple[ProbeGen, dict[str, Any]]:
 
     model = load_module(path, build)
     return model, holder  # type: ignore[return-value]
-
-

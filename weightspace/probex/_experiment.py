@@ -114,7 +114,7 @@ def run_trees(
         split_models,
     )
 
-    widths = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
+    wd: dict[str, Any] = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
     table = ResultsTable()
     out: dict[str, Any] = {"sweep": {}, "layers": {}, "timings": {}, "zero_shot": {}}
     held_idx = [list(class_names).index(c) for c in held_out]
@@ -122,7 +122,7 @@ def run_trees(
     for t, zoo in trees.items():
         t0 = time.perf_counter()
         rows = layer_sweep(
-            zoo, class_names=class_names, members=1, widths=widths, train=sweep_train or {"steps": 300}, progress=False
+            zoo, class_names=class_names, members=1, widths=wd, train=sweep_train or {"steps": 300}, progress=False
         )
         out["sweep"][t] = rows
         layer = next(r["layer"] for r in rows if r["best"])
@@ -148,7 +148,7 @@ def run_trees(
             members=seeds,
             train=train,
             progress=False,
-            **widths,
+            **wd,
         )
         experts[t] = e
         out["timings"][f"{t}/probex"] = time.perf_counter() - t0
@@ -182,7 +182,7 @@ def run_trees(
             members=seeds,
             train=train,
             progress=False,
-            **widths,
+            **wd,
         )
         from weightspace.probex._text import class_embeddings
 
@@ -219,7 +219,7 @@ def run_trees(
             experts,
             class_names=class_names,
             seeds=seeds,
-            widths=widths,
+            widths=wd,
             train=train,
             fresh=fresh,
             verbose=verbose,
@@ -245,7 +245,7 @@ def run_cross(
     trees (every tree's chosen layer zero-padded to one shape)."""
     from weightspace.learn import ResultsTable, exact_set_accuracy, mean_average_precision, split_models
 
-    widths = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
+    wd: dict[str, Any] = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
     table = ResultsTable()
     out: dict[str, Any] = {"timings": {}}
     splits = {t: split_models(len(z), seed=0) for t, z in trees.items()}
@@ -282,7 +282,7 @@ def run_cross(
         members=seeds,
         train=train,
         progress=False,
-        **widths,
+        **wd,
     )
     out["timings"]["one-for-all"] = time.perf_counter() - t0
     s_one = one.scores(x_all[te_all])
@@ -338,7 +338,7 @@ def run_lora(
     from weightspace.probex._layers import lora_layer
     from weightspace.probex._recipe import _FASHION
 
-    widths = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
+    wd: dict[str, Any] = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
     table = table if table is not None else ResultsTable()
     names = list(_FASHION)
     labels = np.array([names.index(c) for c in lora_zoo.meta["class_name"]])
@@ -361,7 +361,7 @@ def run_lora(
             members=1,
             train=sweep_train or {"steps": 300},
             progress=False,
-            **widths,
+            **wd,
         )
         v = float(mean_average_precision(e.scores(x[sp.val])[0], y[sp.val]))
         out["sweep"].append({"layer": name, "shape": list(x.shape[1:]), "val_map": v})
@@ -381,7 +381,7 @@ def run_lora(
         members=seeds,
         train=train,
         progress=False,
-        **widths,
+        **wd,
     )
     st = e.scores(x[sp.test])
     emb_tr, emb_te = e.represent(x[sp.train]), e.represent(x[sp.test])
@@ -416,7 +416,7 @@ def run_lora(
             members=seeds,
             train=train,
             progress=False,
-            **widths,
+            **wd,
         )
         from weightspace.probex._text import class_embeddings
 

@@ -130,7 +130,7 @@ def file_layer(
             if isinstance(e, InvalidValueError):
                 raise
             raise LoadError(f"{f}: not a readable safetensors file ({e})") from e
-    ids = [_model_id(f, m) for f, m in zip(files, metas, strict=True)]
+    ids = [_model_id(Path(f), m) for f, m in zip(files, metas, strict=True)]
     groups: dict[tuple[int, ...], list[str]] = {}
     for f, i in zip(files, ids, strict=True):
         groups.setdefault(shapes[f], []).append(i)

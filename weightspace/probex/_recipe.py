@@ -40,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from weightspace._cache import cache_dir
 from weightspace._errors import ConfigError, InvalidValueError, LoadError
+from weightspace.data import FASHION_MNIST_CLASSES
 from weightspace.nets import CNN, MLP, Architecture
 from weightspace.zoo import (
     ClassifierLoss,
@@ -63,18 +65,7 @@ RECIPE_VERSION = 1
 """Bump when ``fmnist-trees`` changes what it builds (cached builds of older versions are ignored)."""
 
 NAME = "fmnist-trees"
-_FASHION = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+_FASHION = FASHION_MNIST_CLASSES
 POOL_CLASSES: tuple[str, ...] = (*_FASHION, *(f"digit {d}" for d in range(10)))
 """The 20 pool classes: Fashion-MNIST (indices 0-9) then the MNIST digits (10-19)."""
 MAX_CLASSES = 8
@@ -136,7 +127,7 @@ TREES: dict[str, TreeSpec] = {
 PRETRAIN_STEPS = {"full": 1500, "tiny": 100}
 """Pre-training steps of a base (Adam 1e-3, batch 128); builds of at most ``tiny_size`` models per
 tree use the tiny bases (tests in seconds)."""
-FINETUNE = {
+FINETUNE: dict[str, Any] = {
     "steps": (80, 240),
     "batch_size": 64,
     "adam_lr": (3e-4, 3e-3),
@@ -192,7 +183,7 @@ def _digits_up() -> Any:
     from weightspace.nets import resize_images
 
     d = load_dataset("digits", "all")
-    up = np.clip(np.asarray(resize_images(d.images, _IMAGE)), 0.0, 1.0).astype(np.float32)
+    up = np.clip(np.asarray(resize_images(jnp.asarray(d.images), _IMAGE)), 0.0, 1.0).astype(np.float32)
     return Dataset(
         name="digits-up",
         images=up,
@@ -322,7 +313,7 @@ def fine_tune(
     key = jax.random.key(int(rng.integers(0, 2**31 - 1)))
     k_init, k_fit, _ = jax.random.split(key, 3)
 
-    params = init_population(arch, seeds, key=k_init)
+    params = init_population(arch, seeds.tolist(), key=k_init)
     heads = _head_names(base_arch, arch)
     params = {
         name: (np.asarray(v) if name in heads else np.broadcast_to(base[name], v.shape).copy())

@@ -163,6 +163,10 @@ class TreeExperts:
         return cls(experts, router, meta.get("info", {}))
 
 
+def _widths(widths: Mapping[str, int] | None) -> dict[str, Any]:
+    return dict(widths or {})
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -215,7 +219,7 @@ def train_trees(
             progress=progress,
             checkpoint_dir=ck,
             mesh=mesh,
-            **dict(widths or {}),
+            **_widths(widths),
         )
     router = None
     if len(trees) > 1:
@@ -270,7 +274,7 @@ def layer_sweep(
             seed=seed,
             progress=progress,
             mesh=mesh,
-            **dict(widths or {}),
+            **_widths(widths),
         )
         sv, st = e.scores(x[sp.val]), e.scores(x[sp.test])
         rows.append(
