@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import statistics
@@ -35,6 +36,8 @@ RESULTS = Path(__file__).parent / "results"
 BATCH = 32
 N_PROBES = 64
 
+
+SHARED_NOTE = " — SHARED and loaded: absolute times are pessimistic, ratios are measured in the same run"
 
 def _zoo(case: str, log: list[str]) -> Any:
     """The real recipe zoo when it is in the cache (else a freshly initialised zoo of the same architecture:
@@ -116,7 +119,7 @@ def torch_run(case: str, steps: int, repeats: int, threads: int) -> dict[str, An
             def __init__(self) -> None:
                 super().__init__()
                 w = arch.widths
-                self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in zip(w[:-1], w[1:], strict=True)])
+                self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in itertools.pairwise(w)])
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 for i, layer in enumerate(self.layers):
@@ -163,7 +166,7 @@ def torch_run(case: str, steps: int, repeats: int, threads: int) -> dict[str, An
         p.requires_grad_(False)
     dims = [N_PROBES * arch.num_outputs] + [256] * 5 + [n_out]
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             layers.append(nn.ReLU())
@@ -232,13 +235,14 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"- date: {r['date']}",
         f"- machine: {r['machine']} ({r['cores']} cores, load average {r['load']:.1f} "
-        f"at start, {r['load_end']:.1f} at end){' — SHARED and loaded: absolute times are pessimistic, ratios are measured in the same run' if r['load'] > r['cores'] else ''}",
+        f"at start, {r['load_end']:.1f} at end){SHARED_NOTE if r['load'] > r['cores'] else ''}",
         f"- command: `{r['command']}`",
         f"- {r['devices']}",
         f"- batch {BATCH} models, {N_PROBES} probes, {r['steps']} steps per repeat, median of {r['repeats']} "
         "repeats; models/s = (steps - 1) x batch / steady seconds (first step = compile, reported apart)",
         "",
-        "| zoo | JAX models/s | JAX ms/step | JAX compile (s) | PyTorch loop models/s | PyTorch ms/step | speedup | target |",
+        "| zoo | JAX models/s | JAX ms/step | JAX compile (s) | PyTorch loop models/s | PyTorch ms/step | speedup "
+        "| target |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for case, target in (("siren", 3.0), ("cnn", 1.0)):
@@ -306,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or _device.default_stem("probegen", quick=args.quick, gpu=_device.is_gpu())
     r: dict[str, Any] = {
         "name": name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": _device.cpu_name(),
         "cores": len(os.sched_getaffinity(0)),
         "load": _device.loadavg(),

@@ -1,4 +1,4 @@
-"""ProbeGen vs its baselines on the real zoos: INR classification (accuracy) and generalization prediction (Kendall tau).
+"""ProbeGen vs its baselines on the real zoos: INR classification (accuracy), generalization prediction (Kendall tau).
 
 For each task (a recipe zoo, split by model with groups so fits of one image / checkpoints of one
 run never straddle splits; validation picks the step, the test split is read once): ProbeGen
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     probes_dir.mkdir(exist_ok=True)
     r: dict[str, Any] = {
         "name": name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": _device.cpu_name(),
         "cores": len(os.sched_getaffinity(0)),
         "load": _device.loadavg(),
