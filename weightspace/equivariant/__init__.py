@@ -33,6 +33,10 @@ from weightspace.equivariant._layout import permute as permute
 from weightspace.equivariant._layout import random_hidden_perms as random_hidden_perms
 from weightspace.equivariant._np import NPEncoder as NPEncoder
 from weightspace.equivariant._np import NPLayer as NPLayer
+from weightspace.equivariant._supervised import SUPERVISED_TASKS as SUPERVISED_TASKS
+from weightspace.equivariant._supervised import SupervisedModel as SupervisedModel
+from weightspace.equivariant._supervised import SupervisedRun as SupervisedRun
+from weightspace.equivariant._supervised import train_supervised as train_supervised
 from weightspace.equivariant._symmetry import SYMMETRIES as SYMMETRIES
 from weightspace.equivariant._symmetry import apply_symmetry as apply_symmetry
 from weightspace.equivariant._symmetry import flip_hidden as flip_hidden
@@ -45,6 +49,7 @@ __all__ = [
     "ACTIVATION_IDS",
     "COVERED",
     "LOSSES",
+    "SUPERVISED_TASKS",
     "SYMMETRIES",
     "Augment",
     "Bucket",
@@ -56,6 +61,8 @@ __all__ = [
     "NPEncoder",
     "NPLayer",
     "NeuronGraph",
+    "SupervisedModel",
+    "SupervisedRun",
     "WeightFeatures",
     "apply_symmetry",
     "augment",
@@ -81,5 +88,6 @@ __all__ = [
     "symmetries_of",
     "task_labels",
     "train_contrastive",
+    "train_supervised",
     "transform_zoo",
 ]

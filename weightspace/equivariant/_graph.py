@@ -100,7 +100,8 @@ class GraphEncoder(nnx.Module):
         self.layer_pos = nnx.Param(init(rngs.params(), (max_depth + 2, width)))
         self.max_depth = max_depth
         self.rounds = nnx.List([MessagePassing(width, rngs=rngs) for _ in range(rounds)])
-        self.norm = nnx.LayerNorm(6 * width + 3, rngs=rngs)
+        # the LayerNorm sees the scale-free pooled features only; the log scales join after it (see NPEncoder)
+        self.norm = nnx.LayerNorm(6 * width, rngs=rngs)
         self.head1 = nnx.Linear(6 * width + 3, 2 * embed_dim, rngs=rngs)
         self.head2 = nnx.Linear(2 * embed_dim, embed_dim, rngs=rngs)
 
@@ -139,6 +140,5 @@ class GraphEncoder(nnx.Module):
             jnp.mean(jnp.stack(hidden), 0),
             _mean_nodes(g.nodes[-1], g.masks[-1]),
             role_context(edge_means, depth),
-            logs,
         ], -1)
-        return self.head2(jax.nn.gelu(self.head1(self.norm(pooled))))
+        return self.head2(jax.nn.gelu(self.head1(jnp.concatenate([self.norm(pooled), logs], -1))))

@@ -207,8 +207,11 @@ class NPEncoder(nnx.Module):
                          out_embed=out_embed, rngs=rngs)
         self.layers = nnx.List([NPLayer(width, width, rngs=rngs) for _ in range(depth)])
         # LayerNorm of the pooled (invariant) vector keeps the head out of saturation: without it the
-        # contrastive loss collapsed every embedding onto one point within 10 steps
-        self.norm = nnx.LayerNorm(6 * width + 3, rngs=rngs)
+        # contrastive loss collapsed every embedding onto one point within 10 steps. The per-role log
+        # weight scales join AFTER the norm: normalised together with the pooled features they
+        # dominated its variance and the norm divided the models' scale away (an untrained encoder's
+        # embedding then predicted the init scale of SIRENs with Kendall tau ~0).
+        self.norm = nnx.LayerNorm(6 * width, rngs=rngs)
         self.head1 = nnx.Linear(6 * width + 3, 2 * embed_dim, rngs=rngs)
         self.head2 = nnx.Linear(2 * embed_dim, embed_dim, rngs=rngs)
 
@@ -222,6 +225,5 @@ class NPEncoder(nnx.Module):
         for layer in self.layers:
             h = _map(layer(h), jax.nn.gelu)
         s = masked_stats(h)
-        pooled = jnp.concatenate([role_context(s["rc"], len(h.weights)), role_context(s["bias"], len(h.weights)),
-                                  logs], -1)
-        return self.head2(jax.nn.gelu(self.head1(self.norm(pooled))))
+        pooled = jnp.concatenate([role_context(s["rc"], len(h.weights)), role_context(s["bias"], len(h.weights))], -1)
+        return self.head2(jax.nn.gelu(self.head1(jnp.concatenate([self.norm(pooled), logs], -1))))

@@ -346,28 +346,18 @@ def run_lora(
     # As in Model-J's LoRA subsets, many LoRAs share a concept; they are split at random (a concept
     # appears in several splits, with other images and dataset sizes).
     sp = split_models(len(labels), seed=0)
-    out: dict[str, Any] = {"sweep": []}
-    layers = list(lora_zoo.adapter) if layer is None else [layer]
-    best, best_val = None, -1.0
-    for name in layers:
-        x = lora_layer(lora_zoo, name)
-        e, _ = train_expert(
-            x,
-            y,
-            class_names=names,
-            train_idx=sp.train,
-            val_idx=sp.val,
-            layer=name,
-            members=1,
-            train=sweep_train or {"steps": 300},
-            progress=False,
-            **wd,
-        )
-        v = float(mean_average_precision(e.scores(x[sp.val])[0], y[sp.val]))
-        out["sweep"].append({"layer": name, "shape": list(x.shape[1:]), "val_map": v})
-        if v > best_val:
-            best, best_val = name, v
-    assert best is not None
+    rows = layer_sweep(
+        lora_zoo,
+        class_names=names,
+        layers=None if layer is None else [layer],
+        targets=y,
+        members=1,
+        widths=wd,
+        train=sweep_train or {"steps": 300},
+        progress=False,
+    )
+    out: dict[str, Any] = {"sweep": [{k: r[k] for k in ("layer", "shape", "val_map")} for r in rows]}
+    best = next(r["layer"] for r in rows if r["best"])
     out["layer"] = best
     _log(f"fmnist-lora sweep {out['sweep']} -> {best}", verbose)
     x = lora_layer(lora_zoo, best)

@@ -14,7 +14,7 @@ import numpy as np
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, InvalidValueError, LoadError
 from weightspace.probex._experts import Expert, multi_hot, train_expert
-from weightspace.probex._layers import matrix_layers, zoo_layer
+from weightspace.probex._layers import lora_layer, matrix_layers, zoo_layer
 from weightspace.probex._router import Router
 
 TREES_FORMAT = "probex-trees/1"
@@ -239,6 +239,7 @@ def layer_sweep(
     train: Mapping[str, Any] | None = None,
     split_seed: int = 0,
     seed: int = 0,
+    targets: np.ndarray | None = None,
     progress: bool | None = None,
     mesh: Any | None = None,
 ) -> list[dict[str, Any]]:
@@ -246,22 +247,28 @@ def layer_sweep(
     and score it; the best layer is picked on the VALIDATION split, never on test. ``mesh`` shards
     every expert's batches over a device mesh (:func:`weightspace.parallel.make_mesh`).
 
+    ``zoo`` is a :class:`~weightspace.zoo.Zoo` (layers: its weight matrices) or a
+    :class:`weightspace.lora.LoRAZoo` (layers: its adapted weights, read as ``scale * B @ A``).
+    ``targets`` (``[models, classes]`` multi-hot) replaces the zoo's ``classes`` column.
+
     Returns:
         One row per layer: ``layer, shape, val_map, test_map, test_exact, best`` (``best`` marks
         the layer with the highest ``val_map``).
     """
     from weightspace.learn import exact_set_accuracy, mean_average_precision, split_models
 
-    available = layers_of(zoo)
+    lora = hasattr(zoo, "adapter")
+    available = list(zoo.adapter) if lora else layers_of(zoo)
+    read = lora_layer if lora else zoo_layer
     names = available if layers is None else list(layers)
     bad = [n for n in names if n not in available]
     if bad or not names:
-        raise InvalidValueError(f"zoo {zoo.name!r} has no layer(s) {bad}; its layers: {available}")
-    y = zoo_targets(zoo, class_names)
-    sp = split_models(len(zoo), seed=split_seed)
+        raise InvalidValueError(f"zoo {getattr(zoo, 'name', '')!r} has no layer(s) {bad}; its layers: {available}")
+    y = zoo_targets(zoo, class_names) if targets is None else np.asarray(targets, np.float32)
+    sp = split_models(len(y), seed=split_seed)
     rows = []
     for name in names:
-        x = zoo_layer(zoo, name)
+        x = read(zoo, name)
         e, _ = train_expert(
             x,
             y,
