@@ -180,3 +180,19 @@ def loadavg() -> float:
         return os.getloadavg()[0]
     except OSError:
         return 0.0
+
+
+def run_header(name: str, script: str, argv: list[str] | None) -> dict:
+    """The fields every results JSON starts with: name, UTC date, CPU, cores, load, the command."""
+    import datetime
+    import os
+    import sys
+
+    return {
+        "name": name,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "load": loadavg(),
+        "command": f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }

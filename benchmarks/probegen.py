@@ -16,7 +16,6 @@ subprocess) and checks it equals the unsharded run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
@@ -309,12 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
     name = args.name or _device.default_stem("probegen", quick=args.quick, gpu=_device.is_gpu())
     r: dict[str, Any] = {
-        "name": name,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": _device.cpu_name(),
-        "cores": len(os.sched_getaffinity(0)),
-        "load": _device.loadavg(),
-        "command": "python benchmarks/probegen.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **_device.run_header(name, "probegen.py", argv),
         "steps": steps,
         "repeats": repeats,
         "cases": {},

@@ -16,9 +16,7 @@ probes. Learned probes are saved (``.npz``) for the figures of ``docs/probegen.m
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -325,12 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     probes_dir = RESULTS / f"{name}_probes"
     probes_dir.mkdir(exist_ok=True)
     r: dict[str, Any] = {
-        "name": name,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": _device.cpu_name(),
-        "cores": len(os.sched_getaffinity(0)),
-        "load": _device.loadavg(),
-        "command": "python benchmarks/probegen_tasks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **_device.run_header(name, "probegen_tasks.py", argv),
         "steps": steps,
         "seeds": seeds,
         "tasks": [],
