@@ -183,9 +183,6 @@ class _Static:
     graphdef: Any
     tx: optax.GradientTransformation
     loss_fn: Any
-    gather: bool
-    n: int
-    batch_size: int
     batch_sharding: NamedSharding | None
 
 
@@ -210,26 +207,46 @@ def _shard_batch(batch: Any, sharding: NamedSharding) -> Any:
     return jax.lax.with_sharding_constraint(batch, sharding)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
+@functools.partial(jax.jit, static_argnames=("n", "batch_size"))
+def _epoch_batch(data: Any, step: jax.Array, data_key: jax.Array, *, n: int, batch_size: int) -> Any:
+    """Batch ``step`` of the shuffled epochs: epoch e visits ``permutation(fold_in(data_key, e))``
+    in consecutive batches. Its own jit, so the batch is materialised once: inside the step, XLA
+    fuses the gather (and its index arithmetic) into every consumer and redoes it per element
+    (ProbeGen on SIRENs: 2.4 -> 1.6 ms per step)."""
+    per_epoch = n // batch_size
+    epoch, j = step // per_epoch, step % per_epoch
+    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+    idx = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
+    return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_step(static: _Static, treedef: Any) -> Callable[..., Any]:
+    """The jitted step for one ``fit`` configuration, on the FLAT leaves of ``(state, opt_state)``.
+
+    Closing over ``static`` (rather than passing it as a static argument) and passing a flat
+    list of arrays (rather than NNX ``State`` pytrees) keeps the per-step dispatch on JAX's C++
+    fast path: no hashing of the graph definition, no Variable flattening in Python. For small
+    models that overhead was half the step (ProbeGen on SIRENs: 1.3 of 2.5 ms).
+    """
+
+    def step_fn(leaves: list[Any], batch: Any, step: jax.Array, loss_key: jax.Array) -> Any:
+        state, opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
+        state, opt_state, loss, aux = _train_step(static, state, opt_state, batch, step, loss_key)
+        return jax.tree_util.tree_leaves((state, opt_state)), loss, aux
+
+    return jax.jit(step_fn, donate_argnums=0)
+
+
 def _train_step(
     static: _Static,
     state: tuple[Any, Any],
     opt_state: Any,
-    data: Any,
+    batch: Any,
     step: jax.Array,
-    data_key: jax.Array,
     loss_key: jax.Array,
 ) -> tuple[tuple[Any, Any], Any, jax.Array, dict[str, Any]]:
     params, rest = state
-    if static.gather:
-        # Shuffled epochs: epoch e visits permutation(fold_in(data_key, e)) in consecutive batches.
-        per_epoch = static.n // static.batch_size
-        epoch, j = step // per_epoch, step % per_epoch
-        perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), static.n)
-        idx = jax.lax.dynamic_slice_in_dim(perm, j * static.batch_size, static.batch_size)
-        batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
-    else:
-        batch = data
     if static.batch_sharding is not None:
         batch = _shard_batch(batch, static.batch_sharding)
     key = jax.random.fold_in(loss_key, step)
@@ -267,7 +284,9 @@ def _is_key(x: Any) -> bool:
 def _to_host(leaves: list[Any]) -> dict[str, np.ndarray]:
     out = {}
     for i, x in enumerate(leaves):
-        out[f"a{i:05d}"] = np.asarray(jax.device_get(jax.random.key_data(x) if _is_key(x) else x))
+        # A copy: on CPU device_get may alias the device buffer, which the next (donating) step
+        # overwrites while orbax is still writing it in the background.
+        out[f"a{i:05d}"] = np.array(jax.device_get(jax.random.key_data(x) if _is_key(x) else x), copy=True)
     return out
 
 
@@ -440,7 +459,7 @@ def fit(
     if repl is not None:
         state, opt_state = jax.device_put((state, opt_state), repl)
     data = jax.device_put(train, repl) if gather else None
-    static = _Static(graphdef, tx, loss_fn, gather, n, batch_size, batch_sharding)
+    static = _Static(graphdef, tx, loss_fn, batch_sharding)
 
     # What a checkpoint holds, flattened: state, optimizer state, best state, keys.
     def pack(best_state: Any) -> tuple[list[Any], Any]:
@@ -503,6 +522,8 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=start, disable=not show, desc="fit", leave=False)
+        leaves, treedef = jax.tree_util.tree_flatten((state, opt_state))
+        step_fn = _compiled_step(static, treedef)
         pending: list[jax.Array] = []
         pending_aux: list[dict[str, jax.Array]] = []
         all_losses: list[np.ndarray] = []
@@ -517,15 +538,13 @@ def fit(
             t0 = time.perf_counter()
             while step < config.steps and not stop:
                 if gather:
-                    batch = data
+                    batch = _epoch_batch(data, np.int32(step), data_key, n=n, batch_size=batch_size)
                 else:
                     assert sample is not None
                     batch = sample(jax.random.fold_in(data_key, step), step)
                     if batch_sharding is not None:
                         batch = jax.device_put(batch, batch_sharding)
-                state, opt_state, loss, aux = _train_step(
-                    static, state, opt_state, batch, np.int32(step), data_key, loss_key
-                )
+                leaves, loss, aux = step_fn(leaves, batch, np.int32(step), loss_key)
                 pending.append(loss)
                 pending_aux.append(aux)
                 step += 1
@@ -538,6 +557,7 @@ def fit(
                 bar.update(1)
                 if not (is_eval or is_ckpt):
                     continue
+                state, opt_state = jax.tree_util.tree_unflatten(treedef, leaves)  # valid until the next step
                 # Host sync only at boundaries: check every pending loss, then record.
                 host = np.asarray(jax.device_get(pending), np.float32)
                 host_aux = jax.device_get(pending_aux)
@@ -581,6 +601,9 @@ def fit(
                     bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k != "step"}, refresh=False)
                 if ckpt is not None and (is_ckpt or stop):
                     save(step)
+                # val_fn may have advanced RNG counters in state (Variables shared with its model).
+                leaves = jax.tree_util.tree_leaves((state, opt_state))
+            state, opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
             jax.block_until_ready(state)
             t_steps = time.perf_counter() - t0
         bar.close()

@@ -103,36 +103,66 @@ def _map_models(fn, params: Params, n_models: int, group: int) -> Array:  # type
     return lax.map(fn, params, batch_size=group if group > 1 else None)
 
 
+def _reduce_pi(x: Array) -> tuple[Array, Array]:
+    """Cody-Waite reduction: ``k = round(x / pi)`` and ``r = x - k pi`` in ``[-pi/2, pi/2]`` (pi
+    split in four parts, the first ones with few mantissa bits so ``k * pi_i`` is exact)."""
+    k = jnp.round(x * jnp.float32(1.0 / math.pi))
+    r = x - k * jnp.float32(3.140625)
+    r = r - k * jnp.float32(9.670257568359375e-4)
+    r = r - k * jnp.float32(6.277114152908325e-7)
+    r = r - k * jnp.float32(1.2154201256553420762e-10)
+    return k, r
+
+
+def _odd_sign(k: Array, v: Array) -> Array:
+    return jnp.where((k.astype(jnp.int32) & 1) == 1, -v, v)
+
+
+@jax.custom_jvp
 def fast_sin(x: Float[Array, "..."]) -> Float[Array, "..."]:
     """``sin(x)`` by Cody-Waite range reduction and a degree-11 odd polynomial (float32).
 
     .. math:: k = round(x / pi),  r = x - k pi in [-pi/2, pi/2],  sin x = (-1)^k p(r)
 
     XLA's CPU ``sin`` is several times slower than this fused polynomial; the absolute error is
-    below 2 float32 ulps of 1 for ``|x| < 2^17`` (pi is split in four parts, the first ones with
-    few mantissa bits so ``k * pi_i`` is exact).
+    below 2 float32 ulps of 1 for ``|x| < 2^17``. The derivative is ``cos x`` by the same
+    reduction and an even polynomial (a custom JVP: differentiating the polynomial itself would
+    leave the backward a dozen saved tensors per activation).
 
     Example:
-        >>> import jax.numpy as jnp
+        >>> import jax, jax.numpy as jnp
         >>> from weightspace.nets._standard import fast_sin
         >>> x = jnp.linspace(-100.0, 100.0, 10001)
         >>> bool(jnp.max(jnp.abs(fast_sin(x) - jnp.sin(x))) < 3e-7)
         True
+        >>> bool(jnp.max(jnp.abs(jax.vmap(jax.grad(fast_sin))(x) - jnp.cos(x))) < 3e-7)
+        True
     """
-    k = jnp.round(x * jnp.float32(1.0 / math.pi))
-    r = x - k * jnp.float32(3.140625)
-    r = r - k * jnp.float32(9.670257568359375e-4)
-    r = r - k * jnp.float32(6.277114152908325e-7)
-    r = r - k * jnp.float32(1.2154201256553420762e-10)
+    k, r = _reduce_pi(x)
     r2 = r * r
     p = jnp.float32(-2.3889859e-08)
     p = p * r2 + jnp.float32(2.7525562e-06)
     p = p * r2 + jnp.float32(-1.9840874e-04)
     p = p * r2 + jnp.float32(8.3333310e-03)
     p = p * r2 + jnp.float32(-1.6666667e-01)
-    s = r + r * r2 * p
-    odd = (k.astype(jnp.int32) & 1) == 1
-    return jnp.where(odd, -s, s)
+    return _odd_sign(k, r + r * r2 * p)
+
+
+def _fast_cos(x: Array) -> Array:
+    """``cos(x)``: ``(-1)^k q(r)`` with the Taylor polynomial of degree 14 (error < 1e-10 on
+    ``|r| <= pi/2``)."""
+    k, r = _reduce_pi(x)
+    r2 = r * r
+    q = jnp.float32(-1.0 / 87178291200.0)
+    for c in (479001600.0, -3628800.0, 40320.0, -720.0, 24.0, -2.0):
+        q = q * r2 + jnp.float32(1.0 / c)
+    return _odd_sign(k, q * r2 + jnp.float32(1.0))
+
+
+@fast_sin.defjvp
+def _fast_sin_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    (x,), (t,) = primals, tangents
+    return fast_sin(x), _fast_cos(x) * t
 
 
 @register_architecture
@@ -166,6 +196,10 @@ class MLP(Architecture):
     input_std: float = 1.0
     per_image_standardization: bool = False
     kind = "mlp"
+    # Gradients through a batch of models: the batched contractions beat lax.map on CPU too
+    # (32 MLP-784 x 64 probes: 2.5 vs 6.9 ms; SIREN 1.2 vs 1.9 ms), while the forward-only
+    # engine keeps lax.map, which bounds memory on large chunks.
+    grad_formulation = "einsum"
 
     def __post_init__(self) -> None:
         _check_shape_tuple("hidden", self.hidden)
@@ -415,7 +449,7 @@ class CNN(Architecture):
                 x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
         return self.head(params, x.mean(axis=(1, 2)))
 
-    def _patches(self, x: Array) -> Array:
+    def _patches(self, x: Array, *, ones: bool = False) -> Array:
         """im2col by strided slicing: ``[n, H, W, C] -> [n, H', W', k*k*C]``, ordered ``(kh, kw, C)``.
 
         (``lax.conv_general_dilated_patches`` is itself a convolution with a one-hot kernel,
@@ -427,6 +461,8 @@ class CNN(Architecture):
         xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         cols = [xp[:, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s, :]
                 for i in range(k) for j in range(k)]
+        if ones:
+            cols.append(jnp.ones((*cols[0].shape[:-1], 1), x.dtype))
         return jnp.concatenate(cols, axis=-1)
 
     def apply_many(
@@ -465,7 +501,7 @@ class CNN(Architecture):
                 h = act(h + params[f"convs.{i}.bias"][:, None, None, None])
             return jax.vmap(self.head)(params, h.mean(axis=(2, 3)))
 
-        patches0 = self._patches(x)  # shared by all models (unused, hence dropped, by "scan")
+        patches0 = self._patches(x, ones=True)  # shared by all models (unused, hence dropped, by "scan")
 
         def one(p: Params) -> Array:
             h = x
@@ -473,8 +509,9 @@ class CNN(Architecture):
                 if form == "scan":
                     h = act(self.conv(p, i, h))
                 else:
-                    pt = patches0 if i == 0 else self._patches(h)
-                    h = act(pt @ flat(p[f"convs.{i}.weight"]).T + p[f"convs.{i}.bias"])
+                    pt = patches0 if i == 0 else self._patches(h, ones=True)
+                    wb = jnp.concatenate([flat(p[f"convs.{i}.weight"]), p[f"convs.{i}.bias"][:, None]], axis=1)
+                    h = act(pt @ wb.T)
             return self.head(p, h.mean(axis=(1, 2)))
 
         m = _num_models(params)
@@ -523,6 +560,7 @@ class SIREN(Architecture):
     out_features: int = 1
     w0: float = 30.0
     kind = "siren"
+    grad_formulation = "einsum"  # see MLP.grad_formulation
 
     def __post_init__(self) -> None:
         _check_shape_tuple("hidden", self.hidden, allow_empty=False)
@@ -586,6 +624,13 @@ class SIREN(Architecture):
         n = len(self.widths) - 1
 
         def first(w: Array, b: Array) -> Array:  # [..., o, i], [..., o] -> [..., p, o]
+            if self.in_features <= 4 and form == "einsum":
+                # Unrolled over the inputs, no [m, p, o, i] intermediate: its gradient is 2-5x
+                # cheaper; lax.map's per-model forward is faster with the broadcast below.
+                h = b[..., None, :]
+                for j in range(self.in_features):
+                    h = h + x[:, j, None] * w[..., None, :, j]
+                return h
             if self.in_features <= 4:
                 return (x[..., :, None, :] * w[..., None, :, :]).sum(-1) + b[..., None, :]
             return x @ jnp.swapaxes(w, -1, -2) + b[..., None, :]

@@ -168,12 +168,19 @@ def chunk_sizes(
 
 
 # ---- the kernel ----------------------------------------------------------------------------
-def _apply_chunk(arch: Architecture, params: Params, x: Array) -> Array:
-    return arch.apply_many(params, x).astype(jnp.float32)
+def _apply_chunk(arch: Architecture, params: Params, x: Array, formulation: str | None = None) -> Array:
+    if formulation is None:
+        return arch.apply_many(params, x).astype(jnp.float32)
+    return arch.apply_many(params, x, formulation=formulation).astype(jnp.float32)  # type: ignore[call-arg]
 
 
 def _probe_kernel(
-    params: Params, x: Float[Array, "probes ..."], *, arch: Architecture, mesh: Mesh | None = None
+    params: Params,
+    x: Float[Array, "probes ..."],
+    *,
+    arch: Architecture,
+    mesh: Mesh | None = None,
+    formulation: str | None = None,
 ) -> Float[Array, "models probes logits"]:
     """``arch.apply_many`` on one fixed-shape chunk, split over ``mesh``'s ``models`` axis.
 
@@ -183,6 +190,7 @@ def _probe_kernel(
         x: the adapted probe chunk, shared by every model (replicated on ``mesh``).
         arch: the architecture (static).
         mesh: a mesh with a ``models`` axis, or ``None`` for one device.
+        formulation: an ``apply_many`` formulation (``None``: the architecture's default).
 
     Returns:
         ``[models, probes, logits]`` float32 responses (sharded over ``models`` on a mesh).
@@ -199,7 +207,7 @@ def _probe_kernel(
         >>> probe_kernel(p, jax.numpy.ones((7, 3)), arch=arch).shape
         (5, 7, 2)
     """
-    fn = functools.partial(_apply_chunk, arch)
+    fn = functools.partial(_apply_chunk, arch, formulation=formulation)
     if mesh is None:
         return fn(params, x)
     spec = PartitionSpec(MODELS_AXIS)
@@ -208,7 +216,9 @@ def _probe_kernel(
 
 @functools.cache
 def _jitted_kernel(options: tuple[tuple[str, Any], ...]) -> Any:
-    return jax.jit(_probe_kernel, static_argnames=("arch", "mesh"), compiler_options=dict(options) or None)
+    return jax.jit(
+        _probe_kernel, static_argnames=("arch", "mesh", "formulation"), compiler_options=dict(options) or None
+    )
 
 
 probe_kernel = _jitted_kernel(())
@@ -256,9 +266,10 @@ def apply_models(
         mesh: a mesh with a ``models`` axis: the models are resharded over it (padded to a
             multiple of its size by repeating the last model) and the probes replicated.
         adapt: apply ``arch.adapt`` to ``probes`` (``False``: they are already adapted).
-        formulation: ``None`` (the engine's per-backend choice) or an ``apply_many``
-            formulation; ``"vmap"`` (plain ``vmap`` of ``arch.apply``, no loops) is what FLOP
-            counts use, since XLA's cost analysis counts a loop body (``lax.map``) once.
+        formulation: ``None`` (``arch.grad_formulation``, the formulation that differentiates
+            fastest, else the engine's per-backend choice) or an ``apply_many`` formulation;
+            ``"vmap"`` (plain ``vmap`` of ``arch.apply``, no loops) is what FLOP counts use,
+            since XLA's cost analysis counts a loop body (``lax.map``) once.
 
     Returns:
         ``[models, probes, logits]`` float32.
@@ -287,8 +298,9 @@ def apply_models(
         if formulation == "vmap":
             return Architecture.apply_many(arch, params, x).astype(jnp.float32)
         return arch.apply_many(params, x, formulation=formulation).astype(jnp.float32)  # type: ignore[call-arg]
+    form = arch.grad_formulation
     if mesh is None:
-        return _probe_kernel(params, x, arch=arch)
+        return _probe_kernel(params, x, arch=arch, formulation=form)
     n_dev = model_axis_size(mesh, MODELS_AXIS)
     n = _param_count(params)
     pad = -n % n_dev
@@ -297,7 +309,7 @@ def apply_models(
         params = {k: jnp.asarray(v)[idx] for k, v in params.items()}
     params = _place(params, NamedSharding(mesh, PartitionSpec(MODELS_AXIS)))
     x = _place(x, NamedSharding(mesh, PartitionSpec()))
-    out = _probe_kernel(params, x, arch=arch, mesh=mesh)
+    out = _probe_kernel(params, x, arch=arch, mesh=mesh, formulation=form)
     if pad:  # an uneven model count cannot stay split over the mesh
         out = _place(out, NamedSharding(mesh, PartitionSpec()))[:n]
     return out
