@@ -207,17 +207,26 @@ def _shard_batch(batch: Any, sharding: NamedSharding) -> Any:
     return jax.lax.with_sharding_constraint(batch, sharding)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "batch_size"))
-def _epoch_batch(data: Any, step: jax.Array, data_key: jax.Array, *, n: int, batch_size: int) -> Any:
-    """Batch ``step`` of the shuffled epochs: epoch e visits ``permutation(fold_in(data_key, e))``
-    in consecutive batches. Its own jit, so the batch is materialised once: inside the step, XLA
-    fuses the gather (and its index arithmetic) into every consumer and redoes it per element
-    (ProbeGen on SIRENs: 2.4 -> 1.6 ms per step)."""
-    per_epoch = n // batch_size
-    epoch, j = step // per_epoch, step % per_epoch
-    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
-    idx = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
-    return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+class _Epochs:
+    """Batch indices of the shuffled epochs (host side): epoch e visits a permutation seeded by
+    ``(data_key, e)`` in consecutive batches (drop-remainder).
+
+    They enter the jitted step as an argument: computing them inside it (a permutation, then a
+    dynamic slice at a step-dependent offset) let XLA fuse that index arithmetic into every
+    consumer of the gathered batch and redo it per element (ProbeGen on SIRENs: 2.4 -> 1.6 ms).
+    """
+
+    def __init__(self, data_key: jax.Array, n: int, batch_size: int) -> None:
+        self.seed = [int(v) for v in np.asarray(jax.random.key_data(data_key)).ravel()]
+        self.n, self.batch_size = n, batch_size
+        self.epoch, self.perm = -1, np.zeros(0, np.int32)
+
+    def __call__(self, step: int) -> np.ndarray:
+        epoch, j = divmod(int(step), self.n // self.batch_size)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.perm = np.random.default_rng([*self.seed, epoch]).permutation(self.n).astype(np.int32)
+        return self.perm[j * self.batch_size : (j + 1) * self.batch_size]
 
 
 @functools.lru_cache(maxsize=32)
@@ -230,8 +239,9 @@ def _compiled_step(static: _Static, treedef: Any) -> Callable[..., Any]:
     models that overhead was half the step (ProbeGen on SIRENs: 1.3 of 2.5 ms).
     """
 
-    def step_fn(leaves: list[Any], batch: Any, step: jax.Array, loss_key: jax.Array) -> Any:
+    def step_fn(leaves: list[Any], data: Any, idx: Any, step: jax.Array, loss_key: jax.Array) -> Any:
         state, opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
+        batch = data if idx is None else jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
         state, opt_state, loss, aux = _train_step(static, state, opt_state, batch, step, loss_key)
         return jax.tree_util.tree_leaves((state, opt_state)), loss, aux
 
@@ -524,6 +534,10 @@ def fit(
         bar = tqdm(total=config.steps, initial=start, disable=not show, desc="fit", leave=False)
         leaves, treedef = jax.tree_util.tree_flatten((state, opt_state))
         step_fn = _compiled_step(static, treedef)
+        epochs = _Epochs(data_key, n, batch_size) if gather else None
+        # Several sharded steps in flight on a CPU mesh (fake host devices sharing a few cores) can
+        # starve the in-process all-reduce of threads and hang XLA's rendezvous: one at a time there.
+        sync_each_step = mesh is not None and mesh.devices.flat[0].platform == "cpu"
         pending: list[jax.Array] = []
         pending_aux: list[dict[str, jax.Array]] = []
         all_losses: list[np.ndarray] = []
@@ -538,16 +552,19 @@ def fit(
             t0 = time.perf_counter()
             while step < config.steps and not stop:
                 if gather:
-                    batch = _epoch_batch(data, np.int32(step), data_key, n=n, batch_size=batch_size)
+                    assert epochs is not None
+                    batch, idx = data, epochs(step)
                 else:
                     assert sample is not None
-                    batch = sample(jax.random.fold_in(data_key, step), step)
+                    batch, idx = sample(jax.random.fold_in(data_key, step), step), None
                     if batch_sharding is not None:
                         batch = jax.device_put(batch, batch_sharding)
-                leaves, loss, aux = step_fn(leaves, batch, np.int32(step), loss_key)
+                leaves, loss, aux = step_fn(leaves, batch, idx, np.int32(step), loss_key)
                 pending.append(loss)
                 pending_aux.append(aux)
                 step += 1
+                if sync_each_step:
+                    jax.block_until_ready(loss)
                 if step == start + 1:
                     jax.block_until_ready(loss)
                     compile_s = time.perf_counter() - t0
