@@ -35,6 +35,7 @@ from weightspace.zoo import Collection, Zoo, save_zoo
 ARCHS = {
     "mlp": MLP(in_features=16, hidden=(32, 24), out_features=5),
     "cnn": CNN(image_shape=(16, 16, 1), channels=(4, 4, 4), strides=2, input_mean=0.29, input_std=0.35),
+    "cnn-tanh": CNN(image_shape=(16, 16, 1), channels=(4, 4), strides=2, activation="tanh"),
     "cnn-dense": CNN(image_shape=(12, 12, 3), channels=(4, 6), strides=1, padding=0, dense=(7,), out_features=3),
     "siren": SIREN(hidden=(32, 32), w0=30.0),
 }
@@ -71,7 +72,8 @@ def _oracle_grad(zoo: Zoo, x: jax.Array, w: jax.Array) -> jax.Array:
 def test_apply_models_gradient_equals_per_model_oracle(name: str) -> None:
     zoo, x = _zoo(name), _probes(name, 5)
     w = _weights(name, len(zoo), 5)
-    # the engine's per-backend fast path on CPU: lax.map, im2col CNN, range-reduced sin for SIREN
+    # the default path: arch.grad_formulation (einsum for MLP/SIREN) or the engine's CPU choice
+    # (im2col CNN); range-reduced sin with its custom JVP for SIREN
     got = jax.jit(jax.grad(lambda x: jnp.sum(apply_models(zoo.arch, zoo.params, x) * w)))(x)
     want = _oracle_grad(zoo, x, w)
     # a sum over 4 models of products amplified by w0 = 30 (SIREN): a few float32 ulps of the terms
