@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from jaxtyping import Float
 
 from weightspace._errors import ConfigError
+from weightspace._xla import memory_bound_cpu_options
 from weightspace.equivariant._layout import Bucket, WeightFeatures, bucketize
 
 
@@ -39,17 +40,16 @@ def encode_fn(encoder: Any) -> Callable[[WeightFeatures], jax.Array]:
         return lambda x: run(state, x)
     if not callable(encoder):
         raise ConfigError(f"encoder must be an NNX module or a callable, got {type(encoder).__name__}")
-    return jax.jit(jax.vmap(encoder))
+    return jax.jit(jax.vmap(encoder), compiler_options=dict(memory_bound_cpu_options()) or None)
 
 
 @functools.lru_cache(maxsize=16)
 def _jit_merged(gdef: Any) -> Any:
-    @jax.jit
     def run(state: Any, x: WeightFeatures) -> jax.Array:
         model = nnx.merge(gdef, state)
         return jax.vmap(model)(x)
 
-    return run
+    return jax.jit(run, compiler_options=dict(memory_bound_cpu_options()) or None)
 
 
 def _pad_rows(tree: Any, n: int) -> Any:
