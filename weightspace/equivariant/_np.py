@@ -22,6 +22,41 @@ from weightspace.equivariant._layout import ACTIVATION_IDS, WeightFeatures, layo
 ROLES = ("first", "mid", "last")
 
 
+@jax.custom_vjp
+def _channel_mix(x: Float[Array, "... c_in"], kernel: Float[Array, "c_in c_out"]) -> Float[Array, "... c_out"]:
+    """``x @ kernel`` over the channel axis of a lifted weight tensor, with a CPU-friendly gradient.
+
+    The kernel's gradient is a contraction over every weight entry (``[rows, cols]`` of every
+    model). As a dot, XLA's CPU backend first transposes both ``x`` and the incoming gradient to
+    channel-major copies of the whole tensor; as a fused multiply-reduce it reads each once (the
+    NP encoder's contrastive step on 64 MLP-784 models: 4.7 -> 3.4 s). Other backends keep the dot.
+    """
+    return x @ kernel
+
+
+def _channel_mix_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return x @ kernel, (x, kernel)
+
+
+def _channel_mix_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    lead = tuple(range(x.ndim - 1))
+    if jax.default_backend() == "cpu":
+        dk = (x[..., :, None] * g[..., None, :]).sum(lead)
+    else:
+        dk = jnp.tensordot(x, g, axes=(lead, lead))
+    return g @ kernel.T, dk
+
+
+_channel_mix.defvjp(_channel_mix_fwd, _channel_mix_bwd)
+
+
+def _dense(lin: nnx.Linear, x: Array) -> Array:
+    """``lin(x)`` for the large per-entry tensors (see :func:`_channel_mix`)."""
+    y = _channel_mix(x, lin.kernel[...])
+    return y + lin.bias[...] if lin.bias is not None else y
+
+
 def role_of(i: int, depth: int) -> int:
     """0 for the first weight layer, 2 for the last, 1 for the others."""
     return 0 if i == 0 else (2 if i == depth - 1 else 1)
@@ -107,7 +142,7 @@ class NPLayer(nnx.Module):
             rows = [s["row"][i]] + ([s["col"][i - 1], x.biases[i - 1]] if r > 0 else [])
             cols = [s["col"][i], b] + ([s["row"][i + 1]] if r < 2 else [])
             rows_in, cols_in = jnp.concatenate(rows, -1), jnp.concatenate(cols, -1)
-            w_new = (self.point[r](w) + self.w_rc[r](g)[None, None] + self.w_row[r](rows_in)[None, :, :]
+            w_new = (_dense(self.point[r], w) + self.w_rc[r](g)[None, None] + self.w_row[r](rows_in)[None, :, :]
                      + self.w_col[r](cols_in)[:, None, :])
             b_new = self.b_col[r](cols_in) + self.b_rc[r](g)[None]
             mr, mc = x.masks[i + 1], x.masks[i]
@@ -159,7 +194,7 @@ class Lift(nnx.Module):
             m2 = mr[:, None, None] * mc[None, :, None]
             rms = jnp.sqrt((w * w * m2).sum() / (_count(mr) * _count(mc) * w.shape[-1]) + 1e-12)
             logs.append(jnp.log(rms)[None])
-            we = self.edge[f"t{w.shape[-1]}"](w / rms) + a
+            we = _dense(self.edge[f"t{w.shape[-1]}"], w / rms) + a
             if i == 0 and self.in_embed is not None:
                 we = we + self.in_embed[...][: w.shape[1]][None]
             if i == lay.depth - 1 and self.out_embed is not None:
