@@ -171,6 +171,8 @@ def chunk_sizes(
 def _apply_chunk(arch: Architecture, params: Params, x: Array, formulation: str | None = None) -> Array:
     if formulation is None:
         return arch.apply_many(params, x).astype(jnp.float32)
+    if formulation == "vmap":  # plain vmap of arch.apply, for every architecture
+        return Architecture.apply_many(arch, params, x).astype(jnp.float32)
     return arch.apply_many(params, x, formulation=formulation).astype(jnp.float32)  # type: ignore[call-arg]
 
 
@@ -292,13 +294,9 @@ def apply_models(
         raise ShapeError(f"apply_models: probes of shape {tuple(x.shape)} do not fit "
                          f"{type(arch).__name__} input {arch.input_shape}")
     x = x.astype(jnp.float32)
-    if formulation is not None:
-        if mesh is not None:
-            raise ConfigError("apply_models: give either mesh= or formulation=, not both")
-        if formulation == "vmap":
-            return Architecture.apply_many(arch, params, x).astype(jnp.float32)
-        return arch.apply_many(params, x, formulation=formulation).astype(jnp.float32)  # type: ignore[call-arg]
-    form = arch.grad_formulation
+    if formulation is not None and mesh is not None:
+        raise ConfigError("apply_models: give either mesh= or formulation=, not both")
+    form = formulation if formulation is not None else arch.grad_formulation
     if mesh is None:
         return _probe_kernel(params, x, arch=arch, formulation=form)
     n_dev = model_axis_size(mesh, MODELS_AXIS)
