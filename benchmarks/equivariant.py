@@ -30,6 +30,7 @@ if __name__ == "__main__":  # fake devices must be requested before JAX starts
         os.environ["XLA_FLAGS"] = _flag + os.environ.get("XLA_FLAGS", "")
 
 import datetime
+import functools
 import json
 import platform
 import resource
@@ -75,26 +76,49 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 
 def torch_np_stack(arch, width: int, depth: int, embed: int):
+    """The NP encoder of this library, layer for layer, built from nfn's PyTorch modules.
+
+    ``NPEncoder(width, depth)`` is: per-layer RMS normalisation, a pointwise lift 1 -> width
+    (``nfn.layers.Pointwise``), learned input positions (``LearnedPosEmbedding``), ``depth`` NP
+    layers width -> width (``NPLinear``) each followed by GELU, whole-layer mean pooling
+    (``NPPool``), LayerNorm, then the log-RMS per layer and a two-layer GELU head.
+    """
     import torch
-    from nfn.common import ArraySpec, NetworkSpec
-    from nfn.layers import NPLinear, NPPool
+    from nfn.common import ArraySpec, NetworkSpec, WeightSpaceFeatures
+    from nfn.layers import LearnedPosEmbedding, NPLinear, NPPool, Pointwise
 
     shapes = arch.param_shapes()
     n = len([k for k in shapes if k.endswith(".weight")])
     spec = NetworkSpec([ArraySpec(shapes[f"layers.{i}.weight"]) for i in range(n)],
                        [ArraySpec(shapes[f"layers.{i}.bias"]) for i in range(n)])
 
-    class Act(torch.nn.Module):
-        def forward(self, x):
-            return x.map(torch.relu)
+    def gelu(t):
+        return torch.nn.functional.gelu(t, approximate="tanh")  # jax.nn.gelu's default
 
-    layers = [NPLinear(spec, 1, width), Act()]
-    for _ in range(depth):
-        layers += [NPLinear(spec, width, width), Act()]
-    pool_out = NPPool.get_num_outs(spec) * width
-    body = torch.nn.Sequential(*layers, NPPool(spec), torch.nn.Flatten(1),
-                               torch.nn.Linear(pool_out, 2 * embed), torch.nn.ReLU(), torch.nn.Linear(2 * embed, embed))
-    return body, spec
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lift = Pointwise(spec, 1, width)
+            self.pos = LearnedPosEmbedding(spec, width)
+            self.layers = torch.nn.ModuleList([NPLinear(spec, width, width) for _ in range(depth)])
+            self.pool = NPPool(spec)
+            pooled = NPPool.get_num_outs(spec) * width
+            self.norm = torch.nn.LayerNorm(pooled)
+            self.head1 = torch.nn.Linear(pooled + n, 2 * embed)
+            self.head2 = torch.nn.Linear(2 * embed, embed)
+
+        def forward(self, x):
+            rms = [w.square().mean((1, 2, 3)).add(1e-12).sqrt() for w in x.weights]
+            x = WeightSpaceFeatures(tuple(w / r[:, None, None, None] for w, r in zip(x.weights, rms)),
+                                    tuple(b / r[:, None, None] for b, r in zip(x.biases, rms)))
+            h = self.pos(self.lift(x))
+            for layer in self.layers:
+                h = layer(h).map(gelu)
+            pooled = self.norm(torch.flatten(self.pool(h), 1))
+            logs = torch.stack([r.log() for r in rms], -1)
+            return self.head2(gelu(self.head1(torch.cat([pooled, logs], -1))))
+
+    return Encoder(), spec
 
 
 def torch_inputs(zoo: Zoo):
@@ -113,6 +137,8 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
     torch.set_num_threads(args.torch_threads)
     rows = []
     for name, arch in CASES.items():
+        if args.cases and name not in args.cases.split(","):
+            continue
         zoo = Zoo.init(arch, args.batch, key=jax.random.key(0), name=name)
         f = features_of(zoo)
         np_enc = NPEncoder(taps=(1,), width=args.width, depth=args.depth, embed_dim=64,
@@ -135,8 +161,14 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
             opt = tx.init(params)
             labels = jnp.concatenate([jnp.arange(args.batch)] * 2)
 
-            @jax.jit
-            def step(params, opt, x, g2=g2, rest=rest, tx=tx, labels=labels):
+            # as learn.fit runs it: one jitted step over the flat list of parameter/optimizer arrays
+            # (donated), so no NNX pytree is flattened in Python per step
+            leaves, treedef = jax.tree_util.tree_flatten((params, opt))
+
+            @functools.partial(jax.jit, donate_argnums=0)
+            def step(leaves, x, g2=g2, rest=rest, tx=tx, labels=labels, treedef=treedef):
+                params, opt = jax.tree_util.tree_unflatten(treedef, leaves)
+
                 def loss(p):
                     m = nnx.merge(g2, p, rest)
                     x2 = jax.tree_util.tree_map(lambda a: a * 1.01 if a.dtype == jnp.float32 else a, x)
@@ -145,19 +177,20 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
 
                 val, grads = jax.value_and_grad(loss)(params)
                 upd, opt = tx.update(grads, opt, params)
-                return optax.apply_updates(params, upd), opt, val
+                return jax.tree_util.tree_leaves((optax.apply_updates(params, upd), opt)), val
 
-            state_box = [params, opt]
+            state_box = [leaves]
 
             def run_step(step=step, state_box=state_box):
-                p, o, v = step(state_box[0], state_box[1], f)
-                state_box[0], state_box[1] = p, o
+                state_box[0], v = step(state_box[0], f)
                 return v
 
             first, steady = timed(run_step, args.repeats)
             row[f"{label}_train_step_s"], row[f"{label}_train_compile_s"] = steady, first - steady
         # PyTorch reference (nfn NPLinear stack) for the NP encoder
-        body, _ = torch_np_stack(arch, args.width, args.depth - 1, 64)
+        body, _ = torch_np_stack(arch, args.width, args.depth, 64)
+        row["torch_np_params"] = sum(p.numel() for p in body.parameters())
+        row["np_params"] = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(nnx.state(np_enc, nnx.Param)))
         x = torch_inputs(zoo)
         with torch.no_grad():
             body(x)
@@ -168,7 +201,7 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
                 ts.append(time.perf_counter() - t)
         row["torch_np_encode_s"] = statistics.median(ts)
         row["torch_np_models_per_s"] = args.batch / row["torch_np_encode_s"]
-        proj = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+        proj = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(64, 32))
         opt_t = torch.optim.Adam(list(body.parameters()) + list(proj.parameters()), lr=1e-3)
         lab = torch.cat([torch.arange(args.batch)] * 2)
         x2 = x.map(lambda a: a * 1.01)
@@ -176,6 +209,7 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
         def torch_step() -> None:
             opt_t.zero_grad()
             z = torch.cat([proj(body(x)), proj(body(x2))])
+            z = (z - z.mean(0)) / (z.std(0, unbiased=False) + 1e-6)  # as contrastive_loss(standardize=True)
             z = torch.nn.functional.normalize(z, dim=-1)
             sim = z @ z.T / 0.1
             eye = torch.eye(len(z), dtype=torch.bool)
@@ -251,6 +285,8 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--devices", type=int, default=1, help="fake CPU devices for the sharded run")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cases", default="", help=f"comma-separated subset of {list(CASES)}")
+    ap.add_argument("--no-scale", action="store_true", help="skip the 10k-zoo part")
     ap.add_argument("--speed-from", default=None,
                     help="reuse the speed rows (JSON lines) an earlier run of this script printed; "
                     "run only the scale part")
@@ -270,6 +306,8 @@ def main() -> int:
         out["speed_from"] = args.speed_from
     else:
         bench_speed(args, out)
+    if args.no_scale:
+        return 0
     bench_scale(args, out)
     out["load_after"] = loadavg()
     write(out)
@@ -290,7 +328,10 @@ def write(out: dict) -> None:
              f"- jax {out['jax']} (CPU), torch {out['torch']} CPU ({a['torch_threads']} threads); "
              f"{a['repeats']} repeats, medians; compile time apart",
              f"- encoder: width {a['width']}, {a['depth']} NP layers / message-passing rounds, embedding 64; "
-             "PyTorch reference: nfn.layers.NPLinear(1->width) + NPLinear(width->width) stack, NPPool, same MLP head",
+             "PyTorch reference: the same encoder layer for layer from nfn modules (RMS normalisation, Pointwise 1->width "
+             "lift, LearnedPosEmbedding, depth x NPLinear(width->width) + GELU, NPPool, LayerNorm, GELU head); parameters JAX vs PyTorch: "
+             + ", ".join(f"{r['case']}: {r['np_params']} vs {r['torch_np_params']} parameters" for r in out["speed"]
+                         if "torch_np_params" in r),
              "", "| case | batch | NP JAX (models/s) | NP nfn/PyTorch (models/s) | encode speedup "
              "| NP JAX train step (ms) "
              "| nfn train step (ms) | train speedup | graph JAX (models/s) | graph train step (ms) | NP FLOPs/model "

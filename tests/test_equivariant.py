@@ -269,3 +269,33 @@ def test_channel_mix_gradient_matches_the_dot() -> None:
     got, want = jax.grad(ours, argnums=(0, 1))(x, k), jax.grad(plain, argnums=(0, 1))(x, k)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "taps"), [("siren", (1,)), ("cnn-relu", (1, 9))], ids=["siren", "cnn"])
+def test_factored_lift_equals_the_materialised_lift(arch: str, taps: tuple[int, ...]) -> None:
+    """NPEncoder composes its first NP layer with the linear lift in closed form; embeddings and
+    gradients must equal lifting to full size first and running the layers on that (padding included)."""
+    from weightspace.equivariant._np import _map, masked_stats, role_context
+    from weightspace.nets._base import gelu_tanh
+
+    narrow = SIREN(hidden=(4, 6)) if arch == "siren" else CNN(image_shape=(8, 8, 1), channels=(3, 5), dense=(6,),
+                                                              out_features=3)
+    coll = Collection([Zoo.init(ARCHS[arch], 2, key=jax.random.key(0), name="a"),
+                       Zoo.init(narrow, 2, key=jax.random.key(1), name="b")])
+    (bucket,) = bucketize(coll)
+    f = bucket.features
+    assert float(jnp.min(f.masks[1])) == 0.0  # the second zoo is padded
+    enc = NPEncoder(taps=taps, width=6, depth=2, embed_dim=8, max_inputs=64, out_embed=True, rngs=nnx.Rngs(0))
+
+    def materialised(e: NPEncoder, x: WeightFeatures) -> jax.Array:
+        h, logs = e.lift(x)
+        for layer in e.layers:
+            h = _map(layer(h), gelu_tanh)
+        s = masked_stats(h)
+        pooled = jnp.concatenate([role_context(s["rc"], len(h.weights)), role_context(s["bias"], len(h.weights))], -1)
+        return e.head2(gelu_tanh(e.head1(jnp.concatenate([e.norm(pooled), logs], -1))))
+
+    np.testing.assert_allclose(jax.vmap(enc)(f), jax.vmap(lambda x: materialised(enc, x))(f), rtol=1e-5, atol=1e-5)
+    got = jax.grad(lambda e: jnp.sum(jax.vmap(e)(f) ** 2))(enc)
+    want = jax.grad(lambda e: jnp.sum(jax.vmap(lambda x: materialised(e, x))(f) ** 2))(enc)
+    assert_tree_allclose(nnx.state(got), nnx.state(want), rtol=1e-4, atol=1e-5)

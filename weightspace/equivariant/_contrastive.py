@@ -33,6 +33,7 @@ from weightspace._errors import ConfigError, InvalidValueError
 from weightspace.equivariant._graph import GraphEncoder
 from weightspace.equivariant._layout import ACTIVATION_IDS, Bucket, WeightFeatures, permute, random_hidden_perms
 from weightspace.equivariant._np import NPEncoder
+from weightspace.nets._base import gelu_tanh
 
 LOSSES = ("ntxent", "margin")
 
@@ -153,7 +154,7 @@ class ContrastiveModel(nnx.Module):
         self.proj2 = nnx.Linear(d, proj_dim, rngs=rngs)
 
     def __call__(self, x: WeightFeatures) -> Array:
-        return self.proj2(jax.nn.gelu(self.proj1(self.encoder(x))))
+        return self.proj2(gelu_tanh(self.proj1(self.encoder(x))))
 
 
 def build_encoder(config: Mapping[str, Any], *, seed: int = 0) -> nnx.Module:

@@ -12,13 +12,13 @@ permutation of hidden neurons, and the mean-pooled readout is invariant (NG-GNN,
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
 from weightspace.equivariant._layout import NeuronGraph, WeightFeatures, layout_of
 from weightspace.equivariant._np import Lift, role_context
+from weightspace.nets._base import gelu_tanh
 
 
 def _count(m: Array) -> Array:
@@ -55,12 +55,12 @@ class MessagePassing(nnx.Module):
         nodes = []
         for l_ in range(n_layers):
             h = g.nodes[l_]
-            u = self.node2(jax.nn.gelu(self.node1(jnp.concatenate([h, fwd[l_], bwd[l_]], -1))))
+            u = self.node2(gelu_tanh(self.node1(jnp.concatenate([h, fwd[l_], bwd[l_]], -1))))
             nodes.append(self.norm(h + u) * g.masks[l_][:, None])
         edges = []
         for i, e in enumerate(g.edges):
             mi, mj = g.masks[i], g.masks[i + 1]
-            upd = jax.nn.gelu(self.e_self(e) + self.e_dst(nodes[i + 1])[:, None] + self.e_src(nodes[i])[None])
+            upd = gelu_tanh(self.e_self(e) + self.e_dst(nodes[i + 1])[:, None] + self.e_src(nodes[i])[None])
             edges.append((e + upd) * (mj[:, None, None] * mi[None, :, None]))
         return NeuronGraph(tuple(nodes), tuple(edges), g.masks)
 
@@ -141,4 +141,4 @@ class GraphEncoder(nnx.Module):
             _mean_nodes(g.nodes[-1], g.masks[-1]),
             role_context(edge_means, depth),
         ], -1)
-        return self.head2(jax.nn.gelu(self.head1(jnp.concatenate([self.norm(pooled), logs], -1))))
+        return self.head2(gelu_tanh(self.head1(jnp.concatenate([self.norm(pooled), logs], -1))))

@@ -9,7 +9,7 @@ All means are masked, so padded neurons never leak into real ones.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ from jaxtyping import Array, Float
 
 from weightspace._errors import ConfigError
 from weightspace.equivariant._layout import ACTIVATION_IDS, WeightFeatures, layout_of
+from weightspace.nets._base import gelu_tanh
 
 ROLES = ("first", "mid", "last")
 
@@ -57,6 +58,43 @@ def _dense(lin: nnx.Linear, x: Array) -> Array:
     return y + lin.bias[...] if lin.bias is not None else y
 
 
+class LiftedWeight(NamedTuple):
+    """One weight layer's lifted features, kept factored (never written out at full size).
+
+    The features are ``(u @ kernel + row[:, None] + col[None] + const) * mask``: the lift is linear
+    in the (scaled, masked) raw weights ``u``, so an NP layer applied to it composes with it in
+    closed form (``kernel @ A`` instead of ``[rows, cols, C] @ A``), and its masked means are the
+    means of ``u`` pushed through ``kernel``. :class:`NPEncoder` therefore never materialises the
+    lifted tensor: its first full-size tensor is the first NP layer's output.
+    """
+
+    u: Float[Array, "rows cols taps"]
+    kernel: Float[Array, "taps channels"]
+    row: Float[Array, "rows channels"]
+    col: Float[Array, "cols channels"]
+    const: Float[Array, " channels"]
+
+
+def _mix(u: Array, kernel: Array) -> Array:
+    """``u @ kernel`` over the last axis; one input feature is a broadcast product, not a dot."""
+    return u * kernel[0] if kernel.shape[0] == 1 else _channel_mix(u, kernel)
+
+
+def _materialize(lw: LiftedWeight, mr: Array, mc: Array) -> Array:
+    return (_mix(lw.u, lw.kernel) + lw.row[:, None] + lw.col[None] + lw.const) * (mr[:, None] * mc[None, :])[..., None]
+
+
+def _lifted_means(lw: LiftedWeight, mr: Array, mc: Array) -> tuple[Array, Array, Array]:
+    """Masked (row, col, whole-layer) means of :func:`_materialize` without materialising it."""
+    cr, cc = _count(mr), _count(mc)
+    fr, fc = mr.sum() / cr, mc.sum() / cc  # 1 unless a whole neuron layer is padding
+    rmean, cmean = (lw.row * mr[:, None]).sum(0) / cr, (lw.col * mc[:, None]).sum(0) / cc
+    row = (_mix(lw.u.sum(0) / cr, lw.kernel) + rmean + fr * (lw.col + lw.const)) * mc[:, None]
+    col = (_mix(lw.u.sum(1) / cc, lw.kernel) + cmean + fc * (lw.row + lw.const)) * mr[:, None]
+    rc = _mix(lw.u.sum((0, 1)) / (cr * cc), lw.kernel) + rmean * fc + cmean * fr + lw.const * (fr * fc)
+    return row, col, rc
+
+
 def role_of(i: int, depth: int) -> int:
     """0 for the first weight layer, 2 for the last, 1 for the others."""
     return 0 if i == 0 else (2 if i == depth - 1 else 1)
@@ -66,16 +104,27 @@ def _count(m: Array) -> Array:
     return jnp.maximum(m.sum(), 1.0)
 
 
-def masked_stats(x: WeightFeatures) -> dict[str, list[Array]]:
-    """Masked row/column/total means of every weight layer and the mean of every bias."""
+def masked_stats(x: WeightFeatures, *, zero_padded: bool = False) -> dict[str, list[Array]]:
+    """Masked row/column/total means of every weight layer and the mean of every bias.
+
+    ``zero_padded=True`` promises that every padded entry of ``x`` is already zero (true of the
+    outputs of :class:`Lift` and :class:`NPLayer`, and of GELU/ReLU of them), so only the
+    counts need the masks. The sums then read the tensors as they are: no mask broadcast is
+    multiplied in, which on CPU kept XLA from writing full-size copies of the masks.
+    """
     row, col, rc, bm = [], [], [], []
     for i, (w, b) in enumerate(zip(x.weights, x.biases, strict=True)):
         mr, mc = x.masks[i + 1], x.masks[i]
-        wm = w * mr[:, None, None] * mc[None, :, None]
+        bb = b if zero_padded else b * mr[:, None]
+        bm.append(bb.sum(0) / _count(mr))
+        if isinstance(w, LiftedWeight):
+            for out, v in zip((row, col, rc), _lifted_means(w, mr, mc), strict=True):
+                out.append(v)
+            continue
+        wm = w if zero_padded else w * mr[:, None, None] * mc[None, :, None]
         row.append(wm.sum(0) / _count(mr))  # [cols, C]: mean over rows
         col.append(wm.sum(1) / _count(mc))  # [rows, C]: mean over cols
         rc.append(wm.sum((0, 1)) / (_count(mr) * _count(mc)))
-        bm.append((b * mr[:, None]).sum(0) / _count(mr))
     return {"row": row, "col": col, "rc": rc, "bias": bm}
 
 
@@ -129,12 +178,16 @@ class NPLayer(nnx.Module):
         self.b_col = nnx.List([lin(2 + (1 if r < 2 else 0)) for r in range(3)])
         self.b_rc = nnx.List([lin(6) for _ in ROLES])
 
-    def __call__(self, x: WeightFeatures) -> WeightFeatures:
-        lay = layout_of(x)
-        depth = lay.depth
+    def __call__(self, x: WeightFeatures, *, zero_padded: bool = False) -> WeightFeatures:
+        """The layer on ONE model's features; ``zero_padded``: see :func:`masked_stats`.
+
+        Weight layers given as :class:`LiftedWeight` (from :meth:`Lift.factored`) are composed with
+        the lift in closed form; the output is always materialised.
+        """
+        depth = len(x.weights) if isinstance(x.weights[0], LiftedWeight) else layout_of(x).depth
         if depth < 2:
             raise ConfigError("NP layers need at least two weight layers (one hidden neuron layer)")
-        s = masked_stats(x)
+        s = masked_stats(x, zero_padded=zero_padded)
         g = jnp.concatenate([role_context(s["rc"], depth), role_context(s["bias"], depth)], -1)
         ws, bs = [], []
         for i, (w, b) in enumerate(zip(x.weights, x.biases, strict=True)):
@@ -142,11 +195,16 @@ class NPLayer(nnx.Module):
             rows = [s["row"][i]] + ([s["col"][i - 1], x.biases[i - 1]] if r > 0 else [])
             cols = [s["col"][i], b] + ([s["row"][i + 1]] if r < 2 else [])
             rows_in, cols_in = jnp.concatenate(rows, -1), jnp.concatenate(cols, -1)
-            w_new = (_dense(self.point[r], w) + self.w_rc[r](g)[None, None] + self.w_row[r](rows_in)[None, :, :]
-                     + self.w_col[r](cols_in)[:, None, :])
-            b_new = self.b_col[r](cols_in) + self.b_rc[r](g)[None]
+            per_col, per_row, whole = self.w_row[r](rows_in), self.w_col[r](cols_in), self.w_rc[r](g)
             mr, mc = x.masks[i + 1], x.masks[i]
-            ws.append(w_new * mr[:, None, None] * mc[None, :, None])
+            if isinstance(w, LiftedWeight):
+                a, beta = self.point[r].kernel[...], self.point[r].bias[...]
+                ws.append(_materialize(LiftedWeight(w.u, w.kernel @ a, w.row @ a + per_row, w.col @ a + per_col,
+                                                    w.const @ a + beta + whole), mr, mc))
+            else:
+                w_new = _dense(self.point[r], w) + whole[None, None] + per_col[None, :, :] + per_row[:, None, :]
+                ws.append(w_new * mr[:, None, None] * mc[None, :, None])
+            b_new = self.b_col[r](cols_in) + self.b_rc[r](g)[None]
             bs.append(b_new * mr[:, None])
         return WeightFeatures(tuple(ws), tuple(bs), x.masks, x.activation)
 
@@ -178,6 +236,13 @@ class Lift(nnx.Module):
         self.out_embed = nnx.Param(init(rngs.params(), (max_outputs, width))) if out_embed else None
 
     def __call__(self, x: WeightFeatures) -> tuple[WeightFeatures, Array]:
+        """Lifted features ``[rows, cols, width]`` per weight layer, and the per-role log RMS."""
+        h, logs = self.factored(x)
+        ws = tuple(_materialize(w, x.masks[i + 1], x.masks[i]) for i, w in enumerate(h.weights))
+        return WeightFeatures(ws, h.biases, h.masks, h.activation), logs
+
+    def factored(self, x: WeightFeatures) -> tuple[WeightFeatures, Array]:
+        """Like ``__call__``, with the weight layers left as :class:`LiftedWeight` (biases materialised)."""
         lay = layout_of(x)
         for t in lay.taps:
             if t not in self.taps:
@@ -194,15 +259,16 @@ class Lift(nnx.Module):
             m2 = mr[:, None, None] * mc[None, :, None]
             rms = jnp.sqrt((w * w * m2).sum() / (_count(mr) * _count(mc) * w.shape[-1]) + 1e-12)
             logs.append(jnp.log(rms)[None])
-            we = _dense(self.edge[f"t{w.shape[-1]}"], w / rms) + a
+            edge = self.edge[f"t{w.shape[-1]}"]
+            row = jnp.zeros((w.shape[0], self.width), a.dtype)
+            col = jnp.zeros((w.shape[1], self.width), a.dtype)
             if i == 0 and self.in_embed is not None:
-                we = we + self.in_embed[...][: w.shape[1]][None]
-            if i == lay.depth - 1 and self.out_embed is not None:
-                we = we + self.out_embed[...][: w.shape[0]][:, None]
+                col = col + self.in_embed[...][: w.shape[1]]
             be = self.bias(b / rms) + a
             if i == lay.depth - 1 and self.out_embed is not None:
+                row = row + self.out_embed[...][: w.shape[0]]
                 be = be + self.out_embed[...][: w.shape[0]]
-            ws.append(we * m2)
+            ws.append(LiftedWeight(w * (m2 / rms), edge.kernel[...], row, col, edge.bias[...] + a))
             bs.append(be * mr[:, None])
         return WeightFeatures(tuple(ws), tuple(bs), x.masks, x.activation), role_context(logs, lay.depth)
 
@@ -256,9 +322,9 @@ class NPEncoder(nnx.Module):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.spec}
 
     def __call__(self, x: WeightFeatures) -> Float[Array, " embed"]:
-        h, logs = self.lift(x)
+        h, logs = self.lift.factored(x)  # the first NP layer composes with the (linear) lift
         for layer in self.layers:
-            h = _map(layer(h), jax.nn.gelu)
-        s = masked_stats(h)
+            h = _map(layer(h, zero_padded=True), gelu_tanh)  # GELU(0) = 0: padding stays zero
+        s = masked_stats(h, zero_padded=True)
         pooled = jnp.concatenate([role_context(s["rc"], len(h.weights)), role_context(s["bias"], len(h.weights))], -1)
-        return self.head2(jax.nn.gelu(self.head1(jnp.concatenate([self.norm(pooled), logs], -1))))
+        return self.head2(gelu_tanh(self.head1(jnp.concatenate([self.norm(pooled), logs], -1))))
