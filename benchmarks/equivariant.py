@@ -328,10 +328,13 @@ def write(out: dict) -> None:
              f"- jax {out['jax']} (CPU), torch {out['torch']} CPU ({a['torch_threads']} threads); "
              f"{a['repeats']} repeats, medians; compile time apart",
              f"- encoder: width {a['width']}, {a['depth']} NP layers / message-passing rounds, embedding 64; "
-             "PyTorch reference: the same encoder layer for layer from nfn modules (RMS normalisation, Pointwise 1->width "
-             "lift, LearnedPosEmbedding, depth x NPLinear(width->width) + GELU, NPPool, LayerNorm, GELU head); parameters JAX vs PyTorch: "
-             + ", ".join(f"{r['case']}: {r['np_params']} vs {r['torch_np_params']} parameters" for r in out["speed"]
-                         if "torch_np_params" in r),
+             "PyTorch reference: the same encoder layer for layer from nfn modules (RMS normalisation, "
+             "Pointwise 1->width lift, LearnedPosEmbedding, depth x NPLinear(width->width) + GELU, NPPool, "
+             "LayerNorm, GELU head); parameters JAX vs PyTorch: "
+             + ", ".join(f"{r['case']}: {r['np_params']} vs {r['torch_np_params']}" for r in out["speed"]
+                         if "torch_np_params" in r)
+             + " (the JAX encoder ties its NP layers by layer role and keeps a hidden-to-hidden set that a "
+             "network with one hidden layer does not use)",
              "", "| case | batch | NP JAX (models/s) | NP nfn/PyTorch (models/s) | encode speedup "
              "| NP JAX train step (ms) "
              "| nfn train step (ms) | train speedup | graph JAX (models/s) | graph train step (ms) | NP FLOPs/model "
