@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
@@ -75,9 +76,42 @@ class LiftedWeight(NamedTuple):
     const: Float[Array, " channels"]
 
 
+@jax.custom_vjp
+def _outer(u: Float[Array, "... 1"], kernel: Float[Array, "1 c"]) -> Float[Array, "... c"]:
+    """``u @ kernel`` for one input feature: a broadcast product, whose kernel gradient is a dot.
+
+    (As autodiff writes it, the kernel gradient multiplies the incoming gradient by ``u``
+    broadcast to every channel, and XLA's CPU backend writes that broadcast out at full size.)
+    """
+    return u * kernel[0]
+
+
+def _outer_fwd(u: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return u * kernel[0], (u, kernel)
+
+
+def _outer_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    u, kernel = res
+    lead = tuple(range(u.ndim - 1))
+    du = (g * kernel[0]).sum(-1, keepdims=True)
+    return du, jnp.tensordot(u[..., 0], g, axes=(lead, lead))[None]
+
+
+_outer.defvjp(_outer_fwd, _outer_bwd)
+
+
 def _mix(u: Array, kernel: Array) -> Array:
     """``u @ kernel`` over the last axis; one input feature is a broadcast product, not a dot."""
-    return u * kernel[0] if kernel.shape[0] == 1 else _channel_mix(u, kernel)
+    return _outer(u, kernel) if kernel.shape[0] == 1 else _channel_mix(u, kernel)
+
+
+def _linears(x: Array, *lins: nnx.Linear) -> list[Array]:
+    """``[lin(x) for lin in lins]`` as one matrix product (one small dot instead of several)."""
+    k = jnp.concatenate([lin.kernel[...] for lin in lins], 1)
+    b = jnp.concatenate([lin.bias[...] for lin in lins])
+    y = x @ k + b
+    sizes = np.cumsum([lin.kernel.shape[1] for lin in lins])[:-1]
+    return jnp.split(y, sizes, axis=-1)
 
 
 def _materialize(lw: LiftedWeight, mr: Array, mc: Array) -> Array:
@@ -195,7 +229,9 @@ class NPLayer(nnx.Module):
             rows = [s["row"][i]] + ([s["col"][i - 1], x.biases[i - 1]] if r > 0 else [])
             cols = [s["col"][i], b] + ([s["row"][i + 1]] if r < 2 else [])
             rows_in, cols_in = jnp.concatenate(rows, -1), jnp.concatenate(cols, -1)
-            per_col, per_row, whole = self.w_row[r](rows_in), self.w_col[r](cols_in), self.w_rc[r](g)
+            per_col = self.w_row[r](rows_in)
+            per_row, b_rows = _linears(cols_in, self.w_col[r], self.b_col[r])
+            whole, b_whole = _linears(g, self.w_rc[r], self.b_rc[r])
             mr, mc = x.masks[i + 1], x.masks[i]
             if isinstance(w, LiftedWeight):
                 a, beta = self.point[r].kernel[...], self.point[r].bias[...]
@@ -204,7 +240,7 @@ class NPLayer(nnx.Module):
             else:
                 w_new = _dense(self.point[r], w) + whole[None, None] + per_col[None, :, :] + per_row[:, None, :]
                 ws.append(w_new * mr[:, None, None] * mc[None, :, None])
-            b_new = self.b_col[r](cols_in) + self.b_rc[r](g)[None]
+            b_new = b_rows + b_whole[None]
             bs.append(b_new * mr[:, None])
         return WeightFeatures(tuple(ws), tuple(bs), x.masks, x.activation)
 
