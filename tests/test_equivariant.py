@@ -245,7 +245,8 @@ def test_encode_fn_compiles_once(encoders: dict) -> None:
     fn(f)
     from weightspace.equivariant._embed import _jit_merged
 
-    run = _jit_merged(nnx.split(encoders["np"])[0])
+    gdef, state = nnx.split(encoders["np"])
+    run = _jit_merged(gdef, jax.tree_util.tree_structure(state))
     with assert_no_recompile(run):
         fn(jax.tree_util.tree_map(lambda a: a[::-1], f))
 

@@ -20,8 +20,9 @@ from weightspace.equivariant._layout import Bucket, WeightFeatures, bucketize
 def encode_fn(encoder: Any) -> Callable[[WeightFeatures], jax.Array]:
     """A jitted ``features [models, ...] -> embeddings [models, d]`` from a one-model encoder.
 
-    NNX modules are split once (graph definition + state) and merged inside the jitted function, so
-    the compiled function is reused for every chunk of the same shape.
+    NNX modules are split once (graph definition + state, flattened to a list of arrays) and merged
+    inside the jitted function, so the compiled function is reused for every chunk of the same
+    shape and no NNX pytree is flattened in Python per call (about 1 ms of a 5 ms SIREN chunk).
 
     Example:
         >>> import jax
@@ -36,17 +37,18 @@ def encode_fn(encoder: Any) -> Callable[[WeightFeatures], jax.Array]:
     """
     if isinstance(encoder, nnx.Module):
         gdef, state = nnx.split(encoder)
-        run = _jit_merged(gdef)
-        return lambda x: run(state, x)
+        leaves, treedef = jax.tree_util.tree_flatten(state)
+        run = _jit_merged(gdef, treedef)
+        return lambda x: run(leaves, x)
     if not callable(encoder):
         raise ConfigError(f"encoder must be an NNX module or a callable, got {type(encoder).__name__}")
     return jax.jit(jax.vmap(encoder), compiler_options=dict(memory_bound_cpu_options()) or None)
 
 
 @functools.lru_cache(maxsize=16)
-def _jit_merged(gdef: Any) -> Any:
-    def run(state: Any, x: WeightFeatures) -> jax.Array:
-        model = nnx.merge(gdef, state)
+def _jit_merged(gdef: Any, treedef: Any) -> Any:
+    def run(leaves: list[jax.Array], x: WeightFeatures) -> jax.Array:
+        model = nnx.merge(gdef, jax.tree_util.tree_unflatten(treedef, leaves))
         return jax.vmap(model)(x)
 
     return jax.jit(run, compiler_options=dict(memory_bound_cpu_options()) or None)
