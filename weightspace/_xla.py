@@ -20,9 +20,10 @@ def memory_bound_cpu_options() -> tuple[tuple[str, str], ...]:
     per-row mean, even a scalar constant) is first written out at the full size of the tensor.
     For the equivariant encoders, whose lifted weight tensors are ``[models, rows, cols, C]``, those
     copies took most of the time. With only individual dots given to YNNPACK, XLA's own loop
-    fusions handle the rest, and the NP encoder encodes 64 MLP-784 models 2.4x faster (1078 ->
-    453 ms on 2 cores). Training steps are not compiled with it: their backward pass gained
-    nothing on MLP-784 and lost 40% on SIRENs (77 -> 107 ms).
+    fusions handle the rest, and the NP encoder encodes 64 MLP-784 models 2.9x faster (661 ->
+    229 ms on 2 cores, 2026-12-06). Training steps are not compiled with it: their kernel-gradient
+    reductions then leave YNNPACK for XLA's loop emitter, and the SIREN contrastive step is 6x
+    slower (67 -> 400 ms).
 
     Returns ``()`` on other backends, and, with a warning, when this XLA does not know the option.
 
