@@ -29,9 +29,12 @@ def _channel_mix(x: Float[Array, "... c_in"], kernel: Float[Array, "c_in c_out"]
     """``x @ kernel`` over the channel axis of a lifted weight tensor, with a CPU-friendly gradient.
 
     The kernel's gradient is a contraction over every weight entry (``[rows, cols]`` of every
-    model). As a dot, XLA's CPU backend first transposes both ``x`` and the incoming gradient to
-    channel-major copies of the whole tensor; as a fused multiply-reduce it reads each once (the
-    NP encoder's contrastive step on 64 MLP-784 models: 4.5 -> 3.1 s). Other backends keep the dot.
+    model). As autodiff writes it, a contraction over all leading axes, XLA's CPU backend first
+    transposes both ``x`` and the incoming gradient to channel-major copies of the whole tensor.
+    Here it is one product of the entries flattened to ``[entries, C]``, which runs as a single
+    dot over the tensors as they lie in memory. (NP encoder, contrastive step on 64 models, 2
+    cores: MLP-784 4.5 s as autodiff's contraction, 1.70 s as a fused multiply-reduce, 1.61 s
+    as the flat product; SIRENs 42 -> 38 ms from the multiply-reduce to the flat product.)
     """
     return x @ kernel
 
@@ -42,11 +45,7 @@ def _channel_mix_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array
 
 def _channel_mix_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
     x, kernel = res
-    lead = tuple(range(x.ndim - 1))
-    if jax.default_backend() == "cpu":
-        dk = (x[..., :, None] * g[..., None, :]).sum(lead)
-    else:
-        dk = jnp.tensordot(x, g, axes=(lead, lead))
+    dk = jnp.einsum("nc,nd->cd", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
     return g @ kernel.T, dk
 
 
