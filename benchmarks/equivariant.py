@@ -48,6 +48,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).parent))
 from _device import cpu_name, loadavg
 
+from weightspace._xla import training_cpu_options
 from weightspace.equivariant import GraphEncoder, NPEncoder, embed_zoo, features_of
 from weightspace.equivariant._contrastive import ContrastiveModel, contrastive_loss
 from weightspace.equivariant._embed import encode_fn
@@ -162,10 +163,10 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
             labels = jnp.concatenate([jnp.arange(args.batch)] * 2)
 
             # as learn.fit runs it: one jitted step over the flat list of parameter/optimizer arrays
-            # (donated), so no NNX pytree is flattened in Python per step
+            # (donated), so no NNX pytree is flattened in Python per step, with the same compile options
             leaves, treedef = jax.tree_util.tree_flatten((params, opt))
 
-            @functools.partial(jax.jit, donate_argnums=0)
+            @functools.partial(jax.jit, donate_argnums=0, compiler_options=dict(training_cpu_options()) or None)
             def step(leaves, x, g2=g2, rest=rest, tx=tx, labels=labels, treedef=treedef):
                 params, opt = jax.tree_util.tree_unflatten(treedef, leaves)
 

@@ -47,3 +47,36 @@ def memory_bound_cpu_options() -> tuple[tuple[str, str], ...]:
         )
         return ()
     return _INDIVIDUAL_DOTS
+
+
+
+_WIDE_VECTORS = (("xla_cpu_prefer_vector_width", 512),)
+
+
+@functools.cache
+def training_cpu_options() -> tuple[tuple[str, int], ...]:
+    """``jax.jit`` ``compiler_options`` (as pairs) for the training step of :func:`weightspace.learn.fit`.
+
+    On CPU: let XLA's own loop fusions use 512-bit vectors where the machine has them (XLA's
+    default prefers 256 bits, a guard against the clock throttling of early AVX-512 chips).
+    Measured on this project's 2-core Xeon (2026-12-06): the NP encoder's contrastive step on 64
+    SIRENs 40 -> 38 ms, on 64 MLP-784s 1.61 -> 1.55 s; ProbeGen and ProbeX steps unchanged
+    (within 3%). Machines without AVX-512 compile as before. ``()`` on other backends, and, with a
+    warning, when this XLA does not know the option.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from weightspace._xla import training_cpu_options
+        >>> f = jax.jit(lambda x: x * 2, compiler_options=dict(training_cpu_options()) or None)
+        >>> f(jnp.ones(3)).tolist()
+        [2.0, 2.0, 2.0]
+    """
+    if jax.default_backend() != "cpu":
+        return ()
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(_WIDE_VECTORS)).lower(jnp.zeros(2)).compile()
+    except Exception as e:  # an XLA that renamed or dropped the option: compile without it
+        warnings.warn(f"weightspace: this XLA rejects {_WIDE_VECTORS[0][0]} ({type(e).__name__}); training "
+                      "steps compile with XLA's default vector width", RuntimeWarning, stacklevel=2)
+        return ()
+    return _WIDE_VECTORS

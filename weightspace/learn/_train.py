@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, LoadError, ShapeError, WeightspaceError
+from weightspace._xla import training_cpu_options
 
 PathLike = str | os.PathLike[str]
 # (model, batch, key) -> (loss, metrics) or loss; Any-typed so losses of Module subclasses fit.
@@ -236,7 +237,8 @@ def _compiled_step(static: _Static, treedef: Any) -> Callable[..., Any]:
     Closing over ``static`` (rather than passing it as a static argument) and passing a flat
     list of arrays (rather than NNX ``State`` pytrees) keeps the per-step dispatch on JAX's C++
     fast path: no hashing of the graph definition, no Variable flattening in Python. For small
-    models that overhead was half the step (ProbeGen on SIRENs: 1.3 of 2.5 ms).
+    models that overhead was half the step (ProbeGen on SIRENs: 1.3 of 2.5 ms). On CPU it is
+    compiled with :func:`weightspace._xla.training_cpu_options`.
     """
 
     def step_fn(leaves: list[Any], data: Any, idx: Any, step: jax.Array, loss_key: jax.Array) -> Any:
@@ -245,7 +247,7 @@ def _compiled_step(static: _Static, treedef: Any) -> Callable[..., Any]:
         state, opt_state, loss, aux = _train_step(static, state, opt_state, batch, step, loss_key)
         return jax.tree_util.tree_leaves((state, opt_state)), loss, aux
 
-    return jax.jit(step_fn, donate_argnums=0)
+    return jax.jit(step_fn, donate_argnums=0, compiler_options=dict(training_cpu_options()) or None)
 
 
 def _train_step(
