@@ -50,8 +50,9 @@ from _device import cpu_name, loadavg
 
 from weightspace._xla import training_cpu_options
 from weightspace.equivariant import GraphEncoder, NPEncoder, embed_zoo, features_of
-from weightspace.equivariant._contrastive import ContrastiveModel, contrastive_loss
+from weightspace.equivariant._contrastive import ContrastiveModel, contrastive_loss, step_compiler_options
 from weightspace.equivariant._embed import encode_fn
+from weightspace.equivariant._layout import Layout
 from weightspace.learn import flops_per_model
 from weightspace.nets import MLP, SIREN
 from weightspace.zoo import Zoo, load_zoo, save_zoo
@@ -163,10 +164,13 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
             labels = jnp.concatenate([jnp.arange(args.batch)] * 2)
 
             # as learn.fit runs it: one jitted step over the flat list of parameter/optimizer arrays
-            # (donated), so no NNX pytree is flattened in Python per step, with the same compile options
+            # (donated), so no NNX pytree is flattened in Python per step, with the options learn.fit and
+            # train_contrastive compile it with
             leaves, treedef = jax.tree_util.tree_flatten((params, opt))
 
-            @functools.partial(jax.jit, donate_argnums=0, compiler_options=dict(training_cpu_options()) or None)
+            options = {**dict(training_cpu_options()), **step_compiler_options(enc, [(Layout.of(arch), args.batch)])}
+
+            @functools.partial(jax.jit, donate_argnums=0, compiler_options=options or None)
             def step(leaves, x, g2=g2, rest=rest, tx=tx, labels=labels, treedef=treedef):
                 params, opt = jax.tree_util.tree_unflatten(treedef, leaves)
 

@@ -8,26 +8,55 @@ import pytest
 
 from weightspace import _xla
 
-HELPERS = [("memory_bound_cpu_options", "_INDIVIDUAL_DOTS"), ("training_cpu_options", "_WIDE_VECTORS")]
+HELPERS = [
+    ("memory_bound_cpu_options", "_INDIVIDUAL_DOTS", ()),
+    ("training_cpu_options", "_WIDE_VECTORS", ()),
+    ("small_heaps_cpu_options", "_SMALL_HEAPS", (4 << 20,)),
+]
+IDS = ["memory_bound", "training", "small_heaps"]
 
 
-@pytest.mark.parametrize(("helper", "constant"), HELPERS, ids=["memory_bound", "training"])
-def test_options_compile_and_keep_results(helper: str, constant: str) -> None:
-    getattr(_xla, helper).cache_clear()
-    opts = getattr(_xla, helper)()
+@pytest.mark.parametrize(("helper", "constant", "args"), HELPERS, ids=IDS)
+def test_options_compile_and_keep_results(helper: str, constant: str, args: tuple) -> None:
+    opts = getattr(_xla, helper)(*args)
     assert opts == getattr(_xla, constant)  # this suite runs on CPU
     x = jnp.linspace(-2.0, 2.0, 37)
     f = jax.jit(lambda x: jnp.tanh(x) * x + 1.0, compiler_options=dict(opts))
     assert jnp.allclose(f(x), jnp.tanh(x) * x + 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("helper", "constant"), HELPERS, ids=["memory_bound", "training"])
-def test_an_unknown_option_is_dropped_with_a_warning(helper: str, constant: str, monkeypatch) -> None:
+@pytest.mark.parametrize(("helper", "constant", "args"), HELPERS, ids=IDS)
+def test_an_unknown_option_is_dropped_with_a_warning(helper: str, constant: str, args: tuple, monkeypatch) -> None:
     monkeypatch.setattr(_xla, constant, (("xla_cpu_no_such_option_in_any_xla", 1),))
-    fn = getattr(_xla, helper)
-    fn.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="xla_cpu_no_such_option_in_any_xla"):
-            assert fn() == ()
-    finally:
-        fn.cache_clear()
+    _xla._accepts.cache_clear()  # it warns once per option set
+    with pytest.warns(RuntimeWarning, match="xla_cpu_no_such_option_in_any_xla"):
+        assert getattr(_xla, helper)(*args) == ()
+
+
+def test_small_heaps_only_for_small_buffers() -> None:
+    assert _xla.small_heaps_cpu_options(_xla._SMALL_BUFFER_BYTES) == _xla._SMALL_HEAPS
+    assert _xla.small_heaps_cpu_options(_xla._SMALL_BUFFER_BYTES + 1) == ()
+
+
+def test_fit_passes_compiler_options_to_its_step() -> None:
+    import numpy as np
+    from flax import nnx
+
+    from weightspace.learn import TrainConfig, fit
+
+    x = np.random.default_rng(0).standard_normal((32, 3)).astype(np.float32)
+    data = {"x": x, "y": x @ np.array([1.0, -2.0, 0.5], np.float32)}
+
+    def mse(model, batch, key):
+        return jnp.mean((model(batch["x"])[:, 0] - batch["y"]) ** 2), {}
+
+    cfg = TrainConfig(steps=20, batch_size=8, learning_rate=0.05)
+    runs = []
+    for opts in (None, dict(_xla.small_heaps_cpu_options(1 << 20))):
+        model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+        fit(model, mse, data, config=cfg, compiler_options=opts, progress=False)
+        runs.append(np.asarray(model.kernel[...]))
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6, atol=1e-7)
+    with pytest.raises(Exception, match="xla_cpu_no_such_option_in_any_xla"):
+        fit(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), mse, data, config=cfg, progress=False,
+            compiler_options={"xla_cpu_no_such_option_in_any_xla": 1})

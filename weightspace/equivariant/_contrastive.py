@@ -30,8 +30,9 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from weightspace._errors import ConfigError, InvalidValueError
+from weightspace._xla import small_heaps_cpu_options
 from weightspace.equivariant._graph import GraphEncoder
-from weightspace.equivariant._layout import ACTIVATION_IDS, Bucket, WeightFeatures, permute, random_hidden_perms
+from weightspace.equivariant._layout import ACTIVATION_IDS, Bucket, Layout, WeightFeatures, permute, random_hidden_perms
 from weightspace.equivariant._np import NPEncoder
 from weightspace.nets._base import gelu_tanh
 
@@ -195,6 +196,30 @@ class _Loss:
         return loss, {}
 
 
+def step_compiler_options(encoder: nnx.Module, batches: Sequence[tuple[Layout, int]]) -> dict[str, Any]:
+    """XLA options for a training step of ``encoder`` over ``(layout, models per view)`` batches.
+
+    The step's largest intermediates are the per-entry features of the largest weight layer,
+    ``[models, rows, cols, max(width, taps)]`` in float32; when they are small, the step's
+    temporary memory is split into heaps that glibc reuses (:func:`weightspace._xla.small_heaps_cpu_options`).
+
+    Example:
+        >>> from flax import nnx
+        >>> from weightspace.equivariant import NPEncoder
+        >>> from weightspace.equivariant._contrastive import step_compiler_options
+        >>> from weightspace.equivariant._layout import Layout
+        >>> enc = NPEncoder(taps=(1,), width=16, max_inputs=784, rngs=nnx.Rngs(0))
+        >>> step_compiler_options(enc, [(Layout((2, 32, 32, 1), (1, 1, 1)), 64)])  # 4 MiB: SIRENs
+        {'xla_multiheap_size_constraint_per_heap': 16777216}
+        >>> step_compiler_options(enc, [(Layout((784, 64, 10), (1, 1)), 64)])  # 205 MB: MLP-784
+        {}
+    """
+    width = int(encoder.config["width"])  # type: ignore[attr-defined]
+    largest = max(n * max(a * b for a, b in zip(lay.widths, lay.widths[1:], strict=False)) * max(width, *lay.taps) * 4
+                  for lay, n in batches)
+    return dict(small_heaps_cpu_options(largest))
+
+
 def task_labels(values: Sequence[Any]) -> np.ndarray:
     """Integer task ids from hashable task descriptions (class sets become frozensets)."""
     keys = [frozenset(v) if isinstance(v, list | tuple | set) else v for v in values]
@@ -286,7 +311,8 @@ def train_contrastive(
     wrapped = None if val_fn is None else (lambda m: val_fn(m.encoder))
     report = fit(model, fn, None, config=config, val_fn=wrapped, checkpoint_dir=checkpoint_dir,
                  sample=_sampler(buckets, labels, train, sizes, config.seed), progress=progress,
-                 optimizer=optimizer)
+                 optimizer=optimizer,
+                 compiler_options=step_compiler_options(encoder, [(b.layout, n) for b, n in zip(buckets, sizes)]))
     return model, report
 
 

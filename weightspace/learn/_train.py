@@ -185,6 +185,7 @@ class _Static:
     tx: optax.GradientTransformation
     loss_fn: Any
     batch_sharding: NamedSharding | None
+    compiler_options: tuple[tuple[str, Any], ...] = ()
 
 
 def _call_loss(static: _Static, params: Any, rest: Any, batch: Any, key: jax.Array) -> tuple[jax.Array, Any]:
@@ -238,7 +239,7 @@ def _compiled_step(static: _Static, treedef: Any) -> Callable[..., Any]:
     list of arrays (rather than NNX ``State`` pytrees) keeps the per-step dispatch on JAX's C++
     fast path: no hashing of the graph definition, no Variable flattening in Python. For small
     models that overhead was half the step (ProbeGen on SIRENs: 1.3 of 2.5 ms). On CPU it is
-    compiled with :func:`weightspace._xla.training_cpu_options`.
+    compiled with :func:`weightspace._xla.training_cpu_options`, plus ``fit``'s ``compiler_options``.
     """
 
     def step_fn(leaves: list[Any], data: Any, idx: Any, step: jax.Array, loss_key: jax.Array) -> Any:
@@ -247,7 +248,8 @@ def _compiled_step(static: _Static, treedef: Any) -> Callable[..., Any]:
         state, opt_state, loss, aux = _train_step(static, state, opt_state, batch, step, loss_key)
         return jax.tree_util.tree_leaves((state, opt_state)), loss, aux
 
-    return jax.jit(step_fn, donate_argnums=0, compiler_options=dict(training_cpu_options()) or None)
+    options = {**dict(training_cpu_options()), **dict(static.compiler_options)}
+    return jax.jit(step_fn, donate_argnums=0, compiler_options=options or None)
 
 
 def _train_step(
@@ -386,6 +388,7 @@ def fit(
     sample: Callable[[jax.Array, int], Any] | None = None,
     progress: bool | None = None,
     mesh: Mesh | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> FitReport:
     """Train an NNX module in place: the one training loop of weightspace.
 
@@ -419,6 +422,8 @@ def fit(
         mesh: shard each batch's leading axis over the mesh's ``"models"`` axis
             (:func:`weightspace.parallel.make_mesh`); state and ``train`` are replicated. The
             batch size is rounded down to a multiple of the device count.
+        compiler_options: extra XLA options for the step's ``jax.jit`` (e.g.
+            :func:`weightspace._xla.small_heaps_cpu_options`); they change speed, not results.
 
     Returns:
         A :class:`FitReport`.
@@ -471,7 +476,7 @@ def fit(
     if repl is not None:
         state, opt_state = jax.device_put((state, opt_state), repl)
     data = jax.device_put(train, repl) if gather else None
-    static = _Static(graphdef, tx, loss_fn, batch_sharding)
+    static = _Static(graphdef, tx, loss_fn, batch_sharding, tuple(sorted((compiler_options or {}).items())))
 
     # What a checkpoint holds, flattened: state, optimizer state, best state, keys.
     def pack(best_state: Any) -> tuple[list[Any], Any]:
