@@ -24,9 +24,9 @@ def memory_bound_cpu_options() -> tuple[tuple[str, str], ...]:
     For the equivariant encoders, whose lifted weight tensors are ``[models, rows, cols, C]``, those
     copies took most of the time. With only individual dots given to YNNPACK, XLA's own loop
     fusions handle the rest, and the NP encoder encodes 64 MLP-784 models 2.9x faster (661 ->
-    229 ms on 2 cores, 2026-12-06). Training steps are not compiled with it: their kernel-gradient
-    reductions then leave YNNPACK for XLA's loop emitter, and the SIREN contrastive step is 6x
-    slower (67 -> 400 ms).
+    229 ms on 2 cores, 2026-12-06). Training steps are not compiled with it: their reductions
+    then leave YNNPACK for XLA's loop emitter, and the SIREN contrastive step is 1.5-1.7x slower
+    (38 -> 59-67 ms).
 
     Returns ``()`` on other backends, and, with a warning, when this XLA does not know the option.
 
@@ -73,8 +73,8 @@ def small_heaps_cpu_options(largest_buffer_bytes: int) -> tuple[tuple[str, int],
     Above 32 MiB glibc serves it with a fresh ``mmap`` every call, so every page of it faults
     in again: the NP encoder's contrastive step on 64 SIRENs (a 66 MiB block of 4 MiB buffers)
     spent 27 ms of kernel time per step on 16,900 page faults, a third of its CPU time. With
-    the block split into heaps of at most 16 MiB, glibc keeps and reuses them: about 500 faults,
-    and the step went from 40 to 25 ms (2 cores, 2026-12-06). Buffers larger than a heap get one
+    the block split into heaps of at most 16 MiB, glibc keeps and mostly reuses them: 300-8,000
+    faults per step, and the step went from 38 to 24-29 ms (2 cores, 2026-12-06). Buffers larger than a heap get one
     of their own, and heaps cannot share memory, so where single buffers are large this costs more
     than it saves (MLP-784: 200 MiB buffers, 1.56 -> 2.05 s): returns the option only when
     ``largest_buffer_bytes`` (the caller's estimate of its largest intermediate) is at most 8 MiB.
