@@ -37,10 +37,7 @@ def memory_bound_cpu_options() -> tuple[tuple[str, str], ...]:
         >>> f(jnp.ones(3)).tolist()
         [2.0, 2.0, 2.0]
     """
-    if not _accepts(_INDIVIDUAL_DOTS):
-        return ()
-    return _INDIVIDUAL_DOTS
-
+    return _INDIVIDUAL_DOTS if _accepts(_INDIVIDUAL_DOTS) else ()
 
 
 def training_cpu_options() -> tuple[tuple[str, int], ...]:
@@ -54,15 +51,11 @@ def training_cpu_options() -> tuple[tuple[str, int], ...]:
     warning, when this XLA does not know the option.
 
     Example:
-        >>> import jax, jax.numpy as jnp
         >>> from weightspace._xla import training_cpu_options
-        >>> f = jax.jit(lambda x: x * 2, compiler_options=dict(training_cpu_options()) or None)
-        >>> f(jnp.ones(3)).tolist()
-        [2.0, 2.0, 2.0]
+        >>> training_cpu_options()  # on CPU
+        (('xla_cpu_prefer_vector_width', 512),)
     """
-    if not _accepts(_WIDE_VECTORS):
-        return ()
-    return _WIDE_VECTORS
+    return _WIDE_VECTORS if _accepts(_WIDE_VECTORS) else ()
 
 
 
@@ -91,9 +84,7 @@ def small_heaps_cpu_options(largest_buffer_bytes: int) -> tuple[tuple[str, int],
         >>> f(jnp.ones(3)).tolist()
         [2.0, 2.0, 2.0]
     """
-    if largest_buffer_bytes > _SMALL_BUFFER_BYTES or not _accepts(_SMALL_HEAPS):
-        return ()
-    return _SMALL_HEAPS
+    return _SMALL_HEAPS if largest_buffer_bytes <= _SMALL_BUFFER_BYTES and _accepts(_SMALL_HEAPS) else ()
 
 
 
