@@ -104,15 +104,23 @@ PRECISIONS = ("default", "highest")
 
 def add_torch_device_argument(ap: Any, *, reference: str = "the PyTorch loop") -> None:
     """``--torch-device {auto,cpu,cuda}`` on an ``argparse`` parser (the same flag in every benchmark)."""
-    ap.add_argument("--torch-device", default="auto", choices=TORCH_DEVICES,
-                    help=f"where {reference} runs (auto: cuda when torch and JAX both see a GPU)")
+    ap.add_argument(
+        "--torch-device",
+        default="auto",
+        choices=TORCH_DEVICES,
+        help=f"where {reference} runs (auto: cuda when torch and JAX both see a GPU)",
+    )
 
 
 def add_matmul_precision_argument(ap: Any, *, default: str = "default") -> None:
     """``--matmul-precision {default,highest}`` on an ``argparse`` parser (the same flag in every benchmark)."""
-    ap.add_argument("--matmul-precision", default=default, choices=PRECISIONS,
-                    help=f"float32 matmul/conv precision of both sides (default {default}; default: JAX's own, TF32 "
-                    "for PyTorch on CUDA too; highest: full float32, as reference implementations run)")
+    ap.add_argument(
+        "--matmul-precision",
+        default=default,
+        choices=PRECISIONS,
+        help=f"float32 matmul/conv precision of both sides (default {default}; default: JAX's own, TF32 "
+        "for PyTorch on CUDA too; highest: full float32, as reference implementations run)",
+    )
 
 
 def set_matmul_precision(precision: str, device: str) -> None:

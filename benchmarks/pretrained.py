@@ -77,8 +77,15 @@ def photos(n: int, size: int) -> np.ndarray:
 def torch_effnet(sd, x):
     import torch.nn.functional as F
 
-    stages = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+    stages = (
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    )
 
     def pad(x, k, s):
         ih = x.shape[-1]
@@ -86,8 +93,9 @@ def torch_effnet(sd, x):
         return F.pad(x, [p // 2, p - p // 2, p // 2, p - p // 2])
 
     def bn(x, n):
-        return F.batch_norm(x, sd[n + ".running_mean"], sd[n + ".running_var"], sd[n + ".weight"],
-                            sd[n + ".bias"], False, 0.0, 1e-3)
+        return F.batch_norm(
+            x, sd[n + ".running_mean"], sd[n + ".running_var"], sd[n + ".weight"], sd[n + ".bias"], False, 0.0, 1e-3
+        )
 
     x = F.relu6(bn(F.conv2d(pad((x * 255 - 127) / 128, 3, 2), sd["_conv_stem.weight"], stride=2), "_bn0"))
     b = 0
@@ -95,8 +103,9 @@ def torch_effnet(sd, x):
         for j in range(r):
             st, cin, p = (s if j == 0 else 1), (ci if j == 0 else co), f"_blocks.{b}."
             h = F.relu6(bn(F.conv2d(x, sd[p + "_expand_conv.weight"]), p + "_bn0")) if e != 1 else x
-            h = F.relu6(bn(F.conv2d(pad(h, k, st), sd[p + "_depthwise_conv.weight"], stride=st, groups=h.shape[1]),
-                           p + "_bn1"))
+            h = F.relu6(
+                bn(F.conv2d(pad(h, k, st), sd[p + "_depthwise_conv.weight"], stride=st, groups=h.shape[1]), p + "_bn1")
+            )
             h = bn(F.conv2d(h, sd[p + "_project_conv.weight"]), p + "_bn2")
             x = x + h if st == 1 and cin == co else h
             b += 1
@@ -111,8 +120,16 @@ def torch_cifar(sd, x):
     x = x * 255.0
     for i, pool in enumerate((1, 2, 1, 2, 1, 1)):
         x = torch.relu(F.conv2d(x, sd[f"convs.{i}.weight"], sd[f"convs.{i}.bias"]))
-        x = F.batch_norm(x, sd[f"bns.{i}.running_mean"], sd[f"bns.{i}.running_var"], sd[f"bns.{i}.weight"],
-                         sd[f"bns.{i}.bias"], False, 0.0, 1e-3)
+        x = F.batch_norm(
+            x,
+            sd[f"bns.{i}.running_mean"],
+            sd[f"bns.{i}.running_var"],
+            sd[f"bns.{i}.weight"],
+            sd[f"bns.{i}.bias"],
+            False,
+            0.0,
+            1e-3,
+        )
         if pool > 1:
             x = F.max_pool2d(x, pool)
     x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
@@ -135,9 +152,13 @@ def bench_image_model(name, zoo, torch_fn, x, repeats):
     diff = float(np.abs(np.asarray(f(params, x)) - ref).max())
     return {
         "what": f"{name} forward, batch {x.shape[0]} of {x.shape[1:]} real photos",
-        "jax_compile_s": compile_s, "jax_s": jax_s, "torch_s": torch_s,
-        "images_per_s_jax": x.shape[0] / jax_s, "images_per_s_torch": x.shape[0] / torch_s,
-        "torch_over_jax": torch_s / jax_s, "max_abs_diff": diff,
+        "jax_compile_s": compile_s,
+        "jax_s": jax_s,
+        "torch_s": torch_s,
+        "images_per_s_jax": x.shape[0] / jax_s,
+        "images_per_s_torch": x.shape[0] / torch_s,
+        "torch_over_jax": torch_s / jax_s,
+        "max_abs_diff": diff,
     }
 
 
@@ -148,9 +169,37 @@ def bench_minilm(n: int, repeats: int):
     from weightspace.nets._minilm import minilm_dir
 
     rng = np.random.default_rng(0)
-    words = ["sandal", "sneaker", "ankle", "boot", "shirt", "trouser", "pullover", "dress", "coat", "bag", "a",
-             "photo", "of", "the", "with", "red", "blue", "leather", "cotton", "summer", "winter", "running",
-             "shoe", "for", "women", "men", "kids", "small", "large"]
+    words = [
+        "sandal",
+        "sneaker",
+        "ankle",
+        "boot",
+        "shirt",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "bag",
+        "a",
+        "photo",
+        "of",
+        "the",
+        "with",
+        "red",
+        "blue",
+        "leather",
+        "cotton",
+        "summer",
+        "winter",
+        "running",
+        "shoe",
+        "for",
+        "women",
+        "men",
+        "kids",
+        "small",
+        "large",
+    ]
     texts = [" ".join(rng.choice(words, rng.integers(1, 24))) for _ in range(n)]
     enc = load_minilm()
     compile_s, jax_s = first_and_steady(lambda: enc.encode(texts), repeats)
@@ -169,9 +218,13 @@ def bench_minilm(n: int, repeats: int):
         diff = float(np.abs(enc.encode(texts) - ref().numpy()).max())
     return {
         "what": f"all-MiniLM-L6-v2 sentence embeddings of {n} texts (1-24 words), tokenisation included",
-        "jax_compile_s": compile_s, "jax_s": jax_s, "torch_s": torch_s,
-        "texts_per_s_jax": n / jax_s, "texts_per_s_torch": n / torch_s,
-        "torch_over_jax": torch_s / jax_s, "max_abs_diff": diff,
+        "jax_compile_s": compile_s,
+        "jax_s": jax_s,
+        "torch_s": torch_s,
+        "texts_per_s_jax": n / jax_s,
+        "texts_per_s_torch": n / torch_s,
+        "torch_over_jax": torch_s / jax_s,
+        "max_abs_diff": diff,
     }
 
 
@@ -181,17 +234,30 @@ def bench_clip(quick: bool, n_img: int, n_txt: int, repeats: int):
 
     if quick:
         tc = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-        vc = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=64, patch_size=16)
+        vc = dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=16,
+        )
         proj, label = 32, "tiny random CLIP"
     else:  # openai/clip-vit-base-patch32 shapes, random weights (no CLIP weights exist offline)
         tc = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
-        vc = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  image_size=224, patch_size=32)
+        vc = dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        )
         proj, label = 512, "ViT-B/32-shaped random CLIP"
     torch.manual_seed(0)
-    model = transformers.CLIPModel(transformers.CLIPConfig(text_config=tc, vision_config=vc,
-                                                           projection_dim=proj)).eval()
+    model = transformers.CLIPModel(
+        transformers.CLIPConfig(text_config=tc, vision_config=vc, projection_dim=proj)
+    ).eval()
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
         ours = load_clip(d, batch_size=max(n_img, n_txt))
@@ -213,9 +279,13 @@ def bench_clip(quick: bool, n_img: int, n_txt: int, repeats: int):
         ref_t = torch.nn.functional.normalize(model.get_text_features(input_ids=it), dim=-1).numpy()
     return {
         "what": f"{label}: {n_img} images {size}x{size} and {n_txt} texts of 16 tokens",
-        "image_jax_compile_s": img_compile, "image_jax_s": img_s, "image_torch_s": t_img,
+        "image_jax_compile_s": img_compile,
+        "image_jax_s": img_s,
+        "image_torch_s": t_img,
         "image_torch_over_jax": t_img / img_s,
-        "text_jax_compile_s": txt_compile, "text_jax_s": txt_s, "text_torch_s": t_txt,
+        "text_jax_compile_s": txt_compile,
+        "text_jax_s": txt_s,
+        "text_torch_s": t_txt,
         "text_torch_over_jax": t_txt / txt_s,
         "max_abs_diff_image": float(np.abs(ours.embed_images(x) - ref_i).max()),
         "max_abs_diff_text": float(np.abs(ours.embed_token_ids(ids) - ref_t).max()),
@@ -233,8 +303,9 @@ def main() -> None:
 
     results = {}
     x224 = photos(2 if q else 16, 224)
-    results["efficientnet_lite0"] = bench_image_model("EfficientNet-Lite0", load_efficientnet_lite0(),
-                                                      torch_effnet, x224, repeats)
+    results["efficientnet_lite0"] = bench_image_model(
+        "EfficientNet-Lite0", load_efficientnet_lite0(), torch_effnet, x224, repeats
+    )
     print(results["efficientnet_lite0"], flush=True)
     x32 = photos(16 if q else 256, 32)
     results["cifar10_cnn"] = bench_image_model("CIFAR-10 Keras CNN", load_cifar10_cnn(), torch_cifar, x32, repeats)
@@ -245,11 +316,10 @@ def main() -> None:
     print(results["clip"], flush=True)
 
     meta = {
-        "machine": f"{platform.node() and 'vm'} {platform.machine()} {os.cpu_count()} cpus, "
-                   f"load avg {os.getloadavg()}",
+        "machine": f"{platform.node() and 'vm'} {platform.machine()} {os.cpu_count()} cpus, load avg {os.getloadavg()}",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": f"python {platform.python_version()}, jax {jax.__version__}, torch {torch.__version__} "
-                    f"({torch.get_num_threads()} threads)",
+        f"({torch.get_num_threads()} threads)",
         "command": "JAX_PLATFORMS=cpu .venv/bin/python benchmarks/pretrained.py" + (" --quick" if q else ""),
         "repeats": repeats,
     }

@@ -38,6 +38,7 @@ N_PROBES = 64
 
 SHARED_NOTE = " — SHARED and loaded: absolute times are pessimistic, ratios are measured in the same run"
 
+
 def _zoo(case: str, log: list[str]) -> Any:
     """The real recipe zoo when it is in the cache (else a freshly initialised zoo of the same architecture:
     throughput does not depend on the weights' values)."""

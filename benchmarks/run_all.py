@@ -5,8 +5,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["data.py", "probing.py", "training.py", "pretrained.py", "probelog.py", "lora.py", "selection.py",
-           "selection_real.py"]
+SCRIPTS = [
+    "data.py",
+    "probing.py",
+    "training.py",
+    "pretrained.py",
+    "probelog.py",
+    "lora.py",
+    "selection.py",
+    "selection_real.py",
+]
 
 
 def main() -> int:

@@ -41,15 +41,27 @@ from weightspace.zoo._train import ClassifierLoss, fit_population, train_populat
 
 ARCH = MLP(in_features=784, hidden=(128, 64), out_features=10, image_shape=(28, 28, 1))
 SOURCES = [  # (dataset, classes)
-    ("fashion-mnist", list(range(10))), ("fashion-mnist", [0, 1, 2, 3, 4]), ("fashion-mnist", [5, 6, 7, 8, 9]),
-    ("fashion-mnist", [0, 2, 4, 6]), ("fashion-mnist", [1, 3, 5, 7, 9]),
-    ("mnist-5k", list(range(10))), ("mnist-5k", [0, 1, 2, 3, 4]), ("mnist-5k", [5, 6, 7, 8, 9]),
-    ("digits", list(range(10))), ("digits", [0, 1, 2, 3, 4]),
+    ("fashion-mnist", list(range(10))),
+    ("fashion-mnist", [0, 1, 2, 3, 4]),
+    ("fashion-mnist", [5, 6, 7, 8, 9]),
+    ("fashion-mnist", [0, 2, 4, 6]),
+    ("fashion-mnist", [1, 3, 5, 7, 9]),
+    ("mnist-5k", list(range(10))),
+    ("mnist-5k", [0, 1, 2, 3, 4]),
+    ("mnist-5k", [5, 6, 7, 8, 9]),
+    ("digits", list(range(10))),
+    ("digits", [0, 1, 2, 3, 4]),
 ]
 TARGETS = [  # (dataset, classes)
-    ("fashion-mnist", [0, 1, 2, 3]), ("fashion-mnist", [5, 7, 9]), ("fashion-mnist", [0, 2, 4, 6]),
-    ("fashion-mnist", [1, 3, 8]), ("mnist-5k", [0, 1, 2, 3, 4]), ("mnist-5k", [5, 6, 7, 8, 9]),
-    ("mnist-5k", [1, 7, 4, 9]), ("digits", list(range(10))), ("digits", [3, 5, 8, 9]),
+    ("fashion-mnist", [0, 1, 2, 3]),
+    ("fashion-mnist", [5, 7, 9]),
+    ("fashion-mnist", [0, 2, 4, 6]),
+    ("fashion-mnist", [1, 3, 8]),
+    ("mnist-5k", [0, 1, 2, 3, 4]),
+    ("mnist-5k", [5, 6, 7, 8, 9]),
+    ("mnist-5k", [1, 7, 4, 9]),
+    ("digits", list(range(10))),
+    ("digits", [3, 5, 8, 9]),
 ]
 
 
@@ -58,8 +70,13 @@ def load(name: str, split: str) -> Dataset:
     if ds.images.shape[1:3] == (28, 28):
         return ds
     img = np.clip(np.asarray(resize_images(ds.images, (28, 28, 1))), 0.0, 1.0).astype(np.float32)
-    return Dataset(name=f"{ds.name}@28", images=img, labels=ds.labels, class_names=ds.class_names,
-                   provenance=ds.provenance + "; bilinear 28x28")
+    return Dataset(
+        name=f"{ds.name}@28",
+        images=img,
+        labels=ds.labels,
+        class_names=ds.class_names,
+        provenance=ds.provenance + "; bilinear 28x28",
+    )
 
 
 def task_rows(ds: Dataset, classes: list[int], n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,20 +111,36 @@ def main(argv=None):
     parts = []
     for name in data:
         plan_classes = [c for d, c in SOURCES if d == name]
-        zoo = train_population(ARCH, data[name][0], {"classes": plan_classes, "steps": pre_steps,
-                                                    "learning_rate": 1e-3, "optimizer": "adam"},
-                               key=jax.random.fold_in(key, len(parts)), test=data[name][1], pad_outputs=True,
-                               name=name, id_prefix=f"src-{name}", progress=False)
+        zoo = train_population(
+            ARCH,
+            data[name][0],
+            {"classes": plan_classes, "steps": pre_steps, "learning_rate": 1e-3, "optimizer": "adam"},
+            key=jax.random.fold_in(key, len(parts)),
+            test=data[name][1],
+            pad_outputs=True,
+            name=name,
+            id_prefix=f"src-{name}",
+            progress=False,
+        )
         parts.append(zoo.with_meta(source=[name] * len(zoo)))
     rand = Zoo.init(ARCH, 1, key=jax.random.fold_in(key, 99), name="random")
-    rand = rand.with_meta(id=["src-random"], source=["none"], n_outputs=[10], classes=[[str(i) for i in range(10)]],
-                          class_indices=[list(range(10))], test_acc=[0.1])
+    rand = rand.with_meta(
+        id=["src-random"],
+        source=["none"],
+        n_outputs=[10],
+        classes=[[str(i) for i in range(10)]],
+        class_indices=[list(range(10))],
+        test_acc=[0.1],
+    )
     src = concat([*parts, rand], name="sources")
     n_models = len(src)
     n_out = np.asarray(src.meta["n_outputs"], int)
     timings["pretrain_s"] = time.perf_counter() - t0
-    print(f"{n_models} source models pre-trained in {timings['pretrain_s']:.0f}s; source test acc "
-          f"{[round(float(a), 3) for a in src.meta['test_acc']]}", flush=True)
+    print(
+        f"{n_models} source models pre-trained in {timings['pretrain_s']:.0f}s; source test acc "
+        f"{[round(float(a), 3) for a in src.meta['test_acc']]}",
+        flush=True,
+    )
 
     # ---- 2. target tasks ------------------------------------------------------------------
     tasks = []
@@ -115,8 +148,16 @@ def main(argv=None):
         tr, te = data[name]
         rows, y = task_rows(tr, classes, n_train, seed=t)
         trows, ty = task_rows(te, classes, n_test, seed=100 + t)
-        tasks.append({"name": f"{name}{classes}", "x": tr.images[rows], "y": y, "xt": te.images[trows], "yt": ty,
-                      "c": len(classes)})
+        tasks.append(
+            {
+                "name": f"{name}{classes}",
+                "x": tr.images[rows],
+                "y": y,
+                "xt": te.images[trows],
+                "yt": ty,
+                "c": len(classes),
+            }
+        )
 
     # ---- 3. ground truth: fine-tune every (model, task) pair at once ------------------------
     t0 = time.perf_counter()
@@ -129,12 +170,22 @@ def main(argv=None):
     for k in ("layers.2.weight", "layers.2.bias"):  # fresh head for the target classes
         params[k] = np.asarray(heads[k])
     index = [np.arange(starts[t], starts[t + 1]) for _, t in pairs]
-    model_data = {"label_map": jnp.tile(jnp.arange(10), (len(pairs), 1)),
-                  "n_out": jnp.asarray([tasks[t]["c"] for _, t in pairs])}
-    fit = fit_population(ClassifierLoss(ARCH, mask_outputs=True), params, {"x": xs, "y": ys},
-                         key=jax.random.fold_in(key, 8), steps=ft_steps, batch_size=64, index=index,
-                         hparams={"optimizer": "adam", "learning_rate": 1e-3}, model_data=model_data,
-                         progress=False)
+    model_data = {
+        "label_map": jnp.tile(jnp.arange(10), (len(pairs), 1)),
+        "n_out": jnp.asarray([tasks[t]["c"] for _, t in pairs]),
+    }
+    fit = fit_population(
+        ClassifierLoss(ARCH, mask_outputs=True),
+        params,
+        {"x": xs, "y": ys},
+        key=jax.random.fold_in(key, 8),
+        steps=ft_steps,
+        batch_size=64,
+        index=index,
+        hparams={"optimizer": "adam", "learning_rate": 1e-3},
+        model_data=model_data,
+        progress=False,
+    )
     acc = np.zeros((len(tasks), n_models))
     for t, task in enumerate(tasks):
         sel = [i for i, (_, tt) in enumerate(pairs) if tt == t]
@@ -163,8 +214,15 @@ def main(argv=None):
         mask = np.arange(10)[None, None, :] < n_out[:, None, None]  # padded outputs were never trained
         probs = np.where(mask, probs, 0.0)
         probs = probs / probs.sum(-1, keepdims=True)
-        scores.append(S.score_all(feats.astype(np.float64), task["y"], probs=probs.astype(np.float64),
-                                  source_features=src_feats.astype(np.float64), source_labels=np.stack(src_y)))
+        scores.append(
+            S.score_all(
+                feats.astype(np.float64),
+                task["y"],
+                probs=probs.astype(np.float64),
+                source_features=src_feats.astype(np.float64),
+                source_labels=np.stack(src_y),
+            )
+        )
         specific.append([np.asarray(S.class_means(feats[m], task["y"])) for m in range(n_models)])
     timings["metrics_s"] = time.perf_counter() - t0
 
@@ -189,25 +247,46 @@ def main(argv=None):
     table["model_spider_rerank_top3"] = list(spider_rr["per_task"])
     means = {m: float(np.mean(v)) for m, v in table.items()}
     best_metric = max(S.ALL_METRICS, key=lambda m: means[m])
-    meta = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *(argv or sys.argv[1:])]),
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}", "jax": jax.__version__,
-            "pretrain_steps": pre_steps, "finetune_steps": ft_steps, "n_train": n_train, "n_test": n_test,
-            "spider_steps": spider_steps, "total_s": time.perf_counter() - t_start, **timings}
-    result = {"meta": meta, "tasks": names, "models": src.ids, "finetune_accuracy": acc.tolist(),
-              "weighted_tau": table, "mean": means, "best_metric": best_metric}
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *(argv or sys.argv[1:])]),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
+        "jax": jax.__version__,
+        "pretrain_steps": pre_steps,
+        "finetune_steps": ft_steps,
+        "n_train": n_train,
+        "n_test": n_test,
+        "spider_steps": spider_steps,
+        "total_s": time.perf_counter() - t_start,
+        **timings,
+    }
+    result = {
+        "meta": meta,
+        "tasks": names,
+        "models": src.ids,
+        "finetune_accuracy": acc.tolist(),
+        "weighted_tau": table,
+        "mean": means,
+        "best_metric": best_metric,
+    }
     out = Path(args.out)
     name = "selection_real_quick" if q else "selection_real"
     with atomic_path(out / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
-    md = [f"# Local model-selection benchmark ({'quick' if q else 'full'})", "",
-          f"- date: {meta['date']}; command: `{meta['command']}`; machine: {meta['machine']} (shared)",
-          f"- {n_models} source models x {len(tasks)} target tasks; fine-tuning: {ft_steps} Adam steps, "
-          f"{n_train} labelled examples per task, accuracy on up to {n_test} test examples",
-          f"- time: pre-train {timings['pretrain_s']:.0f}s, fine-tune {timings['finetune_s']:.0f}s, metrics "
-          f"{timings['metrics_s']:.0f}s, Model Spider LOTO {timings['spider_s']:.0f}s", "",
-          "Weighted Kendall tau between true fine-tuning accuracy and each score (higher is better):", "",
-          "| method | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
+    md = [
+        f"# Local model-selection benchmark ({'quick' if q else 'full'})",
+        "",
+        f"- date: {meta['date']}; command: `{meta['command']}`; machine: {meta['machine']} (shared)",
+        f"- {n_models} source models x {len(tasks)} target tasks; fine-tuning: {ft_steps} Adam steps, "
+        f"{n_train} labelled examples per task, accuracy on up to {n_test} test examples",
+        f"- time: pre-train {timings['pretrain_s']:.0f}s, fine-tune {timings['finetune_s']:.0f}s, metrics "
+        f"{timings['metrics_s']:.0f}s, Model Spider LOTO {timings['spider_s']:.0f}s",
+        "",
+        "Weighted Kendall tau between true fine-tuning accuracy and each score (higher is better):",
+        "",
+        "| method | " + " | ".join(names) + " | mean |",
+        "|---" * (len(names) + 2) + "|",
+    ]
     for m, v in table.items():
         md.append(f"| {m} | " + " | ".join(f"{x:.3f}" for x in v) + f" | **{means[m]:.3f}** |")
     md += ["", "Fine-tuning accuracy (rows: tasks, columns: " + ", ".join(src.ids) + "):", ""]

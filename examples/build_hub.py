@@ -1,6 +1,6 @@
 """Build a model hub recipe and plot the held-out accuracy distribution of its models.
 
-    .venv/bin/python examples/build_hub.py --recipe digits-hub --size 60 --out hub_accuracy.png
+.venv/bin/python examples/build_hub.py --recipe digits-hub --size 60 --out hub_accuracy.png
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def main() -> None:
             by_family[row.get("family", zoo.arch.kind)].append(row["test_acc"])
             by_k[len(row["classes"])].append(row["test_acc"])
     accs = np.concatenate([np.asarray(v) for v in by_family.values()])
-    print(f"{args.recipe}: {len(accs)} models in {len(hub)} architectures; test accuracy "
-          f"min {accs.min():.3f} median {np.median(accs):.3f} max {accs.max():.3f}")
+    print(
+        f"{args.recipe}: {len(accs)} models in {len(hub)} architectures; test accuracy "
+        f"min {accs.min():.3f} median {np.median(accs):.3f} max {accs.max():.3f}"
+    )
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     bins = np.linspace(0, 1, 26)

@@ -27,10 +27,23 @@ def _make(eos: int, tmp_path_factory):
     if eos not in _MODELS:
         torch.manual_seed(eos)
         cfg = transformers.CLIPConfig(
-            text_config=dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                             num_attention_heads=4, max_position_embeddings=CTX, eos_token_id=eos),
-            vision_config=dict(hidden_size=40, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                               image_size=IMAGE, patch_size=6),
+            text_config=dict(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=CTX,
+                eos_token_id=eos,
+            ),
+            vision_config=dict(
+                hidden_size=40,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=IMAGE,
+                patch_size=6,
+            ),
             projection_dim=24,
         )
         model = transformers.CLIPModel(cfg).eval()
@@ -73,8 +86,9 @@ def test_towers_match_transformers(pair) -> None:
     with torch.no_grad():
         ref_img = model.get_image_features(pixel_values=_pixel_values(images)).numpy()
         ref_txt = model.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
-        out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                    pixel_values=_pixel_values(images))
+        out = model(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), pixel_values=_pixel_values(images)
+        )
     assert_tree_allclose(clip_image_features(ours.config, ours.params, images), ref_img)
     assert_tree_allclose(clip_text_features(ours.config, ours.params, ids, mask), ref_txt.numpy())
     img_emb, txt_emb = ours.embed_images(images), ours.embed_token_ids(ids, mask)

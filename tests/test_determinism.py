@@ -67,9 +67,25 @@ def _collect(hash_seed: str, basetemp: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     env.pop("PYTEST_XDIST_WORKER", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-         f"--basetemp={basetemp}", "tests", "weightspace"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            f"--basetemp={basetemp}",
+            "tests",
+            "weightspace",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

@@ -70,10 +70,12 @@ def test_symmetries_refuse_non_symmetries() -> None:
 
 
 ENCODERS = {
-    "np": lambda: NPEncoder(taps=(1, 9), width=8, depth=2, embed_dim=8, max_inputs=8, max_outputs=3,
-                            out_embed=True, rngs=nnx.Rngs(0)),
-    "graph": lambda: GraphEncoder(taps=(1, 9), width=8, rounds=2, embed_dim=8, max_inputs=8, max_outputs=3,
-                                  rngs=nnx.Rngs(0)),
+    "np": lambda: NPEncoder(
+        taps=(1, 9), width=8, depth=2, embed_dim=8, max_inputs=8, max_outputs=3, out_embed=True, rngs=nnx.Rngs(0)
+    ),
+    "graph": lambda: GraphEncoder(
+        taps=(1, 9), width=8, rounds=2, embed_dim=8, max_inputs=8, max_outputs=3, rngs=nnx.Rngs(0)
+    ),
 }
 
 
@@ -91,10 +93,12 @@ def test_encoders_are_permutation_invariant(encoders: dict, enc: str, arch: str)
 @pytest.mark.parametrize("enc", [pytest.param("np", marks=pytest.mark.slow), "graph"], ids=["np", "graph"])
 def test_invariant_with_padding_masks(encoders: dict, enc: str) -> None:
     # a hub-like collection: widths and output counts differ, padded into one bucket with masks
-    coll = Collection([
-        Zoo.init(MLP(in_features=5, hidden=(7, 6), out_features=3), 2, key=jax.random.key(0), name="a"),
-        Zoo.init(MLP(in_features=5, hidden=(4, 6), out_features=2), 2, key=jax.random.key(1), name="b"),
-    ])
+    coll = Collection(
+        [
+            Zoo.init(MLP(in_features=5, hidden=(7, 6), out_features=3), 2, key=jax.random.key(0), name="a"),
+            Zoo.init(MLP(in_features=5, hidden=(4, 6), out_features=2), 2, key=jax.random.key(1), name="b"),
+        ]
+    )
     (bucket,) = bucketize(coll)
     assert bucket.layout.widths == (5, 7, 6, 3)
     assert_permutation_invariant(encoders[enc], coll, trials=1)
@@ -116,8 +120,11 @@ def _features(seed: int = 1, widths=(5, 7, 6, 3), taps=(1, 1, 1), c: int = 2, pa
         ms.append(m)
     for i in range(len(widths) - 1):
         k, a, b = jax.random.split(k, 3)
-        ws.append(jax.random.normal(a, (widths[i + 1], widths[i], taps[i] * c)) * ms[i + 1][:, None, None]
-                  * ms[i][None, :, None])
+        ws.append(
+            jax.random.normal(a, (widths[i + 1], widths[i], taps[i] * c))
+            * ms[i + 1][:, None, None]
+            * ms[i][None, :, None]
+        )
         bs.append(jax.random.normal(b, (widths[i + 1], c)) * ms[i + 1][:, None])
     return WeightFeatures(tuple(ws), tuple(bs), tuple(ms), jnp.int32(0))
 
@@ -172,8 +179,9 @@ def test_np_layer_matches_nfn() -> None:
     from nfn.common import ArraySpec, NetworkSpec
 
     widths, c_in, c_out = (5, 7, 6, 3), 2, 3
-    spec = NetworkSpec([ArraySpec((widths[i + 1], widths[i])) for i in range(3)],
-                       [ArraySpec((widths[i + 1],)) for i in range(3)])
+    spec = NetworkSpec(
+        [ArraySpec((widths[i + 1], widths[i])) for i in range(3)], [ArraySpec((widths[i + 1],)) for i in range(3)]
+    )
     torch.manual_seed(0)
     ref = nfn_layers.NPLinear(spec, c_in, c_out)
     ours = NPLayer(c_in, c_out, rngs=nnx.Rngs(0))
@@ -234,7 +242,8 @@ def test_bad_input_errors(encoders: dict) -> None:
         layout_of(wrong)
     with pytest.raises(ConfigError, match="taps"):
         NPEncoder(taps=(1,), width=4, depth=1, embed_dim=4, max_inputs=8, rngs=nnx.Rngs(0))(
-            jax.tree_util.tree_map(lambda a: a[0], features_of(_zoo("cnn-relu"))))
+            jax.tree_util.tree_map(lambda a: a[0], features_of(_zoo("cnn-relu")))
+        )
 
 
 def test_encode_fn_compiles_once(encoders: dict) -> None:
@@ -279,10 +288,17 @@ def test_factored_lift_equals_the_materialised_lift(arch: str, taps: tuple[int, 
     from weightspace.equivariant._np import _map, masked_stats, role_context
     from weightspace.nets._base import gelu_tanh
 
-    narrow = SIREN(hidden=(4, 6)) if arch == "siren" else CNN(image_shape=(8, 8, 1), channels=(3, 5), dense=(6,),
-                                                              out_features=3)
-    coll = Collection([Zoo.init(ARCHS[arch], 2, key=jax.random.key(0), name="a"),
-                       Zoo.init(narrow, 2, key=jax.random.key(1), name="b")])
+    narrow = (
+        SIREN(hidden=(4, 6))
+        if arch == "siren"
+        else CNN(image_shape=(8, 8, 1), channels=(3, 5), dense=(6,), out_features=3)
+    )
+    coll = Collection(
+        [
+            Zoo.init(ARCHS[arch], 2, key=jax.random.key(0), name="a"),
+            Zoo.init(narrow, 2, key=jax.random.key(1), name="b"),
+        ]
+    )
     (bucket,) = bucketize(coll)
     f = bucket.features
     assert float(jnp.min(f.masks[1])) == 0.0  # the second zoo is padded

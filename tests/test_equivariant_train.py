@@ -54,14 +54,16 @@ def tasks_zoo() -> Zoo:
     a = Zoo.init(arch, 12, key=jax.random.key(0), scale=0.3, name="ta")
     b = Zoo.init(arch, 12, key=jax.random.key(1), scale=1.0, name="tb")
     z = concat([a, b], name="tasks")
-    return z.with_meta(id=[f"m{i:02d}" for i in range(24)], task=["A"] * 12 + ["B"] * 12,
-                       label_name=["A"] * 12 + ["B"] * 12)
+    return z.with_meta(
+        id=[f"m{i:02d}" for i in range(24)], task=["A"] * 12 + ["B"] * 12, label_name=["A"] * 12 + ["B"] * 12
+    )
 
 
 @pytest.mark.slow
 def test_augment_keeps_padding_and_permutation_only_positives_are_identical(tasks_zoo: Zoo) -> None:
-    enc = build_encoder({"kind": "np", "taps": [1], "width": 4, "depth": 1, "embed_dim": 8, "max_inputs": 2,
-                         "max_outputs": 1})
+    enc = build_encoder(
+        {"kind": "np", "taps": [1], "width": 4, "depth": 1, "embed_dim": 8, "max_inputs": 2, "max_outputs": 1}
+    )
     f = jax.tree_util.tree_map(lambda a: a[0], features_of(tasks_zoo))
     run = jax.jit(augment, static_argnums=2)
     embed = jax.jit(lambda v: enc(v))
@@ -78,8 +80,9 @@ def test_augment_keeps_padding_and_permutation_only_positives_are_identical(task
 def test_train_save_load_embed_neighbours(tasks_zoo: Zoo, tmp_path) -> None:
     buckets = bucketize(tasks_zoo)
     labels = [task_labels([tasks_zoo.meta["task"][r] for _, r in b.rows]) for b in buckets]
-    enc = build_encoder({"kind": "np", "taps": [1], "width": 8, "depth": 1, "embed_dim": 8, "max_inputs": 2,
-                         "max_outputs": 1}, seed=0)
+    enc = build_encoder(
+        {"kind": "np", "taps": [1], "width": 8, "depth": 1, "embed_dim": 8, "max_inputs": 2, "max_outputs": 1}, seed=0
+    )
     before, _ = embed_zoo(enc, tasks_zoo)
     cfg = TrainConfig(steps=200, learning_rate=1e-2, schedule="cosine", warmup=10, eval_every=50, seed=0)
     _, rep = train_contrastive(enc, buckets, labels, config=cfg, batch_size=24)
@@ -106,12 +109,25 @@ def test_cli_embed_and_bad_gallery(tasks_zoo: Zoo, tmp_path, capsys) -> None:
     from weightspace.cli import main
     from weightspace.zoo import save_zoo
 
-    enc = build_encoder({"kind": "graph", "taps": [1], "width": 4, "rounds": 1, "embed_dim": 8, "max_inputs": 2,
-                         "max_outputs": 1}, seed=0)
+    enc = build_encoder(
+        {"kind": "graph", "taps": [1], "width": 4, "rounds": 1, "embed_dim": 8, "max_inputs": 2, "max_outputs": 1},
+        seed=0,
+    )
     save_encoder(enc, tmp_path / "enc")
     save_zoo(tasks_zoo, tmp_path / "zoo.safetensors")
-    assert main(["embed", str(tmp_path / "zoo.safetensors"), "--encoder", str(tmp_path / "enc"),
-                 "--out", str(tmp_path / "g")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(tmp_path / "zoo.safetensors"),
+                "--encoder",
+                str(tmp_path / "enc"),
+                "--out",
+                str(tmp_path / "g"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["neighbours", str(tmp_path / "g"), "m20", "--top", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -119,7 +135,10 @@ def test_cli_embed_and_bad_gallery(tasks_zoo: Zoo, tmp_path, capsys) -> None:
     # a ProbeLog gallery is not an embedding gallery
     from weightspace.search import Responses, build_gallery
 
-    build_gallery(Responses("r", np.random.default_rng(0).normal(size=(2, 6, 1)), ["a", "b"]),
-                  np.zeros((6, 2), np.float32), tmp_path / "probelog")
+    build_gallery(
+        Responses("r", np.random.default_rng(0).normal(size=(2, 6, 1)), ["a", "b"]),
+        np.zeros((6, 2), np.float32),
+        tmp_path / "probelog",
+    )
     with pytest.raises(ConfigError, match="not an embedding gallery"):
         neighbours(tmp_path / "probelog", "a")

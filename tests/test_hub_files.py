@@ -56,8 +56,9 @@ class TorchCNN(torch.nn.Module):
     def __init__(self, channels, k, act, *, mean=0.0, std=1.0):
         super().__init__()
         cins = (1, *channels[:-1])
-        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(cins, channels,
-                                                                                                         strict=True))
+        self.convs = torch.nn.ModuleList(
+            torch.nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(cins, channels, strict=True)
+        )
         self.head = torch.nn.Linear(channels[-1], k)
         self.act, self.mean, self.std = _ACT[act](), mean, std
 
@@ -96,23 +97,55 @@ def _write(root: Path, name: str, model, classes, names, how: str) -> None:
     id2label = {str(i): names[c] for i, c in enumerate(classes)}
     if how == "config":
         save_file(sd, str(d / "model.safetensors"))
-        (d / "config.json").write_text(json.dumps({"model_type": "mlp", "hidden_sizes": [32], "hidden_act": "tanh",
-                                                   "id2label": id2label, "image_size": 28, "num_channels": 1,
-                                                   "image_mean": [MEAN], "image_std": [STD]}))
+        (d / "config.json").write_text(
+            json.dumps(
+                {
+                    "model_type": "mlp",
+                    "hidden_sizes": [32],
+                    "hidden_act": "tanh",
+                    "id2label": id2label,
+                    "image_size": 28,
+                    "num_channels": 1,
+                    "image_mean": [MEAN],
+                    "image_std": [STD],
+                }
+            )
+        )
     elif how == "metadata":
-        save_file(sd, str(d / "model.safetensors"),
-                  metadata={"activation": "sigmoid", "classes": json.dumps([names[c] for c in classes])})
+        save_file(
+            sd,
+            str(d / "model.safetensors"),
+            metadata={"activation": "sigmoid", "classes": json.dumps([names[c] for c in classes])},
+        )
     elif how == "config-per-image":
         save_file(sd, str(d / "model.safetensors"))
-        (d / "config.json").write_text(json.dumps({"hidden_act": "gelu", "label2id": {v: int(k) for k, v in
-                                                                                      id2label.items()},
-                                                   "image_size": [28, 28], "per_image_standardization": True}))
+        (d / "config.json").write_text(
+            json.dumps(
+                {
+                    "hidden_act": "gelu",
+                    "label2id": {v: int(k) for k, v in id2label.items()},
+                    "image_size": [28, 28],
+                    "per_image_standardization": True,
+                }
+            )
+        )
     else:
         save_file(sd, str(d / "model.safetensors"))
-        (d / "config.json").write_text(json.dumps({"model_type": "cnn", "hidden_act": "relu", "id2label": id2label,
-                                                   "stride": 2, "padding": 1, "kernel_size": 3}))
-        (d / "preprocessor_config.json").write_text(json.dumps({"image_size": 28, "do_normalize": True,
-                                                                "image_mean": MEAN, "image_std": STD}))
+        (d / "config.json").write_text(
+            json.dumps(
+                {
+                    "model_type": "cnn",
+                    "hidden_act": "relu",
+                    "id2label": id2label,
+                    "stride": 2,
+                    "padding": 1,
+                    "kernel_size": 3,
+                }
+            )
+        )
+        (d / "preprocessor_config.json").write_text(
+            json.dumps({"image_size": 28, "do_normalize": True, "image_mean": MEAN, "image_std": STD})
+        )
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +168,13 @@ def hub(tmp_path_factory):
             m = TorchCNN((8, 16), len(classes), act, mean=MEAN, std=STD)
             steps = 150
         else:
-            m = TorchMLP((784, 32, len(classes)), act, mean=MEAN if how == "config" else 0.0,
-                         std=STD if how == "config" else 1.0, per_image=how == "config-per-image")
+            m = TorchMLP(
+                (784, 32, len(classes)),
+                act,
+                mean=MEAN if how == "config" else 0.0,
+                std=STD if how == "config" else 1.0,
+                per_image=how == "config-per-image",
+            )
             steps = 200
         _train(m, x, y, steps, seed=i).eval()
         _write(root, name, m, classes, ds.class_names, how)
@@ -176,8 +214,23 @@ def test_responses_equal_pytorch(hub):
 def test_index_and_text_search_from_the_cli(hub, tmp_path, capsys):
     root, models = hub
     g = tmp_path / "g"
-    assert main(["index", str(root), "--probes", "fashion-mnist", "--n", "300", "--out", str(g), "--no-progress",
-                 "--strict"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                str(root),
+                "--probes",
+                "fashion-mnist",
+                "--n",
+                "300",
+                "--out",
+                str(g),
+                "--no-progress",
+                "--strict",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     queries = sorted({c for _, cls in models.values() for c in cls})
     assert main(["search", str(g), *[a for q in queries for a in ("--text", q)], "--top", "3", "--json"]) == 0
@@ -205,12 +258,43 @@ def test_guessing_warns_names_the_file_and_can_be_refused_or_overridden(hub, tmp
         load_collection(root / "sigmoid-meta", activation="tanh")
     # the CLI: --strict refuses, --activation says it; an image MLP from shapes takes image probes
     g = tmp_path / "g"
-    assert main(["index", str(plain.parent), "--probes", "fashion-mnist", "--n", "20", "--out", str(g), "--strict",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "index",
+                str(plain.parent),
+                "--probes",
+                "fashion-mnist",
+                "--n",
+                "20",
+                "--out",
+                str(g),
+                "--strict",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "plain/model.safetensors: strict=True" in capsys.readouterr().err
     assert not g.exists()
-    assert main(["index", str(plain.parent), "--probes", "fashion-mnist", "--n", "20", "--out", str(g),
-                 "--activation", "sigmoid", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                str(plain.parent),
+                "--probes",
+                "fashion-mnist",
+                "--n",
+                "20",
+                "--out",
+                str(g),
+                "--activation",
+                "sigmoid",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def _contradict(root: Path, tmp_path: Path, change: dict) -> Path:
@@ -223,8 +307,11 @@ def _contradict(root: Path, tmp_path: Path, change: dict) -> Path:
 
 
 CONTRADICTIONS = {
-    "hidden_sizes": ({"hidden_sizes": [64]}, r"config\.json \(hidden_sizes\) says hidden_sizes=\(64,\), but the "
-                     r"tensors say \[32\] \(layers\.0\.weight \(32, 784\)"),
+    "hidden_sizes": (
+        {"hidden_sizes": [64]},
+        r"config\.json \(hidden_sizes\) says hidden_sizes=\(64,\), but the "
+        r"tensors say \[32\] \(layers\.0\.weight \(32, 784\)",
+    ),
     "classes": ({"id2label": {"0": "a", "1": "b"}}, r"config\.json \(id2label\) names 2 classes, but the model has 3"),
     "image_size": ({"image_size": 32}, r"image_size=\[32, 32\] x 1 channels, but the first layer takes 784 inputs"),
     "model_type": ({"model_type": "cnn"}, r"says model_type='cnn', but the tensors say 'mlp'"),
@@ -241,8 +328,12 @@ def test_config_contradicting_shapes_is_an_error_naming_both(hub, tmp_path, case
         load_collection(bad)
     assert str(bad / "model.safetensors") in str(info.value)
     before = sorted(os.listdir(tmp_path))
-    assert main(["index", str(bad), "--probes", "fashion-mnist", "--n", "8", "--out", str(tmp_path / "g"),
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            ["index", str(bad), "--probes", "fashion-mnist", "--n", "8", "--out", str(tmp_path / "g"), "--no-progress"]
+        )
+        == 2
+    )
     assert "config.json" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == before  # nothing written on failure
 
@@ -252,11 +343,17 @@ def test_declarations_that_disagree_or_do_not_chain(hub, tmp_path):
     d = tmp_path / "two"
     d.mkdir()
     m, _ = models["tanh-cfg"]
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(d / "model.safetensors"),
-              metadata={"activation": "gelu"})
+    save_file(
+        {k: v.contiguous() for k, v in m.state_dict().items()},
+        str(d / "model.safetensors"),
+        metadata={"activation": "gelu"},
+    )
     (d / "config.json").write_text(json.dumps({"hidden_act": "tanh"}))
-    with pytest.raises(ConfigError, match=r"config\.json \(hidden_act\) says activation='tanh' but .*metadata\) "
-                                          r"\(activation\) says activation='gelu'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.json \(hidden_act\) says activation='tanh' but .*metadata\) "
+        r"\(activation\) says activation='gelu'",
+    ):
         load_model(d / "model.safetensors")
     sd = {k: v.contiguous() for k, v in m.state_dict().items()}
     sd["layers.1.weight"] = torch.zeros(3, 31)

@@ -28,8 +28,11 @@ from weightspace.testing import assert_tree_allclose
 
 
 def _lora(rng, d_out, d_in, r, alpha=None, batch=()):
-    return LoRA.of(rng.normal(size=(*batch, r, d_in)).astype(np.float32),
-                   rng.normal(size=(*batch, d_out, r)).astype(np.float32), alpha)
+    return LoRA.of(
+        rng.normal(size=(*batch, r, d_in)).astype(np.float32),
+        rng.normal(size=(*batch, d_out, r)).astype(np.float32),
+        alpha,
+    )
 
 
 # ---- the pytree -----------------------------------------------------------------------------
@@ -48,13 +51,17 @@ def test_lora_validates_shapes_and_values():
 
 def test_merge_unmerge_round_trip_against_numpy():
     rng = np.random.default_rng(0)
-    w = {"fc.weight": rng.normal(size=(6, 5)).astype(np.float32), "fc.bias": np.zeros(6, np.float32),
-         "conv.weight": rng.normal(size=(4, 3, 3, 3)).astype(np.float32)}
+    w = {
+        "fc.weight": rng.normal(size=(6, 5)).astype(np.float32),
+        "fc.bias": np.zeros(6, np.float32),
+        "conv.weight": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+    }
     ad = {"fc.weight": _lora(rng, 6, 5, 2, alpha=4.0), "conv.weight": _lora(rng, 4, 27, 3, alpha=1.5)}
     merged = merge(w, ad)
     oracle_fc = w["fc.weight"] + 4.0 / 2 * np.asarray(ad["fc.weight"].B) @ np.asarray(ad["fc.weight"].A)
-    oracle_conv = w["conv.weight"] + (1.5 / 3 * np.asarray(ad["conv.weight"].B) @ np.asarray(ad["conv.weight"].A)
-                                      ).reshape(4, 3, 3, 3)
+    oracle_conv = w["conv.weight"] + (
+        1.5 / 3 * np.asarray(ad["conv.weight"].B) @ np.asarray(ad["conv.weight"].A)
+    ).reshape(4, 3, 3, 3)
     assert_tree_allclose(merged, {"fc.weight": oracle_fc, "fc.bias": w["fc.bias"], "conv.weight": oracle_conv})
     assert_tree_allclose(unmerge(merged, ad), w)
 
@@ -78,13 +85,21 @@ def test_merge_stacked_models_and_errors():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_spectra_match_numpy_svd(dtype):
     rng = np.random.default_rng(2)
-    ad = {"q.weight": LoRA.of(rng.normal(size=(4, 3, 9)).astype(dtype), rng.normal(size=(4, 7, 3)).astype(dtype),
-                              np.array([1.0, 2.0, 3.0, 6.0]))}
+    ad = {
+        "q.weight": LoRA.of(
+            rng.normal(size=(4, 3, 9)).astype(dtype),
+            rng.normal(size=(4, 7, 3)).astype(dtype),
+            np.array([1.0, 2.0, 3.0, 6.0]),
+        )
+    }
     sp = lora_spectra(ad, top_k=5, scaled=True)
     a, b = np.asarray(ad["q.weight"].A, np.float64), np.asarray(ad["q.weight"].B, np.float64)
     for i in range(4):
-        want = {"A": np.linalg.svd(a[i], compute_uv=False), "B": np.linalg.svd(b[i], compute_uv=False),
-                "BA": np.linalg.svd(b[i] @ a[i], compute_uv=False)[:3] * [1.0, 2.0, 3.0, 6.0][i] / 3}
+        want = {
+            "A": np.linalg.svd(a[i], compute_uv=False),
+            "B": np.linalg.svd(b[i], compute_uv=False),
+            "BA": np.linalg.svd(b[i] @ a[i], compute_uv=False)[:3] * [1.0, 2.0, 3.0, 6.0][i] / 3,
+        }
         for kind, v in want.items():
             padded = np.concatenate([v, np.zeros(5 - len(v))])  # top_k > rank pads with zeros
             # float32 spectra are compared with float32 tolerances (scale: SVD of a product)
@@ -107,18 +122,28 @@ def test_save_read_round_trip(naming, tmp_path):
 def test_read_diffusers_conv_and_peft_config(tmp_path):
     rng = np.random.default_rng(4)
     down, up = rng.normal(size=(4, 3, 3, 3)).astype(np.float32), rng.normal(size=(5, 4, 1, 1)).astype(np.float32)
-    save_file({"unet.conv.lora.down.weight": down, "unet.conv.lora.up.weight": up,
-               "unet.attn.processor.to_q_lora.down.weight": np.ones((2, 6), np.float32),
-               "unet.attn.processor.to_q_lora.up.weight": np.ones((7, 2), np.float32)}, str(tmp_path / "d.safetensors"))
+    save_file(
+        {
+            "unet.conv.lora.down.weight": down,
+            "unet.conv.lora.up.weight": up,
+            "unet.attn.processor.to_q_lora.down.weight": np.ones((2, 6), np.float32),
+            "unet.attn.processor.to_q_lora.up.weight": np.ones((7, 2), np.float32),
+        },
+        str(tmp_path / "d.safetensors"),
+    )
     got = read_lora(tmp_path / "d.safetensors")
     assert got["unet.conv.weight"].A.shape == (4, 27) and got["unet.conv.weight"].B.shape == (5, 4)
     assert_tree_allclose(np.asarray(got["unet.conv.weight"].delta()), up[:, :, 0, 0] @ down.reshape(4, 27))
     assert got["unet.attn.processor.to_q.weight"].rank == 2
     peft = tmp_path / "peft"
     peft.mkdir()
-    save_file({"base_model.model.q.lora_A.weight": np.ones((2, 6), np.float32),
-               "base_model.model.q.lora_B.weight": np.ones((7, 2), np.float32)},
-              str(peft / "adapter_model.safetensors"))
+    save_file(
+        {
+            "base_model.model.q.lora_A.weight": np.ones((2, 6), np.float32),
+            "base_model.model.q.lora_B.weight": np.ones((7, 2), np.float32),
+        },
+        str(peft / "adapter_model.safetensors"),
+    )
     (peft / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 32}))
     assert float(read_lora(peft / "adapter_model.safetensors")["q.weight"].scaling) == 16.0
 
@@ -127,8 +152,10 @@ def test_readers_reject_malformed_files(tmp_path):
     save_file({"m.lora_A.weight": np.ones((2, 6), np.float32)}, str(tmp_path / "half.safetensors"))
     with pytest.raises(LoadError, match="has only its A"):
         read_lora(tmp_path / "half.safetensors")
-    save_file({"m.lora_A.weight": np.ones((2, 6), np.float32), "m.lora_B.weight": np.ones((7, 3), np.float32)},
-              str(tmp_path / "rank.safetensors"))
+    save_file(
+        {"m.lora_A.weight": np.ones((2, 6), np.float32), "m.lora_B.weight": np.ones((7, 3), np.float32)},
+        str(tmp_path / "rank.safetensors"),
+    )
     with pytest.raises(ShapeError, match=r"rank mismatch: A \(down\) has rank 2"):
         read_lora(tmp_path / "rank.safetensors")
     save_file({"layers.0.weight": np.ones((2, 6), np.float32)}, str(tmp_path / "plain.safetensors"))
@@ -160,8 +187,9 @@ def test_lowra_rows_round_trip_and_detune(tmp_path):
     for layer in range(2):
         w = rng.normal(size=(24, 20)).astype(np.float32)
         loras = tuple(_lora(rng, 24, 20, 2, alpha=4.0) for _ in range(4))
-        rows.append(LowraRow("toy", f"layers.{layer}", f"layers.{layer}.weight", w, loras,
-                             tuple(f"ft{i}" for i in range(4))))
+        rows.append(
+            LowraRow("toy", f"layers.{layer}", f"layers.{layer}.weight", w, loras, tuple(f"ft{i}" for i in range(4)))
+        )
     p = save_lowra_rows(tmp_path / "rows.safetensors", rows)
     got = load_lowra_rows(p)
     assert [r.layer_name for r in got] == ["layers.0", "layers.1"] and got[0].lora_names[3] == "ft3"
@@ -172,11 +200,18 @@ def test_lowra_rows_round_trip_and_detune(tmp_path):
     res = spectral_detune(wp, rank=2, start_rank=2, n_iters=100)
     rel = np.linalg.norm(res.weights - np.stack([r.pre_ft_weight for r in rows])) / np.linalg.norm(wp[:, 0])
     assert rel < 1e-5
-    meta = json.dumps([{"layer_model": "toy", "layer_name": "x", "pre_ft_name": "x", "lora_0_rank": 3,
-                        "lora_0_alpha": 1.0}])
-    save_file({"0.pre_ft_weight": np.ones((4, 5), np.float32), "0.lora_0_A_weight": np.ones((2, 5), np.float32),
-               "0.lora_0_B_weight": np.ones((4, 2), np.float32)}, str(tmp_path / "bad.safetensors"),
-              metadata={"weightspace": "lowra-rows/1", "rows": meta})
+    meta = json.dumps(
+        [{"layer_model": "toy", "layer_name": "x", "pre_ft_name": "x", "lora_0_rank": 3, "lora_0_alpha": 1.0}]
+    )
+    save_file(
+        {
+            "0.pre_ft_weight": np.ones((4, 5), np.float32),
+            "0.lora_0_A_weight": np.ones((2, 5), np.float32),
+            "0.lora_0_B_weight": np.ones((4, 2), np.float32),
+        },
+        str(tmp_path / "bad.safetensors"),
+        metadata={"weightspace": "lowra-rows/1", "rows": meta},
+    )
     with pytest.raises(ShapeError, match="lora_0_rank column says 3 but A has rank 2"):
         load_lowra_rows(tmp_path / "bad.safetensors")
     with pytest.raises(LoadError, match="not a LoWRA-Bench rows file"):

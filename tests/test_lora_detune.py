@@ -65,14 +65,18 @@ def _data(layers=3, shape=(40, 32), n_loras=5, rank=3, seed=0):
 def test_scheduler_matches_reference_on_scripted_losses(script):
     n = 120
     rng = np.random.default_rng(0)
-    losses = {"flat": np.ones(n), "decreasing": np.linspace(1, 0, n),
-              "plateaus": np.repeat([5.0, 4.0, 4.0, 3.0, 3.0, 3.0], 20),
-              "random": rng.uniform(size=n)}[script].astype(np.float32)
+    losses = {
+        "flat": np.ones(n),
+        "decreasing": np.linspace(1, 0, n),
+        "plateaus": np.repeat([5.0, 4.0, 4.0, 3.0, 3.0, 3.0], 20),
+        "random": rng.uniform(size=n),
+    }[script].astype(np.float32)
 
     @jax.jit
     def run(ls):
         def body(s, loss):
             return rank_schedule_update(s, loss, n_iters=n, end_rank=16), s.rank
+
         return jax.lax.scan(body, rank_schedule_init(1), ls)[1]
 
     oracle = OracleScheduler(n, 16)
@@ -148,13 +152,17 @@ def test_sharded_equals_unsharded_without_recompiling():
 
 def test_detune_model_recovers_conv_and_dense_and_copies_the_rest():
     rng = np.random.default_rng(3)
-    base = {"conv.weight": rng.normal(size=(12, 3, 3, 3)).astype(np.float32),
-            "fc.weight": rng.normal(size=(30, 24)).astype(np.float32),
-            "fc.bias": rng.normal(size=30).astype(np.float32)}
+    base = {
+        "conv.weight": rng.normal(size=(12, 3, 3, 3)).astype(np.float32),
+        "fc.weight": rng.normal(size=(30, 24)).astype(np.float32),
+        "fc.bias": rng.normal(size=30).astype(np.float32),
+    }
     fts = []
     for _ in range(5):
-        ad = {"conv.weight": LoRA.of(rng.normal(size=(2, 27)), rng.normal(size=(12, 2)) * 0.1),
-              "fc.weight": LoRA.of(rng.normal(size=(2, 24)), rng.normal(size=(30, 2)) * 0.1)}
+        ad = {
+            "conv.weight": LoRA.of(rng.normal(size=(2, 27)), rng.normal(size=(12, 2)) * 0.1),
+            "fc.weight": LoRA.of(rng.normal(size=(2, 24)), rng.normal(size=(30, 2)) * 0.1),
+        }
         fts.append({k: np.asarray(v) for k, v in merge(base, ad).items()})
     params, report = detune_model(fts, rank=2, n_iters=100)
     assert report["copied"] == ["fc.bias"] and sorted(report["layers"]) == ["conv.weight", "fc.weight"]

@@ -58,8 +58,11 @@ def test_recovers_sizes_from_lora_weights():
     scale = (0.5 + 0.25 * labels)[:, None, None] * (1 + rng.normal(0, 0.01, (len(labels), 1, 1)))
     # one source model and recipe: the down projections share their spectrum up to small noise
     direction = rng.normal(size=(1, 4, 24)) * (1 + rng.normal(0, 0.02, (8, 1, 1))).repeat(len(SIZES), 0)
-    ad = {"q.weight": LoRA.of(direction + rng.normal(0, 0.01, (len(labels), 4, 24)),
-                              scale * rng.normal(1, 0.01, (len(labels), 16, 4)))}
+    ad = {
+        "q.weight": LoRA.of(
+            direction + rng.normal(0, 0.01, (len(labels), 4, 24)), scale * rng.normal(1, 0.01, (len(labels), 16, 4))
+        )
+    }
     f = lora_features(ad)
     assert f.values.shape == (48, 3, 4)
     assert evaluate_size_recovery(f, labels, concepts, n_train_concepts=4)["mean"]["accuracy"] > 90
@@ -87,8 +90,10 @@ def test_nearest_neighbour_and_vote_match_a_loop_oracle():
     for i in range(9):
         want_votes = []
         for t in range(5):
-            d = [np.sum(((q.values[i, t] - lo) / (hi - lo) - (ref.values[j, t] - lo) / (hi - lo)) ** 2)
-                 for j in range(30)]
+            d = [
+                np.sum(((q.values[i, t] - lo) / (hi - lo) - (ref.values[j, t] - lo) / (hi - lo)) ** 2)
+                for j in range(30)
+            ]
             want_votes.append(labels[int(np.argmin(d))])
         assert votes[i].tolist() == want_votes
         assert pred[i] == Counter(want_votes).most_common(1)[0][0]  # the reference code's vote
@@ -116,10 +121,14 @@ def test_bad_inputs_raise():
 def _rows(rng, labels, concepts):
     scale = (0.5 + 0.25 * labels)[:, None, None]
     base = rng.normal(size=(1, 2, 12))
-    ad = {"q.weight": LoRA.of(base + rng.normal(0, 0.01, (len(labels), 2, 12)),
-                              scale * (1 + rng.normal(0, 0.01, (len(labels), 10, 2)))),
-          "v.weight": LoRA.of(base + rng.normal(0, 0.01, (len(labels), 2, 12)),
-                              scale * (1 + rng.normal(0, 0.01, (len(labels), 10, 2))))}
+    ad = {
+        "q.weight": LoRA.of(
+            base + rng.normal(0, 0.01, (len(labels), 2, 12)), scale * (1 + rng.normal(0, 0.01, (len(labels), 10, 2)))
+        ),
+        "v.weight": LoRA.of(
+            base + rng.normal(0, 0.01, (len(labels), 2, 12)), scale * (1 + rng.normal(0, 0.01, (len(labels), 10, 2)))
+        ),
+    }
     return LoraRows(ad, labels, tuple(concepts))
 
 
@@ -147,8 +156,10 @@ def test_cli_size_and_detune(tmp_path, capsys):
         d = rng.normal(size=(16, 1)) @ rng.normal(size=(1, 12))
         from safetensors.numpy import save_file
 
-        save_file({"fc.weight": (w + d).astype(np.float32), "fc.bias": np.ones(16, np.float32)},
-                  str(tmp_path / f"ft{i}.safetensors"))
+        save_file(
+            {"fc.weight": (w + d).astype(np.float32), "fc.bias": np.ones(16, np.float32)},
+            str(tmp_path / f"ft{i}.safetensors"),
+        )
         fts.append(str(tmp_path / f"ft{i}.safetensors"))
     out_path = tmp_path / "base.safetensors"
     assert main(["lora", "detune", *fts, "--rank", "1", "--iters", "80", "--out", str(out_path)]) == 0

@@ -47,8 +47,9 @@ def _torch_forward(arch, params, x: np.ndarray) -> np.ndarray:
         return x.numpy()
     x = ((x - arch.input_mean) / arch.input_std).permute(0, 3, 1, 2)
     for i in range(len(arch.channels)):
-        x = acts[arch.activation](F.conv2d(x, t[f"convs.{i}.weight"], t[f"convs.{i}.bias"],
-                                           stride=arch.strides, padding=arch.padding))
+        x = acts[arch.activation](
+            F.conv2d(x, t[f"convs.{i}.weight"], t[f"convs.{i}.bias"], stride=arch.strides, padding=arch.padding)
+        )
     x = x.mean(dim=(2, 3))
     for j in range(len(arch.dense)):
         x = acts[arch.activation](F.linear(x, t[f"dense.{j}.weight"], t[f"dense.{j}.bias"]))
@@ -114,8 +115,16 @@ def test_cnn_dropout_only_with_key():
         (lambda: architecture_from_config({"type": "MLP", "in_features": 3, "depth": 2}), "unknown fields"),
         (lambda: architecture_from_config("{not json"), "not valid JSON"),
     ],
-    ids=["zero-width", "unknown-activation", "image-shape-mismatch", "conv-to-nothing", "bad-dropout",
-         "unknown-architecture", "unknown-fields", "bad-json"],
+    ids=[
+        "zero-width",
+        "unknown-activation",
+        "image-shape-mismatch",
+        "conv-to-nothing",
+        "bad-dropout",
+        "unknown-architecture",
+        "unknown-fields",
+        "bad-json",
+    ],
 )
 def test_bad_configs(factory, match):
     with pytest.raises(ConfigError, match=match):

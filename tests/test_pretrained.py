@@ -65,8 +65,15 @@ def _effnet_torch(sd: dict, x):
     after the ``efficientnet_lite_pytorch`` reference the checkpoint was made for."""
     import torch.nn.functional as F
 
-    stages = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+    stages = (
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    )
 
     def same_pad(x, k, s):
         ih, iw = x.shape[-2:]
@@ -75,8 +82,9 @@ def _effnet_torch(sd: dict, x):
         return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
 
     def bn(x, n):
-        return F.batch_norm(x, sd[n + ".running_mean"], sd[n + ".running_var"], sd[n + ".weight"],
-                            sd[n + ".bias"], False, 0.0, 1e-3)
+        return F.batch_norm(
+            x, sd[n + ".running_mean"], sd[n + ".running_var"], sd[n + ".weight"], sd[n + ".bias"], False, 0.0, 1e-3
+        )
 
     x = (x * 255 - 127) / 128
     x = F.relu6(bn(F.conv2d(same_pad(x, 3, 2), sd["_conv_stem.weight"], stride=2), "_bn0"))
@@ -225,11 +233,20 @@ def _keras_graph_torch(h5_path, x):
             kind, cfg = layer["class_name"], layer["config"]
             if kind == "Conv2D":
                 assert cfg["padding"] == "valid" and cfg["strides"] == [1, 1]
-                x = acts[cfg["activation"]](F.conv2d(x, w(cfg["name"], "kernel").permute(3, 2, 0, 1),
-                                                     w(cfg["name"], "bias")))
+                x = acts[cfg["activation"]](
+                    F.conv2d(x, w(cfg["name"], "kernel").permute(3, 2, 0, 1), w(cfg["name"], "bias"))
+                )
             elif kind == "BatchNormalization":
-                x = F.batch_norm(x, w(cfg["name"], "moving_mean"), w(cfg["name"], "moving_variance"),
-                                 w(cfg["name"], "gamma"), w(cfg["name"], "beta"), False, 0.0, cfg["epsilon"])
+                x = F.batch_norm(
+                    x,
+                    w(cfg["name"], "moving_mean"),
+                    w(cfg["name"], "moving_variance"),
+                    w(cfg["name"], "gamma"),
+                    w(cfg["name"], "beta"),
+                    False,
+                    0.0,
+                    cfg["epsilon"],
+                )
             elif kind == "MaxPooling2D":
                 x = F.max_pool2d(x, cfg["pool_size"], cfg["strides"])
             elif kind == "Flatten":

@@ -36,8 +36,15 @@ def _fashion(n: int) -> np.ndarray:
 
 ARCHS = {
     "mlp": MLP(in_features=16, hidden=(32, 24), out_features=5),
-    "mlp-image": MLP(in_features=196, hidden=(32,), out_features=10, image_shape=(14, 14, 1),
-                     input_mean=0.3, input_std=0.35, activation="tanh"),
+    "mlp-image": MLP(
+        in_features=196,
+        hidden=(32,),
+        out_features=10,
+        image_shape=(14, 14, 1),
+        input_mean=0.3,
+        input_std=0.35,
+        activation="tanh",
+    ),
     "cnn": CNN(image_shape=(28, 28, 1), channels=(8, 8, 8), strides=2, input_mean=0.29, input_std=0.35),
     "cnn-dense": CNN(image_shape=(12, 12, 3), channels=(4, 6), strides=1, padding=0, dense=(7,), out_features=3),
     "siren": SIREN(hidden=(32, 32), w0=30.0),
@@ -68,16 +75,41 @@ def _loop(zoo: Zoo, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("name", "formulation", "group"),
     [
-        ("mlp", "vmap", None), ("mlp", "einsum", None), ("mlp", "scan", None), ("mlp", "scan", 2),
-        ("mlp-image", "einsum", None), ("mlp-image", "auto", None),
-        pytest.param("cnn", "vmap", None, marks=pytest.mark.slow), ("cnn", "einsum", None), ("cnn", "scan", 3),
+        ("mlp", "vmap", None),
+        ("mlp", "einsum", None),
+        ("mlp", "scan", None),
+        ("mlp", "scan", 2),
+        ("mlp-image", "einsum", None),
+        ("mlp-image", "auto", None),
+        pytest.param("cnn", "vmap", None, marks=pytest.mark.slow),
+        ("cnn", "einsum", None),
+        ("cnn", "scan", 3),
         ("cnn", "im2col", None),
-        pytest.param("cnn-dense", "einsum", None, marks=pytest.mark.slow), ("cnn-dense", "im2col", 2),
-        ("siren", "vmap", None), ("siren", "einsum", None), ("siren", "scan", 2), ("siren", "im2col", None),
+        pytest.param("cnn-dense", "einsum", None, marks=pytest.mark.slow),
+        ("cnn-dense", "im2col", 2),
+        ("siren", "vmap", None),
+        ("siren", "einsum", None),
+        ("siren", "scan", 2),
+        ("siren", "im2col", None),
     ],
-    ids=["mlp-vmap", "mlp-einsum", "mlp-scan", "mlp-scan-g2", "mlp-image-einsum", "mlp-image-auto", "cnn-vmap",
-         "cnn-einsum", "cnn-scan-g3", "cnn-im2col", "cnn-dense-einsum", "cnn-dense-im2col-g2", "siren-vmap",
-         "siren-einsum", "siren-scan-g2", "siren-im2col"],
+    ids=[
+        "mlp-vmap",
+        "mlp-einsum",
+        "mlp-scan",
+        "mlp-scan-g2",
+        "mlp-image-einsum",
+        "mlp-image-auto",
+        "cnn-vmap",
+        "cnn-einsum",
+        "cnn-scan-g3",
+        "cnn-im2col",
+        "cnn-dense-einsum",
+        "cnn-dense-im2col-g2",
+        "siren-vmap",
+        "siren-einsum",
+        "siren-scan-g2",
+        "siren-im2col",
+    ],
 )
 def test_formulations_equal_per_model_loop(name: str, formulation: str, group: int | None) -> None:
     zoo = _zoo(name, 6)
@@ -123,8 +155,11 @@ def test_probe_equals_loop(name: str, chunks: tuple[int | None, int | None]) -> 
     assert_tree_allclose(got, _loop(zoo, x))
 
 
-@pytest.mark.parametrize("name", ["mlp", pytest.param("cnn", marks=pytest.mark.slow),
-                                  pytest.param("siren", marks=pytest.mark.slow)], ids=["mlp", "cnn", "siren"])
+@pytest.mark.parametrize(
+    "name",
+    ["mlp", pytest.param("cnn", marks=pytest.mark.slow), pytest.param("siren", marks=pytest.mark.slow)],
+    ids=["mlp", "cnn", "siren"],
+)
 def test_sharded_equals_unsharded(name: str) -> None:
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     zoo, x = _zoo(name, 11), _probes(name, 20)  # 11 models: padded to 16 over 8 devices
@@ -257,14 +292,25 @@ def test_cli_probe(tmp_path: Path) -> None:
     save_zoo(zoo, tmp_path / "zoo.safetensors")
     np.save(tmp_path / "p.npy", _fashion(10))
     out = tmp_path / "resp.npy"
-    rc = main(["probe", str(tmp_path / "zoo.safetensors"), "--probes", str(tmp_path / "p.npy"), "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "probe",
+            str(tmp_path / "zoo.safetensors"),
+            "--probes",
+            str(tmp_path / "p.npy"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert_tree_allclose(np.load(out), _loop(zoo, _fashion(10)))
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["probes"]["name"] == "p" and side["shape"] == [3, 10, 10] and side["model_ids"] == zoo.ids
-    assert main(["probe", str(tmp_path / "zoo.safetensors"), "--probes", str(tmp_path / "nope.npy"),
-                 "--out", str(out)]) == 2
+    assert (
+        main(["probe", str(tmp_path / "zoo.safetensors"), "--probes", str(tmp_path / "nope.npy"), "--out", str(out)])
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -277,8 +323,23 @@ def test_cli_probe_named_probe_set(tmp_path: Path) -> None:
     zoo = _zoo("cnn", 2)
     save_zoo(zoo, tmp_path / "zoo.safetensors")
     out = tmp_path / "resp.npy"
-    assert main(["probe", str(tmp_path / "zoo.safetensors"), "--probes", "uniform", "--n", "6", "--seed", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                str(tmp_path / "zoo.safetensors"),
+                "--probes",
+                "uniform",
+                "--n",
+                "6",
+                "--seed",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     ps = make_probes("uniform", 6, seed=3)
     assert_tree_allclose(np.load(out), _loop(zoo, ps.data))
     side = json.loads(out.with_suffix(".json").read_text())

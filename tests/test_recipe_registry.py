@@ -147,8 +147,9 @@ def _imports(path: Path) -> set[str]:
     return mods
 
 
-@pytest.mark.parametrize(("lower", "higher"), [("nets", "zoo"), ("nets", "lora"), ("zoo", "lora")],
-                         ids=["nets-zoo", "nets-lora", "zoo-lora"])
+@pytest.mark.parametrize(
+    ("lower", "higher"), [("nets", "zoo"), ("nets", "lora"), ("zoo", "lora")], ids=["nets-zoo", "nets-lora", "zoo-lora"]
+)
 def test_lower_layers_never_import_higher_ones(lower, higher):
     for f in sorted((PKG / lower).glob("*.py")):
         bad = {m for m in _imports(f) if m == f"weightspace.{higher}" or m.startswith(f"weightspace.{higher}.")}

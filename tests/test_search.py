@@ -134,9 +134,11 @@ def test_discrepancy_shape_errors():
         discrepancy(np.zeros((2, 5)), np.zeros((3, 5)), distance="l3")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("method,distance", [("gather", "l2"), ("gather", "l1"), ("gather", "cosine"),
-                                             ("dense", "l2"), ("dense", "cosine")],
-                         ids=["gather-l2", "gather-l1", "gather-cosine", "dense-l2", "dense-cosine"])
+@pytest.mark.parametrize(
+    "method,distance",
+    [("gather", "l2"), ("gather", "l1"), ("gather", "cosine"), ("dense", "l2"), ("dense", "cosine")],
+    ids=["gather-l2", "gather-l1", "gather-cosine", "dense-l2", "dense-cosine"],
+)
 @pytest.mark.parametrize("selection", SELECTIONS, ids=str)
 def test_search_blocks_equals_dense_reference(method, distance, selection):
     rng = np.random.default_rng(4)
@@ -144,8 +146,17 @@ def test_search_blocks_equals_dense_reference(method, distance, selection):
     q = np.asarray(normalize_descriptors(rng.normal(size=(5, 24))))
     key = jax.random.key(7)
     ref = discrepancy(q, g, k=5, selection=selection, distance=distance, key=key)
-    out = search_blocks(to_blocks(g.T, block=64), q, top=6, k=5, selection=selection, distance=distance,
-                        method=method, key=key, query_batch=2)
+    out = search_blocks(
+        to_blocks(g.T, block=64),
+        q,
+        top=6,
+        k=5,
+        selection=selection,
+        distance=distance,
+        method=method,
+        key=key,
+        query_batch=2,
+    )
     assert out.indices.shape == (5, 6)
     assert_tree_allclose(out.scores, np.sort(ref, 1)[:, :6], scale=10)
     assert_tree_allclose(np.take_along_axis(ref, out.indices, 1), out.scores, scale=10)

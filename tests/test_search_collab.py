@@ -20,12 +20,14 @@ def _planted(rows=120, cols=80, rank=4, seed=0, observed=0.4):
 
 
 # the exact SVD is slow under XLA on CPU (~35 ms for 120 x 80): it gets a denser mask, fewer iterations
-@pytest.mark.parametrize("method,observed,iters", [("svd", 0.6, 40), ("randomized", 0.4, 300)],
-                         ids=["svd", "randomized"])
+@pytest.mark.parametrize(
+    "method,observed,iters", [("svd", 0.6, 40), ("randomized", 0.4, 300)], ids=["svd", "randomized"]
+)
 def test_completion_recovers_planted_low_rank(method, observed, iters):
     x, seen = _planted(observed=observed)
-    c = complete_matrix(np.where(seen, x, np.nan), seen, rank=4, iters=iters, tol=1e-7, method=method,
-                        key=jax.random.key(0))
+    c = complete_matrix(
+        np.where(seen, x, np.nan), seen, rank=4, iters=iters, tol=1e-7, method=method, key=jax.random.key(0)
+    )
     assert np.array_equal(c.values[seen], x[seen])  # observed entries untouched
     err = np.linalg.norm(c.values - x) / np.linalg.norm(x)
     assert err < 1e-3, (err, c.iterations)

@@ -179,13 +179,31 @@ def test_build_from_heterogeneous_collection_matches_per_model_loop(tmp_path, pr
 
 
 def test_cli_index_and_search(tmp_path, capsys):
-    zoo = Zoo.init(MLP(in_features=784, hidden=(8,), out_features=3, image_shape=(28, 28, 1)), 4,
-                   key=jax.random.key(3), name="tiny")
+    zoo = Zoo.init(
+        MLP(in_features=784, hidden=(8,), out_features=3, image_shape=(28, 28, 1)),
+        4,
+        key=jax.random.key(3),
+        name="tiny",
+    )
     zoo = zoo.with_meta(classes=[["Sandal", "Bag", "Coat"]] * 4)
     save_zoo(zoo, tmp_path / "tiny.safetensors")
     out = str(tmp_path / "g")
-    assert main(["index", str(tmp_path / "tiny.safetensors"), "--probes", "uniform", "--n", "64", "--out", out,
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                str(tmp_path / "tiny.safetensors"),
+                "--probes",
+                "uniform",
+                "--n",
+                "64",
+                "--out",
+                out,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["search", out, "--logit", "tiny-000001:0", "--top", "2", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)

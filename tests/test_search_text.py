@@ -127,13 +127,20 @@ def test_clip_aligner_from_a_jax_clip_model():
 
     from weightspace.nets import CLIPConfig, CLIPModel, CLIPTowerConfig
 
-    cfg = CLIPConfig(text=CLIPTowerConfig(hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
-                                          vocab_size=10, max_position=5),
-                     vision=CLIPTowerConfig(hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
-                                            image_size=8, patch_size=4), projection_dim=4)
+    cfg = CLIPConfig(
+        text=CLIPTowerConfig(
+            hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2, vocab_size=10, max_position=5
+        ),
+        vision=CLIPTowerConfig(
+            hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2, image_size=8, patch_size=4
+        ),
+        projection_dim=4,
+    )
     rng = np.random.default_rng(0)
-    params = {k: rng.normal(0, 0.5, s).astype(np.float32) if math.prod(s) > 1 else np.zeros(s, np.float32)
-              for k, s in cfg.param_shapes().items()}
+    params = {
+        k: rng.normal(0, 0.5, s).astype(np.float32) if math.prod(s) > 1 else np.zeros(s, np.float32)
+        for k, s in cfg.param_shapes().items()
+    }
     tok = Tokenizer(WordLevel({"[UNK]": 0, "red": 1, "shoe": 2, "bag": 3, "</s>": 9}, unk_token="[UNK]"))
     tok.pre_tokenizer = Whitespace()
     model = CLIPModel(params, cfg, tok)

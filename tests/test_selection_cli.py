@@ -64,8 +64,25 @@ def test_rank_command_prints_every_metric(tmp_path, capsys):
     arch = MLP(in_features=64, hidden=(16,), out_features=10, image_shape=(8, 8, 1))
     zoo = Zoo.init(arch, 3, key=jax.random.key(0), name="tiny")
     path = save_zoo(zoo, tmp_path / "tiny.safetensors")
-    assert main(["rank", "--models", str(path), "--task", "digits", "--limit", "200", "--json",
-                 "--metrics", "logme", "leep", "h_score"]) == 0
+    assert (
+        main(
+            [
+                "rank",
+                "--models",
+                str(path),
+                "--task",
+                "digits",
+                "--limit",
+                "200",
+                "--json",
+                "--metrics",
+                "logme",
+                "leep",
+                "h_score",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in out["ranking"]] == [1, 2, 3]
     logmes = [r["logme"] for r in out["ranking"]]

@@ -39,14 +39,32 @@ def data(seed, n, d, c, cs=20, informative=False):
 
 
 GOLDEN = {
-    "A": ((0, 200, 32, 5, 20, False), {
-        "logme": -0.6086288437, "logme_icml": -0.6088853229, "leep": -1.5326495410, "nce": -1.3970196353,
-        "h_score": 0.6661288996, "regularized_h_score": 0.0141880933, "pactran_raw": 0.3921608186,
-        "transrate": 10.2776835034}),
-    "B": ((1, 300, 16, 4, 20, True), {
-        "logme": 0.3676943577, "logme_icml": 0.3676815318, "leep": -1.0756657767, "nce": -1.0153946646,
-        "h_score": 2.6975365360, "regularized_h_score": 2.6900359806, "pactran_raw": 0.2991049437,
-        "transrate": 2.4691337164}),
+    "A": (
+        (0, 200, 32, 5, 20, False),
+        {
+            "logme": -0.6086288437,
+            "logme_icml": -0.6088853229,
+            "leep": -1.5326495410,
+            "nce": -1.3970196353,
+            "h_score": 0.6661288996,
+            "regularized_h_score": 0.0141880933,
+            "pactran_raw": 0.3921608186,
+            "transrate": 10.2776835034,
+        },
+    ),
+    "B": (
+        (1, 300, 16, 4, 20, True),
+        {
+            "logme": 0.3676943577,
+            "logme_icml": 0.3676815318,
+            "leep": -1.0756657767,
+            "nce": -1.0153946646,
+            "h_score": 2.6975365360,
+            "regularized_h_score": 2.6900359806,
+            "pactran_raw": 0.2991049437,
+            "transrate": 2.4691337164,
+        },
+    ),
 }
 
 
@@ -96,8 +114,14 @@ def thuml_fixed_point(f, y):
             beta = (n - gamma) / (res2 + 1e-5)
             if abs(alpha / beta - t) / t <= 1e-3:
                 break
-        ev = (d / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * np.sum(np.log(alpha + beta * sigma))
-              - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * np.log(2 * np.pi))
+        ev = (
+            d / 2.0 * np.log(alpha)
+            + n / 2.0 * np.log(beta)
+            - 0.5 * np.sum(np.log(alpha + beta * sigma))
+            - beta / 2.0 * res2
+            - alpha / 2.0 * m2
+            - n / 2.0 * np.log(2 * np.pi)
+        )
         evs.append(ev / n)
     return float(np.mean(evs))
 
@@ -107,8 +131,17 @@ def direct_evidence(f, y_, alpha, beta, m):
     n, d = f.shape
     a = alpha * np.eye(d) + beta * f.T @ f
     _, logdet = np.linalg.slogdet(a)
-    return float((d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * logdet
-                  - beta / 2 * np.sum((y_ - f @ m) ** 2) - alpha / 2 * np.sum(m**2) - n / 2 * np.log(2 * np.pi)) / n)
+    return float(
+        (
+            d / 2 * np.log(alpha)
+            + n / 2 * np.log(beta)
+            - 0.5 * logdet
+            - beta / 2 * np.sum((y_ - f @ m) ** 2)
+            - alpha / 2 * np.sum(m**2)
+            - n / 2 * np.log(2 * np.pi)
+        )
+        / n
+    )
 
 
 @pytest.mark.parametrize("shape", [(30, 80), (120, 20)], ids=["n30-d80", "n120-d20"])
@@ -179,8 +212,9 @@ def google_gbc(f, y, gaussian="diagonal"):
                 continue
             (m1, s1), (m2, s2) = stats[c1], stats[c2]
             avg = (s1 + s2) / 2
-            db = np.sum((m1 - m2) ** 2 / avg) / 8 + 0.5 * (np.sum(np.log(avg)) - 0.5 * np.sum(np.log(s1))
-                                                          - 0.5 * np.sum(np.log(s2)))
+            db = np.sum((m1 - m2) ** 2 / avg) / 8 + 0.5 * (
+                np.sum(np.log(avg)) - 0.5 * np.sum(np.log(s1)) - 0.5 * np.sum(np.log(s2))
+            )
             total += np.exp(-db)
     return -total
 
@@ -244,12 +278,20 @@ def test_gmm_matches_sklearn_from_the_same_init():
     f, _, _ = data(1, 300, 5, 4, informative=True)
     init = S.gmm_init(jnp.asarray(f), 4, key=jax.random.key(1))
     ours = S.fit_gmm(jnp.asarray(f), 4, key=jax.random.key(1), max_iter=50, tol=1e-6)
-    ref = GaussianMixture(4, covariance_type="diag", max_iter=50, tol=1e-6, reg_covar=1e-6,
-                          weights_init=np.asarray(init.weights), means_init=np.asarray(init.means),
-                          precisions_init=1.0 / np.asarray(init.variances)).fit(f)
+    ref = GaussianMixture(
+        4,
+        covariance_type="diag",
+        max_iter=50,
+        tol=1e-6,
+        reg_covar=1e-6,
+        weights_init=np.asarray(init.weights),
+        means_init=np.asarray(init.means),
+        precisions_init=1.0 / np.asarray(init.variances),
+    ).fit(f)
     np.testing.assert_allclose(np.asarray(ours.means), ref.means_, rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(np.asarray(S.gmm_posterior(jnp.asarray(f), ours)), ref.predict_proba(f),
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(S.gmm_posterior(jnp.asarray(f), ours)), ref.predict_proba(f), rtol=1e-6, atol=1e-9
+    )
 
 
 def test_nleep_equals_leep_of_pca_gmm_oracle():
@@ -266,9 +308,13 @@ def test_nleep_equals_leep_of_pca_gmm_oracle():
     k = z.shape[1]
     zp[:, k:] = 0.0
     init = S.gmm_init(jnp.asarray(zp), 4, key=key)
-    ref = GaussianMixture(4, covariance_type="diag", weights_init=np.asarray(init.weights),
-                          means_init=np.asarray(init.means)[:, :k],
-                          precisions_init=1.0 / np.asarray(init.variances)[:, :k]).fit(zp[:, :k])
+    ref = GaussianMixture(
+        4,
+        covariance_type="diag",
+        weights_init=np.asarray(init.weights),
+        means_init=np.asarray(init.means)[:, :k],
+        precisions_init=1.0 / np.asarray(init.variances)[:, :k],
+    ).fit(zp[:, :k])
     want = float(S.leep(ref.predict_proba(zp[:, :k]), y))
     assert float(S.nleep(f, y, key=key)) == pytest.approx(want, rel=1e-6)
     assert -np.log(4) - 1e-9 <= want <= 0.0
@@ -349,8 +395,9 @@ def _check_score_all(metrics):
     ys = np.arange(40) % 5
     out = S.score_all(feats, y, probs=probs, metrics=metrics, source_features=src, source_labels=ys)
     assert list(out) == list(metrics)
-    vmapped = S.score_all(feats, y, probs=probs, metrics=metrics, source_features=src, source_labels=ys,
-                          model_batch=None)
+    vmapped = S.score_all(
+        feats, y, probs=probs, metrics=metrics, source_features=src, source_labels=ys, model_batch=None
+    )
     for k in metrics:
         np.testing.assert_allclose(vmapped[k], out[k], rtol=1e-9)
     for i in range(3):

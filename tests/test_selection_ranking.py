@@ -17,8 +17,10 @@ from weightspace.testing import TOLERANCES
 
 RTOL64, ATOL64 = TOLERANCES["float64"]
 # shared/ sits beside the checkout (CI clones elsewhere, with a copy of shared/ next to it).
-_SPIDER_DIRS = (Path(__file__).resolve().parents[2] / "shared/data/model_spider",
-                Path("/work/shared/data/model_spider"))
+_SPIDER_DIRS = (
+    Path(__file__).resolve().parents[2] / "shared/data/model_spider",
+    Path("/work/shared/data/model_spider"),
+)
 SPIDER = next((p for p in _SPIDER_DIRS if p.exists()), _SPIDER_DIRS[-1])
 
 
@@ -85,8 +87,17 @@ def load_model_spider_table():
 @pytest.mark.skipif(not SPIDER.exists(), reason="shared Model Spider table data not present")
 def test_reproduces_model_spider_published_table():
     taus = load_model_spider_table()
-    expected = {"H-Score": 0.648, "NCE": 0.666, "OTCE": 0.149, "PACTranDirichlet": 0.397, "GBC": 0.094,
-                "LFC": 0.034, "LEEP": 0.405, "LogME": 0.678, "NLEEP": 0.449}  # golden.md "Ranking evaluation"
+    expected = {
+        "H-Score": 0.648,
+        "NCE": 0.666,
+        "OTCE": 0.149,
+        "PACTranDirichlet": 0.397,
+        "GBC": 0.094,
+        "LFC": 0.034,
+        "LEEP": 0.405,
+        "LogME": 0.678,
+        "NLEEP": 0.449,
+    }  # golden.md "Ranking evaluation"
     for m, want in expected.items():
         assert np.mean(list(taus[m].values())) == pytest.approx(want, abs=1e-3), m
     # Per-dataset published values (README table) where the CSV carries full-precision scores.

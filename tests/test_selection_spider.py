@@ -40,8 +40,10 @@ def test_listmle_matches_plackett_luce_oracle():
     want = -sum(s[order[i]] - np.log(np.sum(np.exp(s[order[i:]]))) for i in range(5))
     assert float(S.listmle_loss(jnp.asarray(s), jnp.asarray(acc))) == pytest.approx(want, rel=RTOL32, abs=ATOL32)
     # It is minimised (over all orderings of the same scores) by the true order.
-    losses = {p: float(S.listmle_loss(jnp.asarray(np.sort(s)[::-1][list(p)]), jnp.asarray(acc)))
-              for p in itertools.permutations(range(5))}
+    losses = {
+        p: float(S.listmle_loss(jnp.asarray(np.sort(s)[::-1][list(p)]), jnp.asarray(acc)))
+        for p in itertools.permutations(range(5))
+    }
     best = min(losses, key=losses.get)
     assert np.array_equal(np.argsort(-np.sort(s)[::-1][list(best)]), order)
 
@@ -130,8 +132,9 @@ def test_bad_inputs():
         S.stack_tasks([np.ones((2, 3)), np.ones((2, 4))])
     tasks = synthetic_tasks(2)
     with pytest.raises(ShapeError, match="task features have dim 8"):
-        S.train_model_spider(tasks, spider=S.ModelSpider(S.SpiderConfig(num_models=5, task_dim=4, dim=8, heads=2),
-                                                          rngs=nnx.Rngs(0)))
+        S.train_model_spider(
+            tasks, spider=S.ModelSpider(S.SpiderConfig(num_models=5, task_dim=4, dim=8, heads=2), rngs=nnx.Rngs(0))
+        )
 
 
 def test_scoring_survives_nnx_tree_mode():
@@ -139,5 +142,9 @@ def test_scoring_survives_nnx_tree_mode():
     tasks = synthetic_tasks(2)
     graphdef, state = nnx.split(spider)
     f = jax.jit(lambda s, x, m: nnx.merge(graphdef, s)(x, m))
-    np.testing.assert_allclose(np.asarray(f(state, tasks.features[0], tasks.mask[0])),
-                               np.asarray(spider(tasks.features[0], tasks.mask[0])), rtol=RTOL32, atol=ATOL32)
+    np.testing.assert_allclose(
+        np.asarray(f(state, tasks.features[0], tasks.mask[0])),
+        np.asarray(spider(tasks.features[0], tasks.mask[0])),
+        rtol=RTOL32,
+        atol=ATOL32,
+    )

@@ -267,9 +267,22 @@ def test_no_recompile_on_second_call():
         ({"snapshot_steps": (7,)}, "snapshot_steps"),
         ({"model_chunk": 0}, "model_chunk"),
     ],
-    ids=["optimizer", "negative-lr", "lr-length", "nan-lr", "momentum", "weight-decay", "unknown-hparam",
-         "negative-steps", "fractional-steps", "batch-size", "index-outside", "index-empty", "snapshot-steps",
-         "model-chunk"],
+    ids=[
+        "optimizer",
+        "negative-lr",
+        "lr-length",
+        "nan-lr",
+        "momentum",
+        "weight-decay",
+        "unknown-hparam",
+        "negative-steps",
+        "fractional-steps",
+        "batch-size",
+        "index-outside",
+        "index-empty",
+        "snapshot-steps",
+        "model-chunk",
+    ],
 )
 def test_bad_tables_raise_config_errors(kw, match):
     args = {"key": jax.random.key(0), "steps": 3, "batch_size": 4, **kw}
@@ -387,8 +400,18 @@ def test_split_outputs_keeps_the_real_logits(digits, digits_zoo):
         ({"classes": [[0, 1, 2]], "optimizer": "rmsprop"}, "unknown optimizer"),
         ({"learning_rate": 0.1}, "per-model column"),
     ],
-    ids=["class-count", "repeated-class", "class-range", "unknown-column", "length-mismatch", "train-fraction",
-         "init-scale", "dropout-mlp", "optimizer", "scalar-column"],
+    ids=[
+        "class-count",
+        "repeated-class",
+        "class-range",
+        "unknown-column",
+        "length-mismatch",
+        "train-fraction",
+        "init-scale",
+        "dropout-mlp",
+        "optimizer",
+        "scalar-column",
+    ],
 )
 def test_train_population_rejects_bad_plans(digits, plan, match):
     with pytest.raises(ConfigError, match=match):

@@ -58,5 +58,11 @@ def test_fit_passes_compiler_options_to_its_step() -> None:
         runs.append(np.asarray(model.kernel[...]))
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6, atol=1e-7)
     with pytest.raises(Exception, match="xla_cpu_no_such_option_in_any_xla"):
-        fit(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), mse, data, config=cfg, progress=False,
-            compiler_options={"xla_cpu_no_such_option_in_any_xla": 1})
+        fit(
+            nnx.Linear(3, 1, rngs=nnx.Rngs(0)),
+            mse,
+            data,
+            config=cfg,
+            progress=False,
+            compiler_options={"xla_cpu_no_such_option_in_any_xla": 1},
+        )

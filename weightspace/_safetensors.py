@@ -33,8 +33,9 @@ _DTYPES = {
 }
 
 
-def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
-                      metadata: Mapping[str, str] | None = None) -> Path:
+def write_safetensors(
+    path: str | os.PathLike[str], tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write ``tensors`` (name -> array) and string ``metadata`` to ``path``, atomically.
 
     Example:

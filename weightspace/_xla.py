@@ -58,7 +58,6 @@ def training_cpu_options() -> tuple[tuple[str, int], ...]:
     return _WIDE_VECTORS if _accepts(_WIDE_VECTORS) else ()
 
 
-
 def small_heaps_cpu_options(largest_buffer_bytes: int) -> tuple[tuple[str, int], ...]:
     """``compiler_options`` pairs for a CPU program whose buffers are all small but many.
 
@@ -87,7 +86,6 @@ def small_heaps_cpu_options(largest_buffer_bytes: int) -> tuple[tuple[str, int],
     return _SMALL_HEAPS if largest_buffer_bytes <= _SMALL_BUFFER_BYTES and _accepts(_SMALL_HEAPS) else ()
 
 
-
 @functools.cache
 def _accepts(options: tuple[tuple[str, int], ...]) -> bool:
     """Whether this backend is the CPU and its XLA compiles with ``options`` (a warning if not)."""
@@ -96,7 +94,10 @@ def _accepts(options: tuple[tuple[str, int], ...]) -> bool:
     try:
         jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros(2)).compile()
     except Exception as e:  # an XLA that renamed or dropped the option: compile without it
-        warnings.warn(f"weightspace: this XLA rejects {options[0][0]} ({type(e).__name__}); compiling without it",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"weightspace: this XLA rejects {options[0][0]} ({type(e).__name__}); compiling without it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return False
     return True

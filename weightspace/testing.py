@@ -24,8 +24,7 @@ def tolerance(dtype: Any) -> tuple[float, float]:
     return TOLERANCES.get(np.dtype(dtype).name, TOLERANCES["float32"])
 
 
-def tree_allclose(a: Any, b: Any, *, rtol: float | None = None, atol: float | None = None,
-                  scale: float = 1.0) -> bool:
+def tree_allclose(a: Any, b: Any, *, rtol: float | None = None, atol: float | None = None, scale: float = 1.0) -> bool:
     """True when two pytrees have the same structure and allclose leaves.
 
     Tolerances default to :data:`TOLERANCES` of the lower-precision dtype, times ``scale``
@@ -46,8 +45,9 @@ def tree_allclose(a: Any, b: Any, *, rtol: float | None = None, atol: float | No
             return False
         lo = x.dtype if np.finfo(x.dtype).bits <= np.finfo(y.dtype).bits else y.dtype
         r, t = tolerance(lo)
-        if not np.allclose(x, y, rtol=(rtol if rtol is not None else r) * scale,
-                           atol=(atol if atol is not None else t) * scale):
+        if not np.allclose(
+            x, y, rtol=(rtol if rtol is not None else r) * scale, atol=(atol if atol is not None else t) * scale
+        ):
             return False
     return True
 
@@ -85,13 +85,19 @@ def assert_no_recompile(fn: Any, *, allowed: int = 0) -> Iterator[None]:
     yield
     after = size()
     if after - before > allowed:
-        raise AssertionError(f"{getattr(fn, '__name__', fn)} recompiled {after - before} time(s) "
-                             f"(allowed {allowed})")
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} recompiled {after - before} time(s) (allowed {allowed})")
 
 
 # ---- symmetries of weight space (weightspace.equivariant) -------------------------------------
-def assert_permutation_invariant(encoder: Any, zoo: Any, *, key: Any = None, trials: int = 2,
-                                 symmetries: tuple[str, ...] = ("permute",), scale: float = 1.0) -> None:
+def assert_permutation_invariant(
+    encoder: Any,
+    zoo: Any,
+    *,
+    key: Any = None,
+    trials: int = 2,
+    symmetries: tuple[str, ...] = ("permute",),
+    scale: float = 1.0,
+) -> None:
     """Assert that an encoder's embeddings do not change when the zoo's models go through symmetries.
 
     The models themselves are transformed (:func:`weightspace.equivariant.transform_zoo`: random
@@ -126,13 +132,17 @@ def assert_permutation_invariant(encoder: Any, zoo: Any, *, key: Any = None, tri
     zoos = _zoos_of(zoo)
     base, _ = embed_zoo(encoder, zoos)
     for t in range(trials):
-        moved = [transform_zoo(z, symmetries, key=jax.random.fold_in(jax.random.fold_in(key, t), i))
-                 for i, z in enumerate(zoos)]
+        moved = [
+            transform_zoo(z, symmetries, key=jax.random.fold_in(jax.random.fold_in(key, t), i))
+            for i, z in enumerate(zoos)
+        ]
         out, _ = embed_zoo(encoder, moved)
         if not tree_allclose(base, out, scale=scale):
             err = float(np.max(np.abs(np.asarray(base, np.float64) - out)))
-            raise AssertionError(f"embeddings changed under {'+'.join(symmetries)} (trial {t}): max|diff| "
-                                 f"{err:.3g} (max|embedding| {float(np.max(np.abs(base))):.3g})")
+            raise AssertionError(
+                f"embeddings changed under {'+'.join(symmetries)} (trial {t}): max|diff| "
+                f"{err:.3g} (max|embedding| {float(np.max(np.abs(base))):.3g})"
+            )
 
 
 def _jitted(layer: Any) -> Any:
@@ -148,8 +158,7 @@ def _jitted(layer: Any) -> Any:
     return jax.jit(layer)
 
 
-def assert_permutation_equivariant(layer: Any, x: Any, *, key: Any = None, trials: int = 3,
-                                   scale: float = 1.0) -> None:
+def assert_permutation_equivariant(layer: Any, x: Any, *, key: Any = None, trials: int = 3, scale: float = 1.0) -> None:
     """Assert ``layer(P x) == P layer(x)`` for random permutations ``P`` of the hidden neurons.
 
     Args:
@@ -173,6 +182,7 @@ def assert_permutation_equivariant(layer: Any, x: Any, *, key: Any = None, trial
     from weightspace.equivariant._layout import layout_of, permute, random_hidden_perms
 
     key = jax.random.key(0) if key is None else key
+
     def floats(v: Any) -> Any:  # the int activation id is not permuted and not compared
         return tuple(a for a in v if not (hasattr(a, "dtype") and np.issubdtype(a.dtype, np.integer)))
 
@@ -184,6 +194,8 @@ def assert_permutation_equivariant(layer: Any, x: Any, *, key: Any = None, trial
         lhs = floats(layer(permute(x, perms)))
         rhs = floats(permute(y, perms))
         if not tree_allclose(lhs, rhs, scale=scale):
-            diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                     for a, b in zip(jax.tree_util.tree_leaves(lhs), jax.tree_util.tree_leaves(rhs), strict=True)]
+            diffs = [
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(jax.tree_util.tree_leaves(lhs), jax.tree_util.tree_leaves(rhs), strict=True)
+            ]
             raise AssertionError(f"layer is not permutation-equivariant (trial {t}): max|diff| per leaf {diffs}")

@@ -10,9 +10,12 @@ from typing import Any
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
 
-    tr = sub.add_parser("train-encoder", help="train a permutation-equivariant weight encoder contrastively",
-                        description="Train an NP or neuron-graph encoder with NT-Xent on the models of ZOO; "
-                        "models of the same task (--task: a meta column; class lists count as sets) are positives.")
+    tr = sub.add_parser(
+        "train-encoder",
+        help="train a permutation-equivariant weight encoder contrastively",
+        description="Train an NP or neuron-graph encoder with NT-Xent on the models of ZOO; "
+        "models of the same task (--task: a meta column; class lists count as sets) are positives.",
+    )
     tr.add_argument("zoos", nargs="+", metavar="ZOO", help=ZOO_HELP)
     tr.add_argument("--kind", choices=("np", "graph"), default="np")
     tr.add_argument("--task", default="classes", help="meta column naming each model's task (default: classes)")
@@ -27,9 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_zoo_options(tr)
     tr.set_defaults(func=_train)
 
-    em = sub.add_parser("embed", help="embed every model of zoos into an embedding gallery",
-                        description="Embed the models of ZOO with a trained encoder and store the embeddings in "
-                        "the gallery format of `weightspace index` (appends to an existing embedding gallery).")
+    em = sub.add_parser(
+        "embed",
+        help="embed every model of zoos into an embedding gallery",
+        description="Embed the models of ZOO with a trained encoder and store the embeddings in "
+        "the gallery format of `weightspace index` (appends to an existing embedding gallery).",
+    )
     em.add_argument("zoos", nargs="+", metavar="ZOO", help=ZOO_HELP)
     em.add_argument("--encoder", required=True, help="encoder directory from `weightspace train-encoder`")
     em.add_argument("--out", required=True, help="gallery directory")
@@ -71,19 +77,40 @@ def _train(args: argparse.Namespace) -> int:
     for b in buckets:
         labels.append(flat[lo : lo + len(b)])
         lo += len(b)
-    cfg = {"kind": args.kind, "taps": sorted({t for b in buckets for t in b.layout.taps}), "width": args.width,
-           "embed_dim": args.embed_dim, "max_inputs": max(b.layout.widths[0] for b in buckets),
-           "max_outputs": max(b.layout.widths[-1] for b in buckets)}
+    cfg = {
+        "kind": args.kind,
+        "taps": sorted({t for b in buckets for t in b.layout.taps}),
+        "width": args.width,
+        "embed_dim": args.embed_dim,
+        "max_inputs": max(b.layout.widths[0] for b in buckets),
+        "max_outputs": max(b.layout.widths[-1] for b in buckets),
+    }
     enc = build_encoder(cfg, seed=args.seed)
-    config = TrainConfig(steps=args.steps, learning_rate=1e-3, schedule="cosine", warmup=min(10, args.steps // 10),
-                         eval_every=max(1, args.steps), seed=args.seed, grad_clip=1.0)
-    _, rep = train_contrastive(enc, buckets, labels, config=config, batch_size=args.batch, tau=args.tau,
-                               loss=args.loss)
-    path = save_encoder(enc, args.out, extra={"task": args.task, "models": int(sum(len(b) for b in buckets)),
-                                              "tasks": len(np.unique(flat)), "steps": args.steps})
-    print(f"trained {args.kind} encoder on {sum(len(b) for b in buckets)} models ({len(np.unique(flat))} tasks), "
-          f"{rep.steps_done} steps in {rep.seconds:.1f} s (+{rep.compile_seconds:.1f} s compile), final loss "
-          f"{rep.history[-1]['loss']:.4f} -> {path}")
+    config = TrainConfig(
+        steps=args.steps,
+        learning_rate=1e-3,
+        schedule="cosine",
+        warmup=min(10, args.steps // 10),
+        eval_every=max(1, args.steps),
+        seed=args.seed,
+        grad_clip=1.0,
+    )
+    _, rep = train_contrastive(enc, buckets, labels, config=config, batch_size=args.batch, tau=args.tau, loss=args.loss)
+    path = save_encoder(
+        enc,
+        args.out,
+        extra={
+            "task": args.task,
+            "models": int(sum(len(b) for b in buckets)),
+            "tasks": len(np.unique(flat)),
+            "steps": args.steps,
+        },
+    )
+    print(
+        f"trained {args.kind} encoder on {sum(len(b) for b in buckets)} models ({len(np.unique(flat))} tasks), "
+        f"{rep.steps_done} steps in {rep.seconds:.1f} s (+{rep.compile_seconds:.1f} s compile), final loss "
+        f"{rep.history[-1]['loss']:.4f} -> {path}"
+    )
     return 0
 
 
@@ -102,8 +129,15 @@ def _neighbours(args: argparse.Namespace) -> int:
 
     hits = neighbours(args.gallery, args.model, top=args.top, zoo=args.zoo)
     if args.json:
-        print(json.dumps([{"rank": h.rank, "model": h.model_id, "zoo": h.zoo, "distance": h.score,
-                           "task": h.class_name} for h in hits], indent=1))
+        print(
+            json.dumps(
+                [
+                    {"rank": h.rank, "model": h.model_id, "zoo": h.zoo, "distance": h.score, "task": h.class_name}
+                    for h in hits
+                ],
+                indent=1,
+            )
+        )
         return 0
     print(f"nearest models to {args.model}:")
     print(f"{'rank':>4}  {'distance':>8}  {'model':<28} task")

@@ -101,8 +101,15 @@ def augment(x: WeightFeatures, key: Array, aug: Augment) -> WeightFeatures:
     return y
 
 
-def contrastive_loss(z: Float[Array, "n d"], labels: Int[Array, " n"], *, tau: float = 0.1, loss: str = "ntxent",
-                     margin: float = 0.5, standardize: bool = True) -> Array:
+def contrastive_loss(
+    z: Float[Array, "n d"],
+    labels: Int[Array, " n"],
+    *,
+    tau: float = 0.1,
+    loss: str = "ntxent",
+    margin: float = 0.5,
+    standardize: bool = True,
+) -> Array:
     """Supervised NT-Xent (``loss="ntxent"``) or a cosine margin loss (``"margin"``) over a batch of views.
 
     .. math::
@@ -215,8 +222,10 @@ def step_compiler_options(encoder: nnx.Module, batches: Sequence[tuple[Layout, i
         {}
     """
     width = int(encoder.config["width"])  # type: ignore[attr-defined]
-    largest = max(n * max(a * b for a, b in zip(lay.widths, lay.widths[1:], strict=False)) * max(width, *lay.taps) * 4
-                  for lay, n in batches)
+    largest = max(
+        n * max(a * b for a, b in zip(lay.widths, lay.widths[1:], strict=False)) * max(width, *lay.taps) * 4
+        for lay, n in batches
+    )
     return dict(small_heaps_cpu_options(largest))
 
 
@@ -227,8 +236,13 @@ def task_labels(values: Sequence[Any]) -> np.ndarray:
     return np.array([uniq.setdefault(k, len(uniq)) for k in keys], np.int64)
 
 
-def _sampler(buckets: Sequence[Bucket], labels: Sequence[np.ndarray], train: Sequence[np.ndarray],
-             sizes: Sequence[int], seed: int) -> Callable[[Any, int], Any]:
+def _sampler(
+    buckets: Sequence[Bucket],
+    labels: Sequence[np.ndarray],
+    train: Sequence[np.ndarray],
+    sizes: Sequence[int],
+    seed: int,
+) -> Callable[[Any, int], Any]:
     """Per bucket ``sizes[b]`` train models a step: half anchors, half a same-task partner when one exists."""
     groups = []
     for lab, tr in zip(labels, train, strict=True):
@@ -309,10 +323,18 @@ def train_contrastive(
     model = ContrastiveModel(encoder, proj_dim=proj_dim, rngs=nnx.Rngs(config.seed + 1))
     fn = _Loss(augmentation, tau, loss, margin)
     wrapped = None if val_fn is None else (lambda m: val_fn(m.encoder))
-    report = fit(model, fn, None, config=config, val_fn=wrapped, checkpoint_dir=checkpoint_dir,
-                 sample=_sampler(buckets, labels, train, sizes, config.seed), progress=progress,
-                 optimizer=optimizer,
-                 compiler_options=step_compiler_options(encoder, [(b.layout, n) for b, n in zip(buckets, sizes)]))
+    report = fit(
+        model,
+        fn,
+        None,
+        config=config,
+        val_fn=wrapped,
+        checkpoint_dir=checkpoint_dir,
+        sample=_sampler(buckets, labels, train, sizes, config.seed),
+        progress=progress,
+        optimizer=optimizer,
+        compiler_options=step_compiler_options(encoder, [(b.layout, n) for b, n in zip(buckets, sizes)]),
+    )
     return model, report
 
 

@@ -63,8 +63,14 @@ def _pad_rows(tree: Any, n: int) -> Any:
     return jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree)
 
 
-def embed_bucket(encoder: Any, bucket: Bucket, *, chunk: int = 256, mesh: Mesh | None = None,
-                 fn: Callable[[WeightFeatures], jax.Array] | None = None) -> Float[np.ndarray, "models embed"]:
+def embed_bucket(
+    encoder: Any,
+    bucket: Bucket,
+    *,
+    chunk: int = 256,
+    mesh: Mesh | None = None,
+    fn: Callable[[WeightFeatures], jax.Array] | None = None,
+) -> Float[np.ndarray, "models embed"]:
     """Embeddings of one bucket, ``chunk`` models at a time (every call has the same shape: one compile).
 
     With ``mesh``, each chunk is sharded over the mesh's ``models`` axis (``chunk`` is rounded up
@@ -94,9 +100,14 @@ def embed_bucket(encoder: Any, bucket: Bucket, *, chunk: int = 256, mesh: Mesh |
     return np.concatenate(out)
 
 
-def embed_zoo(encoder: Any, source: Any, *, chunk: int = 256, mesh: Mesh | None = None,
-              widths: dict[tuple[int, ...], tuple[int, ...]] | None = None,
-              ) -> tuple[Float[np.ndarray, "models embed"], list[str]]:
+def embed_zoo(
+    encoder: Any,
+    source: Any,
+    *,
+    chunk: int = 256,
+    mesh: Mesh | None = None,
+    widths: dict[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> tuple[Float[np.ndarray, "models embed"], list[str]]:
     """Embed every model of a Zoo / Collection; returns ``(embeddings, ids)`` in the source's model order.
 
     Streams: each zoo is read ``chunk`` models at a time (a memory-mapped zoo is never loaded whole),

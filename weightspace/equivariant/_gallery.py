@@ -36,8 +36,11 @@ def embedding_axis(dim: int, fingerprint: str, *, source: str = "") -> Any:
 
     code = float(int(fingerprint[:6], 16))  # 24 bits: exact in float32
     data = np.stack([np.arange(dim, dtype=np.float32), np.full(dim, code, np.float32)], 1)
-    return ProbeSet(name=f"embedding-{fingerprint[:12]}", data=data,
-                    provenance=f"embedding axis of encoder sha256 {fingerprint} {source}".strip())
+    return ProbeSet(
+        name=f"embedding-{fingerprint[:12]}",
+        data=data,
+        provenance=f"embedding axis of encoder sha256 {fingerprint} {source}".strip(),
+    )
 
 
 def _task_name(meta_row: dict[str, Any]) -> str | None:
@@ -48,8 +51,15 @@ def _task_name(meta_row: dict[str, Any]) -> str | None:
     return None
 
 
-def embed_gallery(encoder: Any, source: Any, out: str | os.PathLike[str], *, chunk: int = 256,
-                  source_name: str = "", models_per_shard: int | None = None) -> Any:
+def embed_gallery(
+    encoder: Any,
+    source: Any,
+    out: str | os.PathLike[str],
+    *,
+    chunk: int = 256,
+    source_name: str = "",
+    models_per_shard: int | None = None,
+) -> Any:
     """Embed every model of a Zoo / Collection and store the embeddings as a gallery (new or appended).
 
     Args:
@@ -89,8 +99,14 @@ def embed_gallery(encoder: Any, source: Any, out: str | os.PathLike[str], *, chu
         if not np.isfinite(emb).all():
             raise InvalidValueError(f"zoo {z.name!r}: the encoder produced NaN/Inf embeddings")
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        items.append(Responses(z.name, emb[:, :, None].astype(np.float32), ids,
-                               classes=[[_task_name(z.row(i)) or ""] for i in range(len(z))]))
+        items.append(
+            Responses(
+                z.name,
+                emb[:, :, None].astype(np.float32),
+                ids,
+                classes=[[_task_name(z.row(i)) or ""] for i in range(len(z))],
+            )
+        )
     probes = embedding_axis(items[0].values.shape[1], fp, source=source_name)
     return build_gallery(items, probes, out, dtype="float32", normalize=False, models_per_shard=models_per_shard)
 

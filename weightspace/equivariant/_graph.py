@@ -87,13 +87,33 @@ class GraphEncoder(nnx.Module):
         (3, 16)
     """
 
-    def __init__(self, *, taps: tuple[int, ...] = (1, 9), width: int = 32, rounds: int = 2, embed_dim: int = 64,
-                 max_inputs: int = 784, max_outputs: int = 10, max_depth: int = 8, rngs: nnx.Rngs) -> None:
-        self.spec = tuple({"kind": "graph", "taps": tuple(int(t) for t in taps), "width": width, "rounds": rounds,
-                       "embed_dim": embed_dim, "max_inputs": max_inputs, "max_outputs": max_outputs,
-                       "max_depth": max_depth}.items())
-        self.lift = Lift(width, taps=taps, max_inputs=max_inputs, max_outputs=max_outputs, in_embed=False,
-                         out_embed=False, rngs=rngs)
+    def __init__(
+        self,
+        *,
+        taps: tuple[int, ...] = (1, 9),
+        width: int = 32,
+        rounds: int = 2,
+        embed_dim: int = 64,
+        max_inputs: int = 784,
+        max_outputs: int = 10,
+        max_depth: int = 8,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.spec = tuple(
+            {
+                "kind": "graph",
+                "taps": tuple(int(t) for t in taps),
+                "width": width,
+                "rounds": rounds,
+                "embed_dim": embed_dim,
+                "max_inputs": max_inputs,
+                "max_outputs": max_outputs,
+                "max_depth": max_depth,
+            }.items()
+        )
+        self.lift = Lift(
+            width, taps=taps, max_inputs=max_inputs, max_outputs=max_outputs, in_embed=False, out_embed=False, rngs=rngs
+        )
         init = nnx.initializers.normal(1.0)
         self.in_pos = nnx.Param(init(rngs.params(), (max_inputs, width)))
         self.out_pos = nnx.Param(init(rngs.params(), (max_outputs, width)))
@@ -111,8 +131,10 @@ class GraphEncoder(nnx.Module):
         from weightspace._errors import ConfigError
 
         if lay.widths[0] > self.in_pos.shape[0] or lay.widths[-1] > self.out_pos.shape[0]:
-            raise ConfigError(f"models with {lay.widths[0]} inputs / {lay.widths[-1]} outputs exceed the encoder's "
-                              f"max_inputs={self.in_pos.shape[0]} / max_outputs={self.out_pos.shape[0]}")
+            raise ConfigError(
+                f"models with {lay.widths[0]} inputs / {lay.widths[-1]} outputs exceed the encoder's "
+                f"max_inputs={self.in_pos.shape[0]} / max_outputs={self.out_pos.shape[0]}"
+            )
         h, logs = self.lift(x)
         pos = self.layer_pos[...]
         nodes = [(self.in_pos[...][: lay.widths[0]] + pos[0]) * x.masks[0][:, None]]
@@ -133,12 +155,18 @@ class GraphEncoder(nnx.Module):
             g = mp(g)
         depth = len(g.edges)
         hidden = [_mean_nodes(g.nodes[i], g.masks[i]) for i in range(1, depth)]
-        edge_means = [(e * (g.masks[i + 1][:, None, None] * g.masks[i][None, :, None])).sum((0, 1))
-                      / (_count(g.masks[i + 1]) * _count(g.masks[i])) for i, e in enumerate(g.edges)]
-        pooled = jnp.concatenate([
-            _mean_nodes(g.nodes[0], g.masks[0]),
-            jnp.mean(jnp.stack(hidden), 0),
-            _mean_nodes(g.nodes[-1], g.masks[-1]),
-            role_context(edge_means, depth),
-        ], -1)
+        edge_means = [
+            (e * (g.masks[i + 1][:, None, None] * g.masks[i][None, :, None])).sum((0, 1))
+            / (_count(g.masks[i + 1]) * _count(g.masks[i]))
+            for i, e in enumerate(g.edges)
+        ]
+        pooled = jnp.concatenate(
+            [
+                _mean_nodes(g.nodes[0], g.masks[0]),
+                jnp.mean(jnp.stack(hidden), 0),
+                _mean_nodes(g.nodes[-1], g.masks[-1]),
+                role_context(edge_means, depth),
+            ],
+            -1,
+        )
         return self.head2(gelu_tanh(self.head1(jnp.concatenate([self.norm(pooled), logs], -1))))

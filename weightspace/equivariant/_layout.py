@@ -222,8 +222,9 @@ def check_finite_zoo(zoo: Any) -> None:
         raise InvalidValueError(f"zoo {zoo.name!r} has NaN/Inf weights in " + "; ".join(bad))
 
 
-def bucketize(source: Any, *, widths: dict[tuple[int, ...], tuple[int, ...]] | None = None,
-              pad: bool = True) -> list[Bucket]:
+def bucketize(
+    source: Any, *, widths: dict[tuple[int, ...], tuple[int, ...]] | None = None, pad: bool = True
+) -> list[Bucket]:
     """Turn zoos into buckets of padded, masked weight features (one bucket per depth/taps signature).
 
     Args:
@@ -263,8 +264,9 @@ def bucketize(source: Any, *, widths: dict[tuple[int, ...], tuple[int, ...]] | N
         biggest = tuple(max(w[j] for w in ws) for j in range(len(ws[0])))
         if not pad and len(set(ws)) > 1:
             names = ", ".join(f"{zoos[i].name!r} {layouts[i].widths}" for i in members[:4])
-            raise ShapeError(f"zoos of one layout have different widths ({names}); pass pad=True to pad "
-                             "them with neuron masks")
+            raise ShapeError(
+                f"zoos of one layout have different widths ({names}); pass pad=True to pad them with neuron masks"
+            )
         target = tuple(widths[sig]) if widths is not None and sig in widths else biggest
         if any(b > t for b, t in zip(biggest, target, strict=True)):
             raise ShapeError(f"models of widths {biggest} do not fit the encoder's padded widths {target}")
@@ -299,6 +301,7 @@ def permute(x: Any, perms: Sequence[Array | None]) -> Any:
     rows permuted by ``perms[l + 1]`` and its columns by ``perms[l]``; biases and node states
     follow their neuron layer; masks move with their neurons.
     """
+
     def rows(a: Array, p: Array | None) -> Array:
         return a if p is None else a[p]
 

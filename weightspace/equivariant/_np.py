@@ -234,8 +234,15 @@ class NPLayer(nnx.Module):
             mr, mc = x.masks[i + 1], x.masks[i]
             if isinstance(w, LiftedWeight):
                 a, beta = self.point[r].kernel[...], self.point[r].bias[...]
-                ws.append(_materialize(LiftedWeight(w.u, w.kernel @ a, w.row @ a + per_row, w.col @ a + per_col,
-                                                    w.const @ a + beta + whole), mr, mc))
+                ws.append(
+                    _materialize(
+                        LiftedWeight(
+                            w.u, w.kernel @ a, w.row @ a + per_row, w.col @ a + per_col, w.const @ a + beta + whole
+                        ),
+                        mr,
+                        mc,
+                    )
+                )
             else:
                 w_new = _dense(self.point[r], w) + whole[None, None] + per_col[None, :, :] + per_row[:, None, :]
                 ws.append(w_new * mr[:, None, None] * mc[None, :, None])
@@ -257,8 +264,17 @@ class Lift(nnx.Module):
     the symmetries that are not symmetries of the network: the order of inputs and outputs.
     """
 
-    def __init__(self, width: int, *, taps: tuple[int, ...], max_inputs: int, max_outputs: int,
-                 in_embed: bool, out_embed: bool, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        width: int,
+        *,
+        taps: tuple[int, ...],
+        max_inputs: int,
+        max_outputs: int,
+        in_embed: bool,
+        out_embed: bool,
+        rngs: nnx.Rngs,
+    ) -> None:
         self.taps = tuple(sorted(set(int(t) for t in taps)))
         self.width = width
         self.edge = nnx.Dict({f"t{t}": nnx.Linear(t, width, rngs=rngs) for t in self.taps})
@@ -281,8 +297,10 @@ class Lift(nnx.Module):
         lay = layout_of(x)
         for t in lay.taps:
             if t not in self.taps:
-                raise ConfigError(f"this encoder was built for edges with {list(self.taps)} features (kernel taps); "
-                                  f"a layer has {t}: rebuild it with taps including {t}")
+                raise ConfigError(
+                    f"this encoder was built for edges with {list(self.taps)} features (kernel taps); "
+                    f"a layer has {t}: rebuild it with taps including {t}"
+                )
         if self.in_embed is not None and lay.widths[0] > self.max_inputs:
             raise ConfigError(f"models with {lay.widths[0]} inputs exceed the encoder's max_inputs={self.max_inputs}")
         if self.out_embed is not None and lay.widths[-1] > self.max_outputs:
@@ -333,14 +351,41 @@ class NPEncoder(nnx.Module):
         (5, 16)
     """
 
-    def __init__(self, *, taps: tuple[int, ...] = (1, 9), width: int = 16, depth: int = 2, embed_dim: int = 64,
-                 max_inputs: int = 784, max_outputs: int = 10, in_embed: bool = True, out_embed: bool = False,
-                 rngs: nnx.Rngs) -> None:
-        self.spec = tuple({"kind": "np", "taps": tuple(int(t) for t in taps), "width": width, "depth": depth,
-                       "embed_dim": embed_dim, "max_inputs": max_inputs, "max_outputs": max_outputs,
-                       "in_embed": in_embed, "out_embed": out_embed}.items())
-        self.lift = Lift(width, taps=taps, max_inputs=max_inputs, max_outputs=max_outputs, in_embed=in_embed,
-                         out_embed=out_embed, rngs=rngs)
+    def __init__(
+        self,
+        *,
+        taps: tuple[int, ...] = (1, 9),
+        width: int = 16,
+        depth: int = 2,
+        embed_dim: int = 64,
+        max_inputs: int = 784,
+        max_outputs: int = 10,
+        in_embed: bool = True,
+        out_embed: bool = False,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.spec = tuple(
+            {
+                "kind": "np",
+                "taps": tuple(int(t) for t in taps),
+                "width": width,
+                "depth": depth,
+                "embed_dim": embed_dim,
+                "max_inputs": max_inputs,
+                "max_outputs": max_outputs,
+                "in_embed": in_embed,
+                "out_embed": out_embed,
+            }.items()
+        )
+        self.lift = Lift(
+            width,
+            taps=taps,
+            max_inputs=max_inputs,
+            max_outputs=max_outputs,
+            in_embed=in_embed,
+            out_embed=out_embed,
+            rngs=rngs,
+        )
         self.layers = nnx.List([NPLayer(width, width, rngs=rngs) for _ in range(depth)])
         # LayerNorm of the pooled (invariant) vector keeps the head out of saturation: without it the
         # contrastive loss collapsed every embedding onto one point within 10 steps. The per-role log

@@ -187,7 +187,13 @@ def train_supervised(
 
     data = {"x": jax.tree_util.tree_map(lambda a: np.asarray(a)[train], bucket.features), "y": yt[train]}
     report = fit(
-        model, _Loss(task), data, config=config, val_fn=val_fn, checkpoint_dir=checkpoint_dir, progress=progress,
+        model,
+        _Loss(task),
+        data,
+        config=config,
+        val_fn=val_fn,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
         compiler_options=step_compiler_options(encoder, [(bucket.layout, config.batch_size)]),
     )
     return SupervisedRun(model, task, mean, std, report)

@@ -76,8 +76,7 @@ def permute_hidden(arch: Architecture, params: Params, *, key: Array) -> Params:
     return out
 
 
-def rescale_hidden(arch: Architecture, params: Params, *, key: Array, low: float = 0.5,
-                   high: float = 2.0) -> Params:
+def rescale_hidden(arch: Architecture, params: Params, *, key: Array, low: float = 0.5, high: float = 2.0) -> Params:
     """Multiply each hidden neuron's incoming weights and bias by ``s`` ~ logU(low, high), outgoing by ``1/s``.
 
     Exact for positively homogeneous activations (ReLU, leaky ReLU, identity).
@@ -87,14 +86,17 @@ def rescale_hidden(arch: Architecture, params: Params, *, key: Array, low: float
     """
     act = activation_of(arch)
     if act not in _HOMOGENEOUS:
-        raise ConfigError(f"positive rescaling is a symmetry only for {_HOMOGENEOUS}; {type(arch).__name__} "
-                          f"uses {act!r}")
+        raise ConfigError(
+            f"positive rescaling is a symmetry only for {_HOMOGENEOUS}; {type(arch).__name__} uses {act!r}"
+        )
     if not 0 < low <= high:
         raise ConfigError(f"rescale bounds must satisfy 0 < low <= high, got ({low}, {high})")
     specs = layer_specs(arch)
     keys = jax.random.split(key, len(specs))
-    scales = [jnp.exp(jax.random.uniform(keys[i], (specs[i].out,), jnp.float32, jnp.log(low), jnp.log(high)))
-              for i in range(len(specs) - 1)]
+    scales = [
+        jnp.exp(jax.random.uniform(keys[i], (specs[i].out,), jnp.float32, jnp.log(low), jnp.log(high)))
+        for i in range(len(specs) - 1)
+    ]
     return _scale_hidden(arch, params, scales)
 
 
@@ -108,12 +110,15 @@ def flip_hidden(arch: Architecture, params: Params, *, key: Array, p: float = 0.
     """
     act = activation_of(arch)
     if act not in _ODD:
-        raise ConfigError(f"sign flips are a symmetry only for odd activations {_ODD}; {type(arch).__name__} "
-                          f"uses {act!r}")
+        raise ConfigError(
+            f"sign flips are a symmetry only for odd activations {_ODD}; {type(arch).__name__} uses {act!r}"
+        )
     specs = layer_specs(arch)
     keys = jax.random.split(key, len(specs))
-    scales = [jnp.where(jax.random.bernoulli(keys[i], p, (specs[i].out,)), -1.0, 1.0).astype(jnp.float32)
-              for i in range(len(specs) - 1)]
+    scales = [
+        jnp.where(jax.random.bernoulli(keys[i], p, (specs[i].out,)), -1.0, 1.0).astype(jnp.float32)
+        for i in range(len(specs) - 1)
+    ]
     return _scale_hidden(arch, params, scales)
 
 

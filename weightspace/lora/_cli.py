@@ -20,17 +20,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lsub = lora.add_subparsers(dest="lora_command", metavar="SUBCOMMAND")
 
     size = lsub.add_parser("size", help="predict the fine-tuning dataset size of LoRAs (DSiRe)")
-    size.add_argument("inputs", nargs="+", metavar="ZOO_OR_FILES",
-                      help="a LoRA-WiSE rows file (.safetensors/.npz), a LoRA zoo file, or LoRA adapter files")
-    size.add_argument("--reference", required=True, metavar="REF",
-                      help="LoRA-WiSE rows (or LoRA zoo) file of reference LoRAs with known sizes (same layers, rank)")
+    size.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="ZOO_OR_FILES",
+        help="a LoRA-WiSE rows file (.safetensors/.npz), a LoRA zoo file, or LoRA adapter files",
+    )
+    size.add_argument(
+        "--reference",
+        required=True,
+        metavar="REF",
+        help="LoRA-WiSE rows (or LoRA zoo) file of reference LoRAs with known sizes (same layers, rank)",
+    )
     size.add_argument("--top-k", type=int, default=None, help="singular values per tensor (default: the rank)")
     size.add_argument("--json", action="store_true", help="print machine-readable JSON")
     size.set_defaults(func=_size)
 
     det = lsub.add_parser("detune", help="recover pre-fine-tuning weights from LoRA fine-tunes (Spectral DeTuning)")
-    det.add_argument("inputs", nargs="+", metavar="LORA_FILES",
-                     help="safetensors files of fine-tuned models (LoRA merged in), all with the same tensors")
+    det.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="LORA_FILES",
+        help="safetensors files of fine-tuned models (LoRA merged in), all with the same tensors",
+    )
     det.add_argument("--rank", type=int, required=True, help="the LoRA rank (final rank of the scheduler)")
     det.add_argument("--out", required=True, metavar="BASE.safetensors", help="where to write the recovered weights")
     det.add_argument("--iters", type=int, default=300, help="iterations (default 300)")
@@ -63,11 +75,13 @@ def _size(args: argparse.Namespace) -> int:
     model = fit_dsire(ref_f, ref.labels)
     votes = dsire_votes(model, q_f)
     pred = vote(votes)
-    out = [{"id": i, "size": int(p), "agreement": float((v == p).mean())} for i, p, v in zip(ids, pred, votes,
-                                                                                               strict=True)]
+    out = [
+        {"id": i, "size": int(p), "agreement": float((v == p).mean())} for i, p, v in zip(ids, pred, votes, strict=True)
+    ]
     if args.json:
-        print(json.dumps({"reference": str(args.reference), "reference_models": len(ref), "predictions": out},
-                         indent=2))
+        print(
+            json.dumps({"reference": str(args.reference), "reference_models": len(ref), "predictions": out}, indent=2)
+        )
     else:
         for row in out:
             print(f"{row['id']}\tsize={row['size']}\tvotes={row['agreement']:.0%}")
@@ -89,16 +103,28 @@ def _detune(args: argparse.Namespace) -> int:
         raise LoadError("detune needs at least two fine-tuned model files")
     finetunes = [_read_model(p) for p in paths]
     params, report = detune_model(finetunes, rank=args.rank, n_iters=args.iters, svd=args.svd)
-    meta: dict[str, Any] = {"weightspace": "detuned/1", "sources": [str(p) for p in paths], "rank": args.rank,
-                            "iters": args.iters}
+    meta: dict[str, Any] = {
+        "weightspace": "detuned/1",
+        "sources": [str(p) for p in paths],
+        "rank": args.rank,
+        "iters": args.iters,
+    }
     write_safetensors(args.out, params, {k: json.dumps(v) for k, v in meta.items()})
-    summary = {"out": str(args.out), "recovered": sorted(report["layers"]), "copied": report["copied"],
-               "averaged": report["averaged"], "warnings": report["warnings"], "layers": report["layers"]}
+    summary = {
+        "out": str(args.out),
+        "recovered": sorted(report["layers"]),
+        "copied": report["copied"],
+        "averaged": report["averaged"],
+        "warnings": report["warnings"],
+        "layers": report["layers"],
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"wrote {args.out}: {len(report['layers'])} tensors recovered, {len(report['copied'])} copied, "
-              f"{len(report['averaged'])} averaged")
+        print(
+            f"wrote {args.out}: {len(report['layers'])} tensors recovered, {len(report['copied'])} copied, "
+            f"{len(report['averaged'])} averaged"
+        )
         for w in report["warnings"]:
             print(f"warning: {w}")
     return 0

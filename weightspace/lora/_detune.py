@@ -48,8 +48,12 @@ class RankSchedule(NamedTuple):
 
 def rank_schedule_init(start_rank: int = 1) -> RankSchedule:
     """The scheduler before the first iteration: rank ``start_rank``, no best loss yet."""
-    return RankSchedule(jnp.asarray(start_rank, jnp.int32), jnp.asarray(jnp.inf, jnp.float32),
-                        jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32))
+    return RankSchedule(
+        jnp.asarray(start_rank, jnp.int32),
+        jnp.asarray(jnp.inf, jnp.float32),
+        jnp.asarray(0, jnp.int32),
+        jnp.asarray(0, jnp.int32),
+    )
 
 
 def rank_schedule_update(
@@ -100,8 +104,12 @@ def rank_schedule_update(
     rank = jnp.where(grow, jnp.minimum(state.rank * factor, end_rank), state.rank)
     bad = jnp.where(grow, 0, bad)
     forced = step >= n_iters - n_iters * force_fraction
-    return RankSchedule(jnp.where(forced, end_rank, rank).astype(jnp.int32), jnp.where(forced, state.best, best),
-                        jnp.where(forced, state.bad, bad).astype(jnp.int32), step)
+    return RankSchedule(
+        jnp.where(forced, end_rank, rank).astype(jnp.int32),
+        jnp.where(forced, state.best, best),
+        jnp.where(forced, state.bad, bad).astype(jnp.int32),
+        step,
+    )
 
 
 # ---- low-rank approximations with a traced rank -------------------------------------------------
@@ -147,8 +155,9 @@ def randomized_svd(
     return (basis @ u)[..., :k], s[..., :k], vt
 
 
-def _masked_lowrank(d: Array, rank: Array, omega: Array, *, max_rank: int, solver: str, power_iters: int
-                    ) -> tuple[Array, Array]:
+def _masked_lowrank(
+    d: Array, rank: Array, omega: Array, *, max_rank: int, solver: str, power_iters: int
+) -> tuple[Array, Array]:
     """Best rank-``rank`` approximation of each ``d[i]`` (``rank`` traced, ``<= max_rank``).
 
     Returns the approximation and the next warm start of the randomized solver.
@@ -186,17 +195,27 @@ def _run_layer(c0: Array, g: Array, c: Array, omega: Array, cfg: _Cfg) -> tuple[
     mean_i M_i`` (in the reduced coordinates when reduced). ``g``/``c`` give the distance to a
     reference weight: ``||W* - W_ref||^2 = ||g - mean M||^2 + c``.
     """
-    def body(carry: tuple[Array, Array, RankSchedule], _: Array) -> tuple[tuple[Array, Array, RankSchedule],
-                                                                          tuple[Array, ...]]:
+
+    def body(
+        carry: tuple[Array, Array, RankSchedule], _: Array
+    ) -> tuple[tuple[Array, Array, RankSchedule], tuple[Array, ...]]:
         mbar, om, sched = carry
-        m_i, om = _masked_lowrank(c0 + mbar, sched.rank, om, max_rank=cfg.rank, solver=cfg.solver,
-                                  power_iters=cfg.power_iters)
+        m_i, om = _masked_lowrank(
+            c0 + mbar, sched.rank, om, max_rank=cfg.rank, solver=cfg.solver, power_iters=cfg.power_iters
+        )
         mbar_new = m_i.mean(0)
         # loss of the reference code: mean_i mean((W'_i - (W* + M_i))^2), W' - W* = c0 + mean M
         loss = jnp.sum((c0 + mbar_new - m_i) ** 2) / (cfg.numel * c0.shape[0])
         err = (jnp.sum((g - mbar_new) ** 2) + c) / cfg.numel
-        new = rank_schedule_update(sched, loss, n_iters=cfg.n_iters, end_rank=cfg.rank, patience=cfg.patience,
-                                   factor=cfg.factor, force_fraction=cfg.force_fraction)
+        new = rank_schedule_update(
+            sched,
+            loss,
+            n_iters=cfg.n_iters,
+            end_rank=cfg.rank,
+            patience=cfg.patience,
+            factor=cfg.factor,
+            force_fraction=cfg.force_fraction,
+        )
         return (mbar_new, om, new), (loss, sched.rank, err)
 
     init = (jnp.zeros(c0.shape[1:], c0.dtype), omega, rank_schedule_init(cfg.start_rank))
@@ -209,8 +228,9 @@ def _orth(x: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("power_iters", "tol_eps"))
-def _reduce_batch(wp: Array, om_c: Array, om_r: Array, ref: Array, *, power_iters: int, tol_eps: float
-                  ) -> dict[str, Array]:
+def _reduce_batch(
+    wp: Array, om_c: Array, om_r: Array, ref: Array, *, power_iters: int, tol_eps: float
+) -> dict[str, Array]:
     """Per layer: orthonormal bases of the span of the fine-tune differences, the cores, what the
     bases miss, the singular values of the stacked cores and the reference's projection."""
 
@@ -234,14 +254,24 @@ def _reduce_batch(wp: Array, om_c: Array, om_r: Array, ref: Array, *, power_iter
         e0 = mean - r
         g = pc.T @ e0 @ qc
         c = jnp.sum((e0 - pc @ g @ qc.T) ** 2)
-        return {"mean": mean, "pc": pc, "qc": qc, "core": core, "ok": ok, "missed": missed / jnp.maximum(total, 1e-30),
-                "dims": jnp.sum(sv > floor), "g": g, "c": c}
+        return {
+            "mean": mean,
+            "pc": pc,
+            "qc": qc,
+            "core": core,
+            "ok": ok,
+            "missed": missed / jnp.maximum(total, 1e-30),
+            "dims": jnp.sum(sv > floor),
+            "g": g,
+            "c": c,
+        }
 
     return jax.vmap(one)(wp, om_c, om_r, ref)
 
 
-def _program(wp: Array, core: Array, pc: Array, qc: Array, g: Array, c: Array, omega: Array, *, cfg: _Cfg,
-             reduced: bool) -> tuple[Array, ...]:
+def _program(
+    wp: Array, core: Array, pc: Array, qc: Array, g: Array, c: Array, omega: Array, *, cfg: _Cfg, reduced: bool
+) -> tuple[Array, ...]:
     def one(w: Array, c0: Array, p_: Array, q_: Array, gg: Array, cc: Array, om: Array) -> tuple[Array, ...]:
         mean = w.mean(0)
         if not reduced:
@@ -255,8 +285,20 @@ def _program(wp: Array, core: Array, pc: Array, qc: Array, g: Array, c: Array, o
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "reduced", "mesh", "axis"))
-def _detune_program(wp: Array, core: Array, pc: Array, qc: Array, g: Array, c: Array, omega: Array, *,
-                    cfg: _Cfg, reduced: bool, mesh: Mesh | None, axis: str | None) -> tuple[Array, ...]:
+def _detune_program(
+    wp: Array,
+    core: Array,
+    pc: Array,
+    qc: Array,
+    g: Array,
+    c: Array,
+    omega: Array,
+    *,
+    cfg: _Cfg,
+    reduced: bool,
+    mesh: Mesh | None,
+    axis: str | None,
+) -> tuple[Array, ...]:
     fn = functools.partial(_program, cfg=cfg, reduced=reduced)
     if mesh is None:
         return fn(wp, core, pc, qc, g, c, omega)
@@ -264,7 +306,8 @@ def _detune_program(wp: Array, core: Array, pc: Array, qc: Array, g: Array, c: A
     # layers are independent (no collectives), so the per-device program is the unsharded one;
     # check_vma=False lets the scan carry start from replicated constants
     return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * 7, out_specs=(spec,) * 4, check_vma=False)(
-        wp, core, pc, qc, g, c, omega)
+        wp, core, pc, qc, g, c, omega
+    )
 
 
 # ---- public API -------------------------------------------------------------------------------
@@ -385,8 +428,13 @@ def spectral_detune(
     n_layers, n_loras, m, n = host.shape
     if svd not in SOLVERS:
         raise ConfigError(f"svd must be one of {SOLVERS}, got {svd!r}")
-    for label, v in (("n_iters", n_iters), ("rank", rank), ("start_rank", start_rank), ("patience", patience),
-                     ("factor", factor)):
+    for label, v in (
+        ("n_iters", n_iters),
+        ("rank", rank),
+        ("start_rank", start_rank),
+        ("patience", patience),
+        ("factor", factor),
+    ):
         if not isinstance(v, int) or v < 1:
             raise ConfigError(f"{label} must be a positive int, got {v!r}")
     if not 0.0 <= force_fraction <= 1.0:
@@ -419,9 +467,17 @@ def spectral_detune(
     if reduce and n_loras > 1:
         om_c = rng.standard_normal((n_layers, n_loras, n, d)).astype(dtype)
         om_r = rng.standard_normal((n_layers, n_loras, m, d)).astype(dtype)
-        red = {k: np.asarray(v) for k, v in _reduce_batch(
-            host, om_c, om_r, ref if ref is not None else np.zeros((n_layers, m, n), dtype),
-            power_iters=power_iters, tol_eps=float(np.finfo(dtype).eps)).items()}
+        red = {
+            k: np.asarray(v)
+            for k, v in _reduce_batch(
+                host,
+                om_c,
+                om_r,
+                ref if ref is not None else np.zeros((n_layers, m, n), dtype),
+                power_iters=power_iters,
+                tol_eps=float(np.finfo(dtype).eps),
+            ).items()
+        }
         reduced, missed = red["ok"].astype(bool), red["missed"].astype(np.float32)
         rank_est = np.rint(red["dims"] / n_loras).astype(np.int32)
 
@@ -462,16 +518,21 @@ def spectral_detune(
         if error is not None:
             error[idx] = er
     if reduce and n_loras > 1 and (~reduced).any():
-        warnings.append(f"{int((~reduced).sum())} layer(s) ran unreduced: their fine-tune differences are not of "
-                        f"rank <= {n_loras} x {rank} (largest missed fraction {np.nanmax(missed):.2e}); the final "
-                        "rank may be under-estimated")
+        warnings.append(
+            f"{int((~reduced).sum())} layer(s) ran unreduced: their fine-tune differences are not of "
+            f"rank <= {n_loras} x {rank} (largest missed fraction {np.nanmax(missed):.2e}); the final "
+            "rank may be under-estimated"
+        )
     over = (rank_est >= 0) & (rank_est < rank) & reduced
     if over.any():
-        warnings.append(f"final rank {rank} exceeds the LoRA rank the fine-tunes suggest "
-                        f"({sorted(set(rank_est[over].tolist()))}) in {int(over.sum())} layer(s): an over-estimated "
-                        "rank barely improves on the mean of the fine-tunes")
-    return DetuneResult(weights[0] if single else weights, loss, ranks, error, reduced, missed, rank_est,
-                        tuple(warnings))
+        warnings.append(
+            f"final rank {rank} exceeds the LoRA rank the fine-tunes suggest "
+            f"({sorted(set(rank_est[over].tolist()))}) in {int(over.sum())} layer(s): an over-estimated "
+            "rank barely improves on the mean of the fine-tunes"
+        )
+    return DetuneResult(
+        weights[0] if single else weights, loss, ranks, error, reduced, missed, rank_est, tuple(warnings)
+    )
 
 
 def synthetic_finetunes(
@@ -546,12 +607,15 @@ def detune_model(
     ref = finetunes[0]
     for i, ft in enumerate(finetunes[1:], 1):
         if sorted(ft) != sorted(ref):
-            raise ShapeError(f"fine-tune {i} has tensors {sorted(set(ft) ^ set(ref))[:8]} that fine-tune 0 lacks "
-                             "(or the reverse)")
+            raise ShapeError(
+                f"fine-tune {i} has tensors {sorted(set(ft) ^ set(ref))[:8]} that fine-tune 0 lacks (or the reverse)"
+            )
         for k, v in ft.items():
             if np.shape(v) != np.shape(ref[k]):
-                raise ShapeError(f"fine-tune {i}: tensor {k!r} has shape {list(np.shape(v))}, fine-tune 0 has "
-                                 f"{list(np.shape(ref[k]))}")
+                raise ShapeError(
+                    f"fine-tune {i}: tensor {k!r} has shape {list(np.shape(v))}, fine-tune 0 has "
+                    f"{list(np.shape(ref[k]))}"
+                )
     host = {k: np.stack([np.asarray(ft[k]) for ft in finetunes]) for k in ref}
     differ = {k for k, v in host.items() if not (v == v[:1]).all()}
     if names is None:
@@ -572,8 +636,11 @@ def detune_model(
         res = spectral_detune(stack, rank=rank, **kwargs)
         for j, k in enumerate(ks):
             out[k] = res.weights[j].reshape(ref[k].shape).astype(np.asarray(ref[k]).dtype)
-            report["layers"][k] = {"loss": float(res.loss[j, -1]), "rank_estimate": int(res.rank_estimate[j]),
-                                   "reduced": bool(res.reduced[j])}
+            report["layers"][k] = {
+                "loss": float(res.loss[j, -1]),
+                "rank_estimate": int(res.rank_estimate[j]),
+                "reduced": bool(res.reduced[j]),
+            }
         report["warnings"].extend(f"{m}x{n} layers: {w}" for w in res.warnings)
     for k in ref:
         if k in out:
@@ -585,14 +652,14 @@ def detune_model(
             out[k] = host[k][0]
             report["copied"].append(k)
     if report["averaged"]:
-        report["warnings"].append(f"tensors {report['averaged'][:8]} differ between fine-tunes but are not "
-                                  "recovered (1-D or excluded): their mean is returned")
+        report["warnings"].append(
+            f"tensors {report['averaged'][:8]} differ between fine-tunes but are not "
+            "recovered (1-D or excluded): their mean is returned"
+        )
     return {k: out[k] for k in ref}, report
 
 
-def merged_finetunes(
-    base: Mapping[str, Any], adapters: Sequence[Mapping[str, Any]]
-) -> list[dict[str, np.ndarray]]:
+def merged_finetunes(base: Mapping[str, Any], adapters: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
     """The fine-tuned models ``merge(base, adapter_i)`` as host arrays (to feed :func:`detune_model`)."""
     from weightspace.lora._lora import merge
 

@@ -65,8 +65,9 @@ def lora_features(
     """
     for k, lo in adapter.items():
         if len(lo.batch_shape) != 1:
-            raise ShapeError(f"lora_features needs adapters stacked on one model axis; {k!r} has batch axes "
-                             f"{list(lo.batch_shape)}")
+            raise ShapeError(
+                f"lora_features needs adapters stacked on one model axis; {k!r} has batch axes {list(lo.batch_shape)}"
+            )
     spectra = lora_spectra(adapter, top_k=top_k, kinds=kinds)
     names = tuple(spectra)
     return SpectralFeatures(names, np.stack([np.asarray(spectra[n], np.float32) for n in names], axis=1))
@@ -109,8 +110,9 @@ def _labels(features: SpectralFeatures, labels: Any) -> np.ndarray:
     return y
 
 
-def fit_dsire(features: SpectralFeatures, labels: Int[np.ndarray, " models"], *,
-              tensors: Sequence[int] | None = None) -> DSiRe:
+def fit_dsire(
+    features: SpectralFeatures, labels: Int[np.ndarray, " models"], *, tensors: Sequence[int] | None = None
+) -> DSiRe:
     """Fit DSiRe on reference LoRAs with known dataset sizes.
 
     Features are min-max normalised with the global min and max over the reference set (as the
@@ -163,9 +165,11 @@ def dsire_votes(model: DSiRe, features: SpectralFeatures) -> np.ndarray:
     """Each voting tensor's 1-NN label for every model: ``[n, tensors]``."""
     _check(features)
     if features.names != model.names or features.values.shape[1:] != model.features.shape[1:]:
-        raise ShapeError(f"features describe tensors {features.names[:4]}... of shape "
-                         f"{list(features.values.shape[1:])}; the model was fitted on {model.names[:4]}... of "
-                         f"shape {list(model.features.shape[1:])}")
+        raise ShapeError(
+            f"features describe tensors {features.names[:4]}... of shape "
+            f"{list(features.values.shape[1:])}; the model was fitted on {model.names[:4]}... of "
+            f"shape {list(model.features.shape[1:])}"
+        )
     scale = model.hi - model.lo if model.hi > model.lo else 1.0
     q = (features.values.astype(np.float64) - model.lo) / scale
     t = list(model.tensors)
@@ -195,8 +199,11 @@ def size_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
         {'accuracy': 66.67, 'mae': 0.67, 'mape': 16.67}
     """
     y, p = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
-    return {"accuracy": float((y == p).mean() * 100), "mae": float(np.abs(y - p).mean()),
-            "mape": float((np.abs(y - p) / np.abs(y)).mean() * 100)}
+    return {
+        "accuracy": float((y == p).mean() * 100),
+        "mae": float(np.abs(y - p).mean()),
+        "mape": float((np.abs(y - p) / np.abs(y)).mean() * 100),
+    }
 
 
 def best_tensor(features: SpectralFeatures, labels: Any, concepts: Sequence[Any]) -> int:
@@ -283,8 +290,9 @@ def evaluate_size_recovery(
         raise ShapeError(f"{len(c)} concepts for {len(y)} models")
     uniq = np.unique(c)
     if not 1 <= n_train_concepts < len(uniq):
-        raise ConfigError(f"n_train_concepts must be in [1, {len(uniq) - 1}] for {len(uniq)} concepts, "
-                          f"got {n_train_concepts}")
+        raise ConfigError(
+            f"n_train_concepts must be in [1, {len(uniq) - 1}] for {len(uniq)} concepts, got {n_train_concepts}"
+        )
     rng = np.random.default_rng(seed)
     feats = features.norms() if method == "norm" else features
     splits = []
@@ -299,5 +307,8 @@ def evaluate_size_recovery(
             pred = predict_dsire(fit_dsire(ftr, y[tr], tensors=tensors), fte)
         splits.append(size_metrics(y[~tr], pred))
     keys = ("accuracy", "mae", "mape")
-    return {"splits": splits, "mean": {k: float(np.mean([s[k] for s in splits])) for k in keys},
-            "std": {k: float(np.std([s[k] for s in splits])) for k in keys}}
+    return {
+        "splits": splits,
+        "mean": {k: float(np.mean([s[k] for s in splits])) for k in keys},
+        "std": {k: float(np.std([s[k] for s in splits])) for k in keys},
+    }

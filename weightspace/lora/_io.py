@@ -85,8 +85,9 @@ def parse_lora_names(names: Sequence[str], *, where: str = "state_dict") -> dict
                 mod = mt.group("mod").removeprefix(_PEFT_PREFIX)
                 half = parts[mt.group("part")]
                 if half in groups.setdefault(mod, {}):
-                    raise LoadError(f"{where}: two tensors give the {half} half of {mod!r}: "
-                                    f"{groups[mod][half]!r} and {name!r}")
+                    raise LoadError(
+                        f"{where}: two tensors give the {half} half of {mod!r}: {groups[mod][half]!r} and {name!r}"
+                    )
                 groups[mod][half] = name
                 break
     for name in names:
@@ -94,8 +95,10 @@ def parse_lora_names(names: Sequence[str], *, where: str = "state_dict") -> dict
         if mt and mt.group("mod").removeprefix(_PEFT_PREFIX) in groups:
             groups[mt.group("mod").removeprefix(_PEFT_PREFIX)]["alpha"] = name
     if not groups:
-        raise LoadError(f"{where}: no LoRA tensors (expected names like '*.lora_A.weight', '*.lora_down.weight' or "
-                        f"'*.lora.down.weight'; found {list(names)[:6]}...)")
+        raise LoadError(
+            f"{where}: no LoRA tensors (expected names like '*.lora_A.weight', '*.lora_down.weight' or "
+            f"'*.lora.down.weight'; found {list(names)[:6]}...)"
+        )
     for mod, g in groups.items():
         if "A" not in g or "B" not in g:
             have = "A (down)" if "A" in g else "B (up)"
@@ -110,15 +113,20 @@ def _flatten_pair(a: np.ndarray, b: np.ndarray, mod: str, where: str) -> tuple[n
         a = a.reshape(*a.shape[: lead + 1], -1)
     if b.ndim - lead == 4:
         if b.shape[-2:] != (1, 1):
-            raise ShapeError(f"{where}: {mod!r} up/B tensor has shape {list(b.shape)}; a conv LoRA up must be "
-                             "[out, r, 1, 1]")
+            raise ShapeError(
+                f"{where}: {mod!r} up/B tensor has shape {list(b.shape)}; a conv LoRA up must be [out, r, 1, 1]"
+            )
         b = b.reshape(b.shape[:-2])
     if a.ndim != lead + 2 or b.ndim != lead + 2:
-        raise ShapeError(f"{where}: {mod!r} has A{list(a.shape)} and B{list(b.shape)}; expected A [r, d_in] and "
-                         "B [d_out, r] (or conv [r, in, kh, kw] / [out, r, 1, 1])")
+        raise ShapeError(
+            f"{where}: {mod!r} has A{list(a.shape)} and B{list(b.shape)}; expected A [r, d_in] and "
+            "B [d_out, r] (or conv [r, in, kh, kw] / [out, r, 1, 1])"
+        )
     if a.shape[-2] != b.shape[-1]:
-        raise ShapeError(f"{where}: {mod!r}: rank mismatch: A (down) has rank {a.shape[-2]} (shape {list(a.shape)}) "
-                         f"but B (up) has rank {b.shape[-1]} (shape {list(b.shape)})")
+        raise ShapeError(
+            f"{where}: {mod!r}: rank mismatch: A (down) has rank {a.shape[-2]} (shape {list(a.shape)}) "
+            f"but B (up) has rank {b.shape[-1]} (shape {list(b.shape)})"
+        )
     return a, b
 
 
@@ -131,12 +139,14 @@ def _config_alpha(path: Path) -> tuple[float | None, dict[str, float]]:
     except json.JSONDecodeError as e:
         raise LoadError(f"{cfg}: not valid JSON ({e})") from e
     alpha = data.get("lora_alpha")
-    return (float(alpha) if alpha is not None else None), {k: float(v) for k, v in
-                                                            (data.get("alpha_pattern") or {}).items()}
+    return (float(alpha) if alpha is not None else None), {
+        k: float(v) for k, v in (data.get("alpha_pattern") or {}).items()
+    }
 
 
-def _adapters_from(tensors: Mapping[str, np.ndarray], groups: Mapping[str, Mapping[str, str]], alphas: Any,
-                   where: str) -> Adapter:
+def _adapters_from(
+    tensors: Mapping[str, np.ndarray], groups: Mapping[str, Mapping[str, str]], alphas: Any, where: str
+) -> Adapter:
     out: Adapter = {}
     for mod, g in groups.items():
         a, b = _flatten_pair(np.asarray(tensors[g["A"]]), np.asarray(tensors[g["B"]]), mod, where)
@@ -177,8 +187,11 @@ def read_lora(path: str | os.PathLike[str], *, alpha: float | None = None) -> Ad
         if alpha is not None:
             return alpha
         if "alpha" in g:
-            return np.asarray(tensors[g["alpha"]], np.float32).reshape(batch) if batch else \
-                float(np.asarray(tensors[g["alpha"]]).reshape(-1)[0])
+            return (
+                np.asarray(tensors[g["alpha"]], np.float32).reshape(batch)
+                if batch
+                else float(np.asarray(tensors[g["alpha"]]).reshape(-1)[0])
+            )
         if f"{mod}.weight" in header_alpha:
             return header_alpha[f"{mod}.weight"]
         for pat, v in pattern.items():
@@ -225,7 +238,10 @@ def read_lora_stack(files: Sequence[str | os.PathLike[str]], *, alpha: float | N
 
 
 def save_lora(
-    path: str | os.PathLike[str], adapter: Mapping[str, LoRA], *, naming: str = "peft",
+    path: str | os.PathLike[str],
+    adapter: Mapping[str, LoRA],
+    *,
+    naming: str = "peft",
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write one adapter as safetensors (atomic), in PEFT or kohya naming.
@@ -240,8 +256,10 @@ def save_lora(
     alphas: dict[str, float] = {}
     for key, lo in adapter.items():
         if lo.batch_shape:
-            raise ShapeError(f"save_lora writes one model's adapter; {key!r} is stacked {list(lo.batch_shape)} "
-                             "(index it first: adapter[k][i])")
+            raise ShapeError(
+                f"save_lora writes one model's adapter; {key!r} is stacked {list(lo.batch_shape)} "
+                "(index it first: adapter[k][i])"
+            )
         mod = key.removesuffix(".weight")
         a, b = np.asarray(lo.A), np.asarray(lo.B)
         alphas[key] = float(np.asarray(lo.alpha))
@@ -290,8 +308,11 @@ def save_lowra_rows(path: str | os.PathLike[str], rows: Sequence[LowraRow]) -> P
     scalars = []
     for r, row in enumerate(rows):
         tensors[f"{r}.pre_ft_weight"] = np.asarray(row.pre_ft_weight)
-        cols: dict[str, Any] = {"layer_model": row.layer_model, "layer_name": row.layer_name,
-                                "pre_ft_name": row.pre_ft_name}
+        cols: dict[str, Any] = {
+            "layer_model": row.layer_model,
+            "layer_name": row.layer_name,
+            "pre_ft_name": row.pre_ft_name,
+        }
         for i, lo in enumerate(row.loras):
             tensors[f"{r}.lora_{i}_A_weight"] = np.asarray(lo.A)
             tensors[f"{r}.lora_{i}_B_weight"] = np.asarray(lo.B)
@@ -318,8 +339,10 @@ def load_lowra_rows(path: str | os.PathLike[str]) -> list[LowraRow]:
         return [row for f in files for row in load_lowra_rows(f)]
     names, meta = _header(path)
     if meta.get("weightspace") != LOWRA_FORMAT or "rows" not in meta:
-        raise LoadError(f"{path}: not a LoWRA-Bench rows file (header 'weightspace' is "
-                        f"{meta.get('weightspace')!r}, expected {LOWRA_FORMAT!r})")
+        raise LoadError(
+            f"{path}: not a LoWRA-Bench rows file (header 'weightspace' is "
+            f"{meta.get('weightspace')!r}, expected {LOWRA_FORMAT!r})"
+        )
     try:
         scalars = json.loads(meta["rows"])
     except json.JSONDecodeError as e:
@@ -339,16 +362,27 @@ def load_lowra_rows(path: str | os.PathLike[str]) -> list[LowraRow]:
                 raise LoadError(f"{where}: LoRA {i} lacks its A or B tensor")
             a, b = _flatten_pair(a, b, f"lora_{i}", where)
             if a.shape[0] != int(cols[f"lora_{i}_rank"]):
-                raise ShapeError(f"{where}: lora_{i}_rank column says {cols[f'lora_{i}_rank']} but A has rank "
-                                 f"{a.shape[0]} (shape {list(a.shape)})")
+                raise ShapeError(
+                    f"{where}: lora_{i}_rank column says {cols[f'lora_{i}_rank']} but A has rank "
+                    f"{a.shape[0]} (shape {list(a.shape)})"
+                )
             if (b.shape[0], a.shape[1]) != (w.shape[0], int(np.prod(w.shape[1:]))):
-                raise ShapeError(f"{where}: LoRA {i} updates a [{b.shape[0]}, {a.shape[1]}] weight but "
-                                 f"pre_ft_weight is {list(w.shape)}")
+                raise ShapeError(
+                    f"{where}: LoRA {i} updates a [{b.shape[0]}, {a.shape[1]}] weight but "
+                    f"pre_ft_weight is {list(w.shape)}"
+                )
             loras.append(LoRA.of(a, b, cols.get(f"lora_{i}_alpha"), name=f"{where} lora {i}"))
             lnames.append(str(cols.get(f"lora_{i}_name", f"lora_{i}")))
-        rows.append(LowraRow(str(cols.get("layer_model", "")), str(cols.get("layer_name", "")),
-                             str(cols.get("pre_ft_name", "")), w.reshape(w.shape[0], -1), tuple(loras),
-                             tuple(lnames)))
+        rows.append(
+            LowraRow(
+                str(cols.get("layer_model", "")),
+                str(cols.get("layer_name", "")),
+                str(cols.get("pre_ft_name", "")),
+                w.reshape(w.shape[0], -1),
+                tuple(loras),
+                tuple(lnames),
+            )
+        )
     return rows
 
 
@@ -376,8 +410,11 @@ def save_lora_rows(path: str | os.PathLike[str], rows: LoraRows, *, naming: str 
         tensors[f"{mod}.{sa}"] = np.asarray(lo.A)
         tensors[f"{mod}.{sb}"] = np.asarray(lo.B)
         tensors[f"{mod}.alpha"] = np.asarray(lo.alpha, np.float32)
-    meta = {"weightspace": WISE_FORMAT, "label": json.dumps(np.asarray(rows.labels).tolist()),
-            "name": json.dumps(list(rows.concepts))}
+    meta = {
+        "weightspace": WISE_FORMAT,
+        "label": json.dumps(np.asarray(rows.labels).tolist()),
+        "name": json.dumps(list(rows.concepts)),
+    }
     path = Path(path)
     write_safetensors(path, tensors, meta)
     return path
@@ -410,8 +447,10 @@ def load_lora_rows(path: str | os.PathLike[str]) -> LoraRows:
             elif meta.get("weightspace") == WISE_FORMAT:
                 labels, concepts = np.asarray(json.loads(meta["label"])), json.loads(meta["name"])
             else:
-                raise LoadError(f"{path}: not a LoRA-WiSE rows file (header 'weightspace' is "
-                                f"{meta.get('weightspace')!r}, expected {WISE_FORMAT!r})")
+                raise LoadError(
+                    f"{path}: not a LoRA-WiSE rows file (header 'weightspace' is "
+                    f"{meta.get('weightspace')!r}, expected {WISE_FORMAT!r})"
+                )
         except (KeyError, json.JSONDecodeError) as e:
             raise LoadError(f"{path}: header lacks valid label/name columns ({e})") from e
         tensors = {k: v[0] for k, v in load_tensors([path], names, workers=1).items()}
@@ -424,8 +463,9 @@ def load_lora_rows(path: str | os.PathLike[str]) -> LoraRows:
     for g in groups.values():
         for half in ("A", "B"):
             if tensors[g[half]].shape[0] != len(labels):
-                raise ShapeError(f"{path}: column {g[half]!r} has {tensors[g[half]].shape[0]} rows, labels have "
-                                 f"{len(labels)}")
+                raise ShapeError(
+                    f"{path}: column {g[half]!r} has {tensors[g[half]].shape[0]} rows, labels have {len(labels)}"
+                )
 
     def alphas(mod: str, g: Mapping[str, str], batch: tuple[int, ...]) -> Any:
         return np.asarray(tensors[g["alpha"]], np.float32).reshape(batch) if "alpha" in g else None

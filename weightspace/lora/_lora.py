@@ -56,11 +56,14 @@ class LoRA:
         """
         A, B = _as_float(A, f"{name}: A"), _as_float(B, f"{name}: B")
         if A.ndim < 2 or B.ndim < 2:
-            raise ShapeError(f"{name}: A must be [.., r, d_in] and B [.., d_out, r]; got A{list(A.shape)}, "
-                             f"B{list(B.shape)}")
+            raise ShapeError(
+                f"{name}: A must be [.., r, d_in] and B [.., d_out, r]; got A{list(A.shape)}, B{list(B.shape)}"
+            )
         if A.shape[-2] != B.shape[-1]:
-            raise ShapeError(f"{name}: rank mismatch: A has rank {A.shape[-2]} (shape {list(A.shape)}) but B has "
-                             f"rank {B.shape[-1]} (shape {list(B.shape)}); expected A [r, d_in] and B [d_out, r]")
+            raise ShapeError(
+                f"{name}: rank mismatch: A has rank {A.shape[-2]} (shape {list(A.shape)}) but B has "
+                f"rank {B.shape[-1]} (shape {list(B.shape)}); expected A [r, d_in] and B [d_out, r]"
+            )
         if A.shape[:-2] != B.shape[:-2]:
             raise ShapeError(f"{name}: A batch axes {list(A.shape[:-2])} differ from B's {list(B.shape[:-2])}")
         rank = A.shape[-2]
@@ -125,11 +128,13 @@ def _apply_delta(w: Any, lora: LoRA, sign: float, name: str) -> jax.Array:
     d_out, d_in = lora.shape
     if w.size == delta.size and w.shape[: lora.A.ndim - 2] == lora.batch_shape:
         return w + sign * delta.reshape(w.shape)
-    base = w.shape[w.ndim - 2:] if w.ndim >= 2 else w.shape
+    base = w.shape[w.ndim - 2 :] if w.ndim >= 2 else w.shape
     if w.ndim >= 2 and base == (d_out, d_in):
         return w + sign * delta  # one adapter broadcast over stacked weights (or vice versa)
-    raise ShapeError(f"LoRA for {name!r} updates a [{d_out}, {d_in}] weight (batch {list(lora.batch_shape)}) but "
-                     f"the weight has shape {list(w.shape)}; conv kernels must flatten to [out, in*kh*kw]")
+    raise ShapeError(
+        f"LoRA for {name!r} updates a [{d_out}, {d_in}] weight (batch {list(lora.batch_shape)}) but "
+        f"the weight has shape {list(w.shape)}; conv kernels must flatten to [out, in*kh*kw]"
+    )
 
 
 def merge(params: Mapping[str, Any], adapter: Mapping[str, LoRA]) -> dict[str, jax.Array]:
@@ -243,8 +248,16 @@ def stack_adapters(adapters: Sequence[Mapping[str, LoRA]]) -> Adapter:
         for n in names:
             a, b = ad[n], adapters[0][n]
             if a.A.shape != b.A.shape or a.B.shape != b.B.shape:
-                raise ShapeError(f"adapter {i}: {n!r} has A{list(a.A.shape)}/B{list(a.B.shape)} but adapter 0 has "
-                                 f"A{list(b.A.shape)}/B{list(b.B.shape)} (ranks or shapes differ)")
-    return {n: LoRA.of(np.stack([np.asarray(ad[n].A) for ad in adapters]),
-                       np.stack([np.asarray(ad[n].B) for ad in adapters]),
-                       np.stack([np.asarray(ad[n].alpha) for ad in adapters]), name=n) for n in names}
+                raise ShapeError(
+                    f"adapter {i}: {n!r} has A{list(a.A.shape)}/B{list(a.B.shape)} but adapter 0 has "
+                    f"A{list(b.A.shape)}/B{list(b.B.shape)} (ranks or shapes differ)"
+                )
+    return {
+        n: LoRA.of(
+            np.stack([np.asarray(ad[n].A) for ad in adapters]),
+            np.stack([np.asarray(ad[n].B) for ad in adapters]),
+            np.stack([np.asarray(ad[n].alpha) for ad in adapters]),
+            name=n,
+        )
+        for n in names
+    }

@@ -90,8 +90,13 @@ class LoRAZoo:
     def select(self, idx: Any) -> LoRAZoo:
         """A sub-zoo (positions, slice or boolean mask)."""
         pos = np.atleast_1d(np.arange(len(self))[idx])
-        return LoRAZoo(self.arch, self.base, {k: v[pos] for k, v in self.adapter.items()},
-                       {k: [v[i] for i in pos.tolist()] for k, v in self.meta.items()}, self.name)
+        return LoRAZoo(
+            self.arch,
+            self.base,
+            {k: v[pos] for k, v in self.adapter.items()},
+            {k: [v[i] for i in pos.tolist()] for k, v in self.meta.items()},
+            self.name,
+        )
 
     def where(self, **equal: Any) -> LoRAZoo:
         """The models whose metadata equal the given values (e.g. ``where(subset="low")``)."""
@@ -109,8 +114,12 @@ class LoRAZoo:
     def check_finite(self) -> None:
         """Raise :class:`~weightspace.InvalidValueError` if the base or an adapter holds NaN/Inf."""
         bad = [f"base.{k}" for k, v in self.base.items() if not np.isfinite(np.asarray(v)).all()]
-        bad += [f"{k} ({part})" for k, lo in self.adapter.items() for part, v in (("A", lo.A), ("B", lo.B))
-                if not np.isfinite(np.asarray(v)).all()]
+        bad += [
+            f"{k} ({part})"
+            for k, lo in self.adapter.items()
+            for part, v in (("A", lo.A), ("B", lo.B))
+            if not np.isfinite(np.asarray(v)).all()
+        ]
         if bad:
             raise InvalidValueError(f"LoRA zoo {self.name!r}: non-finite values in {bad[:5]}")
 
@@ -129,8 +138,12 @@ def save_lora_zoo(path: str | os.PathLike[str], zoo: LoRAZoo) -> Path:
         tensors[f"{mod}.lora_down.weight"] = np.asarray(lo.A)
         tensors[f"{mod}.lora_up.weight"] = np.asarray(lo.B)
         tensors[f"{mod}.alpha"] = np.asarray(lo.alpha, np.float32)
-    header = {"weightspace": LORA_ZOO_FORMAT, "arch": json.dumps(zoo.arch.to_config()), "meta": meta_to_json(zoo.meta),
-              "zoo_name": zoo.name}
+    header = {
+        "weightspace": LORA_ZOO_FORMAT,
+        "arch": json.dumps(zoo.arch.to_config()),
+        "meta": meta_to_json(zoo.meta),
+        "zoo_name": zoo.name,
+    }
     path = Path(path)
     write_safetensors(path, tensors, header)
     return path
@@ -149,8 +162,12 @@ def load_lora_zoo(path: str | os.PathLike[str]) -> LoRAZoo:
     base = {k.removeprefix("base."): v for k, v in tensors.items() if k.startswith("base.")}
     arch.check_params(base, where=f"{path} (base)")
     groups = parse_lora_names([n for n in names if not n.startswith("base.")], where=str(path))
-    adapter = {f"{mod}.weight": LoRA.of(tensors[g["A"]], tensors[g["B"]], tensors[g["alpha"]] if "alpha" in g else None,
-                                        name=f"{path}: {mod}") for mod, g in groups.items()}
+    adapter = {
+        f"{mod}.weight": LoRA.of(
+            tensors[g["A"]], tensors[g["B"]], tensors[g["alpha"]] if "alpha" in g else None, name=f"{path}: {mod}"
+        )
+        for mod, g in groups.items()
+    }
     try:
         cols = json.loads(meta["meta"])
     except (KeyError, json.JSONDecodeError) as e:
@@ -187,13 +204,16 @@ def _recon_mse(params: Any, x: Array) -> Array:
     return jax.vmap(lambda p: jnp.mean((arch.apply(p, x) - x.reshape(x.shape[0], -1)) ** 2))(params)
 
 
-def reconstruction_loss(params: Mapping[str, Any], images: Float[np.ndarray, "n 28 28 1"], *, chunk: int = 2000
-                        ) -> np.ndarray:
+def reconstruction_loss(
+    params: Mapping[str, Any], images: Float[np.ndarray, "n 28 28 1"], *, chunk: int = 2000
+) -> np.ndarray:
     """Mean squared reconstruction error of autoencoders (params stacked ``[models, ...]``) on images."""
     out = []
     for lo in range(0, len(images), chunk):
-        out.append(np.asarray(_recon_mse({k: jnp.asarray(v) for k, v in params.items()},
-                                         jnp.asarray(images[lo : lo + chunk]))) * len(images[lo : lo + chunk]))
+        out.append(
+            np.asarray(_recon_mse({k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(images[lo : lo + chunk])))
+            * len(images[lo : lo + chunk])
+        )
     return np.sum(out, axis=0) / len(images)
 
 
@@ -212,8 +232,9 @@ def _concepts(labels: np.ndarray, images: np.ndarray) -> np.ndarray:
     return concept
 
 
-def pretrain_base(*, seed: int = 0, progress: bool | None = None, cache: bool = True
-                  ) -> tuple[MLP, dict[str, np.ndarray], float]:
+def pretrain_base(
+    *, seed: int = 0, progress: bool | None = None, cache: bool = True
+) -> tuple[MLP, dict[str, np.ndarray], float]:
     """The ``fmnist-lora`` base autoencoder, trained on the Fashion-MNIST train split (cached).
 
     Returns:
@@ -233,15 +254,25 @@ def pretrain_base(*, seed: int = 0, progress: bool | None = None, cache: bool = 
     seeds = rng.integers(0, 2**31 - 1, 1)
     k_init, k_fit = jax.random.split(jax.random.key(int(rng.integers(0, 2**31 - 1))))
     params = init_population(arch, [int(x) for x in seeds], key=k_init)
-    res = fit_population(_AELoss(arch), params, {"x": train.images}, key=k_fit, steps=BASE_RECIPE["steps"],
-                         batch_size=BASE_RECIPE["batch_size"], seeds=seeds,
-                         hparams={"optimizer": "adam", "learning_rate": BASE_RECIPE["learning_rate"]},
-                         progress=progress)
+    res = fit_population(
+        _AELoss(arch),
+        params,
+        {"x": train.images},
+        key=k_fit,
+        steps=BASE_RECIPE["steps"],
+        batch_size=BASE_RECIPE["batch_size"],
+        seeds=seeds,
+        hparams={"optimizer": "adam", "learning_rate": BASE_RECIPE["learning_rate"]},
+        progress=progress,
+    )
     base = {k: np.asarray(v[0]) for k, v in res.params.items()}
     test_mse = float(reconstruction_loss({k: v[None] for k, v in base.items()}, test.images)[0])
     if cache:
-        write_safetensors(path, base, {"weightspace": "model/1", "arch": json.dumps(arch.to_config()),
-                                       "test_mse": json.dumps(test_mse)})
+        write_safetensors(
+            path,
+            base,
+            {"weightspace": "model/1", "arch": json.dumps(arch.to_config()), "test_mse": json.dumps(test_mse)},
+        )
     return arch, base, test_mse
 
 
@@ -267,21 +298,43 @@ def _build_fmnist_lora(size: int, seed: int, progress: bool | None) -> LoRAZoo:
                 rows = np.sort(rng.choice(pool, size=n, replace=False))
                 index.append(rows)
                 cls = int(c) // 4
-                meta_rows.append({"concept": f"{ds.class_names[cls]}/ink-q{int(c) % 4}", "class_name":
-                                  ds.class_names[cls], "style": int(c) % 4, "n_images": int(n), "subset": subset})
+                meta_rows.append(
+                    {
+                        "concept": f"{ds.class_names[cls]}/ink-q{int(c) % 4}",
+                        "class_name": ds.class_names[cls],
+                        "style": int(c) % 4,
+                        "n_images": int(n),
+                        "subset": subset,
+                    }
+                )
     m = len(index)
     r, alpha = int(LORA_RECIPE["rank"]), float(LORA_RECIPE["alpha"])
     seeds = rng.integers(0, 2**31 - 1, m)
     shapes = arch.param_shapes()
-    a_init = {k: np.stack([np.random.default_rng(int(s)).uniform(-1, 1, (r, shapes[k][1])) / np.sqrt(shapes[k][1])
-                           for s in seeds]).astype(np.float32) for k in TARGETS}
+    a_init = {
+        k: np.stack(
+            [np.random.default_rng(int(s)).uniform(-1, 1, (r, shapes[k][1])) / np.sqrt(shapes[k][1]) for s in seeds]
+        ).astype(np.float32)
+        for k in TARGETS
+    }
     params = {"A": a_init, "B": {k: np.zeros((m, shapes[k][0], r), np.float32) for k in TARGETS}}
-    res = fit_population(_LoRAAELoss(arch, alpha / r), params, {"x": ds.images}, key=jax.random.key(seed),
-                         steps=LORA_RECIPE["steps"], batch_size=LORA_RECIPE["batch_size"], index=index, seeds=seeds,
-                         hparams={"optimizer": "adam", "learning_rate": LORA_RECIPE["learning_rate"]},
-                         shared={k: np.asarray(v) for k, v in base.items()}, model_chunk=256, progress=progress)
-    adapter = {k: LoRA.of(res.params["A"][k], res.params["B"][k], np.full(m, alpha, np.float32), name=k)
-               for k in TARGETS}
+    res = fit_population(
+        _LoRAAELoss(arch, alpha / r),
+        params,
+        {"x": ds.images},
+        key=jax.random.key(seed),
+        steps=LORA_RECIPE["steps"],
+        batch_size=LORA_RECIPE["batch_size"],
+        index=index,
+        seeds=seeds,
+        hparams={"optimizer": "adam", "learning_rate": LORA_RECIPE["learning_rate"]},
+        shared={k: np.asarray(v) for k, v in base.items()},
+        model_chunk=256,
+        progress=progress,
+    )
+    adapter = {
+        k: LoRA.of(res.params["A"][k], res.params["B"][k], np.full(m, alpha, np.float32), name=k) for k in TARGETS
+    }
     final = np.nanmean(res.losses[:, -20:], axis=1)
     meta: dict[str, list[Any]] = {k: [row[k] for row in meta_rows] for k in meta_rows[0]}
     meta["id"] = [f"{name}-{i:05d}" for i in range(m)]

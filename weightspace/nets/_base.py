@@ -21,6 +21,7 @@ Params = dict[str, Array]
 _REGISTRY: dict[str, type[Architecture]] = {}
 _A = TypeVar("_A", bound="type[Architecture]")
 
+
 @jax.custom_jvp
 def tanh(x: Float[Array, "..."]) -> Float[Array, "..."]:
     """``jnp.tanh`` whose derivative is ``1 - tanh(x)^2`` from the saved output alone.
@@ -113,9 +114,7 @@ def architecture_from_config(config: Mapping[str, Any] | str) -> Architecture:
     config = dict(config)
     kind = config.pop("type", None)
     if kind not in _REGISTRY:
-        raise ConfigError(
-            f"unknown architecture type {kind!r}; known: {sorted(_REGISTRY)}"
-        )
+        raise ConfigError(f"unknown architecture type {kind!r}; known: {sorted(_REGISTRY)}")
     cls = _REGISTRY[kind]
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(config) - set(fields)
@@ -178,9 +177,7 @@ class Architecture(abc.ABC):
         return 0
 
     # ---- provided ------------------------------------------------------------------------
-    def apply(
-        self, params: Params, x: Float[Array, "..."], *, key: Array | None = None
-    ) -> Float[Array, "..."]:
+    def apply(self, params: Params, x: Float[Array, "..."], *, key: Array | None = None) -> Float[Array, "..."]:
         """Outputs of one model on one example ``input_shape`` or a batch ``[batch, ...]``.
 
         ``key`` enables train-time stochasticity (dropout) where the architecture has any.
@@ -195,9 +192,7 @@ class Architecture(abc.ABC):
             return self._forward(params, x[None], key)[0]
         return self._forward(params, x, key)
 
-    def apply_many(
-        self, params: Params, x: Float[Array, "probes ..."]
-    ) -> Float[Array, "models probes logits"]:
+    def apply_many(self, params: Params, x: Float[Array, "probes ..."]) -> Float[Array, "models probes logits"]:
         """Outputs of many models (params stacked on axis 0) on one shared batch.
 
         The default is ``vmap`` of :meth:`apply`; architectures may override it with a faster
@@ -215,8 +210,7 @@ class Architecture(abc.ABC):
         probes = jnp.asarray(probes, jnp.float32)
         if probes.shape[1:] != self.input_shape:
             raise ShapeError(
-                f"probes of shape {tuple(probes.shape)} do not fit {type(self).__name__} "
-                f"input {self.input_shape}"
+                f"probes of shape {tuple(probes.shape)} do not fit {type(self).__name__} input {self.input_shape}"
             )
         return probes
 
@@ -251,13 +245,13 @@ class Architecture(abc.ABC):
             got = tuple(params[k].shape)
             want = got[:1] + shape if stacked and got else shape
             if got != want or (stacked and len(got) != len(shape) + 1):
-                raise ShapeError(f"{where}: tensor {k!r} has shape {got}, expected "
-                                 f"{'[models, *' + str(shape) + ']' if stacked else shape}")
+                raise ShapeError(
+                    f"{where}: tensor {k!r} has shape {got}, expected "
+                    f"{'[models, *' + str(shape) + ']' if stacked else shape}"
+                )
 
 
-def resize_images(
-    images: Float[Array, "n h w c"], image_shape: tuple[int, int, int]
-) -> Float[Array, "n H W C"]:
+def resize_images(images: Float[Array, "n h w c"], image_shape: tuple[int, int, int]) -> Float[Array, "n H W C"]:
     """Resize ``[n, h, w, c]`` images to ``image_shape = (H, W, C)`` and convert channels.
 
     Gray -> RGB repeats the channel; RGB -> gray uses ITU-R 601 luminance. Resizing is

@@ -134,8 +134,12 @@ class CLIPConfig:
         out["text_model.final_layer_norm.weight"] = (t.hidden_size,)
         out["text_model.final_layer_norm.bias"] = (t.hidden_size,)
         out["vision_model.embeddings.class_embedding"] = (v.hidden_size,)
-        out["vision_model.embeddings.patch_embedding.weight"] = (v.hidden_size, v.num_channels, v.patch_size,
-                                                                  v.patch_size)
+        out["vision_model.embeddings.patch_embedding.weight"] = (
+            v.hidden_size,
+            v.num_channels,
+            v.patch_size,
+            v.patch_size,
+        )
         out["vision_model.embeddings.position_embedding.weight"] = (v.num_patches + 1, v.hidden_size)
         out["vision_model.pre_layrnorm.weight"] = (v.hidden_size,)  # sic: the HF name
         out["vision_model.pre_layrnorm.bias"] = (v.hidden_size,)
@@ -148,15 +152,30 @@ class CLIPConfig:
         return out
 
 
-_LAYER_PARTS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                "layer_norm1", "mlp.fc1", "mlp.fc2", "layer_norm2")
+_LAYER_PARTS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+    "layer_norm1",
+    "mlp.fc1",
+    "mlp.fc2",
+    "layer_norm2",
+)
 
 
 def _layer_shapes(prefix: str, c: CLIPTowerConfig) -> dict[str, tuple[int, ...]]:
     d, f = c.hidden_size, c.intermediate_size
-    dims = {"self_attn.q_proj": (d, d), "self_attn.k_proj": (d, d), "self_attn.v_proj": (d, d),
-            "self_attn.out_proj": (d, d), "layer_norm1": (d,), "mlp.fc1": (f, d), "mlp.fc2": (d, f),
-            "layer_norm2": (d,)}
+    dims = {
+        "self_attn.q_proj": (d, d),
+        "self_attn.k_proj": (d, d),
+        "self_attn.v_proj": (d, d),
+        "self_attn.out_proj": (d, d),
+        "layer_norm1": (d,),
+        "mlp.fc1": (f, d),
+        "mlp.fc2": (d, f),
+        "layer_norm2": (d,),
+    }
     out: dict[str, tuple[int, ...]] = {}
     for i in range(c.num_layers):
         for part in _LAYER_PARTS:
@@ -167,8 +186,9 @@ def _layer_shapes(prefix: str, c: CLIPTowerConfig) -> dict[str, tuple[int, ...]]
 
 def _stack_layers(prefix: str, c: CLIPTowerConfig, params: Mapping[str, Array]) -> dict[str, Array]:
     return {
-        f"{part}.{wb}": jnp.stack([jnp.asarray(params[f"{prefix}.layers.{i}.{part}.{wb}"])
-                                   for i in range(c.num_layers)])
+        f"{part}.{wb}": jnp.stack(
+            [jnp.asarray(params[f"{prefix}.layers.{i}.{part}.{wb}"]) for i in range(c.num_layers)]
+        )
         for part in _LAYER_PARTS
         for wb in ("weight", "bias")
     }
@@ -230,8 +250,9 @@ def clip_image_features(
     return _image_features(config, params, _stack_layers("vision_model.encoder", config.vision, params), images)
 
 
-def _image_features(config: CLIPConfig, params: Mapping[str, Array], layers: Mapping[str, Array],
-                    images: Array) -> Array:
+def _image_features(
+    config: CLIPConfig, params: Mapping[str, Array], layers: Mapping[str, Array], images: Array
+) -> Array:
     v = config.vision
     b = images.shape[0]
     mean, std = jnp.asarray(CLIP_MEAN[: v.num_channels]), jnp.asarray(CLIP_STD[: v.num_channels])
@@ -242,11 +263,16 @@ def _image_features(config: CLIPConfig, params: Mapping[str, Array], layers: Map
     x = patches @ w.T
     cls = jnp.broadcast_to(params["vision_model.embeddings.class_embedding"], (b, 1, v.hidden_size))
     x = jnp.concatenate([cls, x], axis=1) + params["vision_model.embeddings.position_embedding.weight"][None]
-    x = layer_norm(x, params["vision_model.pre_layrnorm.weight"], params["vision_model.pre_layrnorm.bias"],
-                   v.layer_norm_eps)
+    x = layer_norm(
+        x, params["vision_model.pre_layrnorm.weight"], params["vision_model.pre_layrnorm.bias"], v.layer_norm_eps
+    )
     x = _encoder(v, layers, x, jnp.zeros((), x.dtype))
-    pooled = layer_norm(x[:, 0], params["vision_model.post_layernorm.weight"],
-                        params["vision_model.post_layernorm.bias"], v.layer_norm_eps)
+    pooled = layer_norm(
+        x[:, 0],
+        params["vision_model.post_layernorm.weight"],
+        params["vision_model.post_layernorm.bias"],
+        v.layer_norm_eps,
+    )
     return pooled @ params["visual_projection.weight"].T
 
 
@@ -277,17 +303,25 @@ def clip_text_features(
     return _text_features(config, params, layers, input_ids, attention_mask)
 
 
-def _text_features(config: CLIPConfig, params: Mapping[str, Array], layers: Mapping[str, Array],
-                   input_ids: Array, attention_mask: Array) -> Array:
+def _text_features(
+    config: CLIPConfig,
+    params: Mapping[str, Array],
+    layers: Mapping[str, Array],
+    input_ids: Array,
+    attention_mask: Array,
+) -> Array:
     t = config.text
     b, n = input_ids.shape
-    x = (params["text_model.embeddings.token_embedding.weight"][input_ids]
-         + params["text_model.embeddings.position_embedding.weight"][:n][None])
+    x = (
+        params["text_model.embeddings.token_embedding.weight"][input_ids]
+        + params["text_model.embeddings.position_embedding.weight"][:n][None]
+    )
     allowed = jnp.tril(jnp.ones((n, n), bool))[None, None] & (attention_mask[:, None, None, :] > 0)
     bias = jnp.where(allowed, 0.0, jnp.finfo(x.dtype).min).astype(x.dtype)
     x = _encoder(t, layers, x, bias)
-    x = layer_norm(x, params["text_model.final_layer_norm.weight"], params["text_model.final_layer_norm.bias"],
-                   t.layer_norm_eps)
+    x = layer_norm(
+        x, params["text_model.final_layer_norm.weight"], params["text_model.final_layer_norm.bias"], t.layer_norm_eps
+    )
     ids = input_ids.astype(jnp.int32)
     eos = jnp.argmax(ids, axis=-1) if t.eos_token_id == 2 else jnp.argmax(ids == t.eos_token_id, axis=-1)
     pooled = x[jnp.arange(b), eos]
@@ -299,14 +333,16 @@ def _normalize(x: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _image_embed_jit(config: CLIPConfig, params: Mapping[str, Array], layers: Mapping[str, Array],
-                     images: Array) -> Array:
+def _image_embed_jit(
+    config: CLIPConfig, params: Mapping[str, Array], layers: Mapping[str, Array], images: Array
+) -> Array:
     return _normalize(_image_features(config, params, layers, images))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _text_embed_jit(config: CLIPConfig, params: Mapping[str, Array], layers: Mapping[str, Array],
-                    ids: Array, mask: Array) -> Array:
+def _text_embed_jit(
+    config: CLIPConfig, params: Mapping[str, Array], layers: Mapping[str, Array], ids: Array, mask: Array
+) -> Array:
     return _normalize(_text_features(config, params, layers, ids, mask))
 
 
@@ -332,8 +368,15 @@ class CLIPModel:
         (1, 4)
     """
 
-    def __init__(self, params: Mapping[str, Any], config: CLIPConfig, tokenizer: Any = None, *,
-                 batch_size: int = 64, source: str = "") -> None:
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        config: CLIPConfig,
+        tokenizer: Any = None,
+        *,
+        batch_size: int = 64,
+        source: str = "",
+    ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         where = source or "CLIP params"
@@ -403,8 +446,9 @@ class CLIPModel:
             rows = _bucket(bi.shape[0], 1, bs)
             bi = np.pad(bi, ((0, rows - bi.shape[0]), (0, 0)))
             bm = np.pad(bm, ((0, rows - bm.shape[0]), (0, 0)), constant_values=1)
-            emb = _text_embed_jit(self.config, self.params, self._text_layers, jnp.asarray(bi, jnp.int32),
-                                  jnp.asarray(bm, jnp.int32))
+            emb = _text_embed_jit(
+                self.config, self.params, self._text_layers, jnp.asarray(bi, jnp.int32), jnp.asarray(bm, jnp.int32)
+            )
             out[s : s + bs] = np.asarray(emb)[: min(bs, len(out) - s)]
         return out
 

@@ -151,20 +151,26 @@ def bert_encode(
 
 
 _LAYER_KEYS = (
-    "attention.self.query.weight", "attention.self.query.bias",
-    "attention.self.key.weight", "attention.self.key.bias",
-    "attention.self.value.weight", "attention.self.value.bias",
-    "attention.output.dense.weight", "attention.output.dense.bias",
-    "attention.output.LayerNorm.weight", "attention.output.LayerNorm.bias",
-    "intermediate.dense.weight", "intermediate.dense.bias",
-    "output.dense.weight", "output.dense.bias",
-    "output.LayerNorm.weight", "output.LayerNorm.bias",
+    "attention.self.query.weight",
+    "attention.self.query.bias",
+    "attention.self.key.weight",
+    "attention.self.key.bias",
+    "attention.self.value.weight",
+    "attention.self.value.bias",
+    "attention.output.dense.weight",
+    "attention.output.dense.bias",
+    "attention.output.LayerNorm.weight",
+    "attention.output.LayerNorm.bias",
+    "intermediate.dense.weight",
+    "intermediate.dense.bias",
+    "output.dense.weight",
+    "output.dense.bias",
+    "output.LayerNorm.weight",
+    "output.LayerNorm.bias",
 )
 
 
-def pack_bert_params(
-    config: BertConfig, params: Mapping[str, Array]
-) -> tuple[dict[str, Array], dict[str, Array]]:
+def pack_bert_params(config: BertConfig, params: Mapping[str, Array]) -> tuple[dict[str, Array], dict[str, Array]]:
     """Split HF BERT tensors into embedding tensors and per-layer tensors stacked on axis 0.
 
     Stacking lets the encoder ``lax.scan`` over layers: one compiled layer body instead of
@@ -199,9 +205,7 @@ def _encode_packed(
     scale = 1.0 / math.sqrt(d // h)
 
     def layer(x: Array, p: Mapping[str, Array]) -> tuple[Array, None]:
-        q, k, v = (
-            _linear(p, f"attention.self.{n}", x).reshape(b, t, h, d // h) for n in ("query", "key", "value")
-        )
+        q, k, v = (_linear(p, f"attention.self.{n}", x).reshape(b, t, h, d // h) for n in ("query", "key", "value"))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale + bias
         ctx = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v).reshape(b, t, d)
         x = layer_norm(
@@ -258,8 +262,9 @@ def _pool(hidden: Array, attention_mask: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _embed_packed(config: BertConfig, emb: Mapping[str, Array], layers: Mapping[str, Array],
-                  input_ids: Array, attention_mask: Array) -> Array:
+def _embed_packed(
+    config: BertConfig, emb: Mapping[str, Array], layers: Mapping[str, Array], input_ids: Array, attention_mask: Array
+) -> Array:
     return _pool(_encode_packed(config, emb, layers, input_ids, attention_mask), attention_mask)
 
 
@@ -366,8 +371,9 @@ class MiniLM:
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"MiniLM(layers={c.num_layers}, dim={c.hidden_size}, max_length={self.max_length}, "
-                f"source={self.source!r})")
+        return (
+            f"MiniLM(layers={c.num_layers}, dim={c.hidden_size}, max_length={self.max_length}, source={self.source!r})"
+        )
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -444,6 +450,10 @@ def load_minilm(path: str | Path | None = None, *, max_length: int | None = None
         if st_cfg.is_file():
             max_length = int(json.loads(st_cfg.read_text()).get("max_seq_length", max_length))
     return MiniLM(
-        tensors, config, tokenizer, max_length=min(max_length, config.max_position), batch_size=batch_size,
+        tensors,
+        config,
+        tokenizer,
+        max_length=min(max_length, config.max_position),
+        batch_size=batch_size,
         source=str(files["model.safetensors"]),
     )

@@ -167,9 +167,7 @@ def _read_cached(path: Path, source_sha: str) -> dict[str, np.ndarray] | None:
         return None
 
 
-def convert_efficientnet_lite0(
-    checkpoint: str | Path | None = None, out: str | Path | None = None
-) -> Path:
+def convert_efficientnet_lite0(checkpoint: str | Path | None = None, out: str | Path | None = None) -> Path:
     """Convert the EfficientNet-Lite0 PyTorch checkpoint to safetensors (weights-only read).
 
     Args:
@@ -305,8 +303,11 @@ def cifar10_params_from_keras(path: str | Path) -> dict[str, np.ndarray]:
         for i, (c, b) in enumerate(zip(convs, bns, strict=True)):
             out[f"convs.{i}.weight"] = np.transpose(weights[c]["kernel"], (3, 2, 0, 1))
             out[f"convs.{i}.bias"] = weights[c]["bias"]
-            for ours, theirs in zip(("weight", "bias", "running_mean", "running_var"),
-                                    ("gamma", "beta", "moving_mean", "moving_variance"), strict=True):
+            for ours, theirs in zip(
+                ("weight", "bias", "running_mean", "running_var"),
+                ("gamma", "beta", "moving_mean", "moving_variance"),
+                strict=True,
+            ):
                 out[f"bns.{i}.{ours}"] = weights[b][theirs]
         for j, d in enumerate(dense):
             out[f"fcs.{j}.weight"] = weights[d]["kernel"].T

@@ -84,8 +84,9 @@ def _check_batch(arch: Architecture, x: Array) -> None:
     if x.shape[1:] != arch.input_shape:
         from weightspace._errors import ShapeError
 
-        raise ShapeError(f"{type(arch).__name__}.apply_many expected a batch [probes, *{arch.input_shape}], "
-                         f"got {tuple(x.shape)}")
+        raise ShapeError(
+            f"{type(arch).__name__}.apply_many expected a batch [probes, *{arch.input_shape}], got {tuple(x.shape)}"
+        )
 
 
 def _num_models(params: Params) -> int:
@@ -258,7 +259,11 @@ class MLP(Architecture):
     _prepare = normalize_input
 
     def apply_many(
-        self, params: Params, x: Float[Array, "probes ..."], *, formulation: str | None = None,
+        self,
+        params: Params,
+        x: Float[Array, "probes ..."],
+        *,
+        formulation: str | None = None,
         group: int | None = None,
     ) -> Float[Array, "models probes logits"]:
         """Outputs of many models (params stacked on axis 0) on one shared batch.
@@ -459,14 +464,19 @@ class CNN(Architecture):
         _, h, w, _ = x.shape
         ho, wo = _conv_out(h, k, s, pad), _conv_out(w, k, s, pad)
         xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        cols = [xp[:, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s, :]
-                for i in range(k) for j in range(k)]
+        cols = [
+            xp[:, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s, :] for i in range(k) for j in range(k)
+        ]
         if ones:
             cols.append(jnp.ones((*cols[0].shape[:-1], 1), x.dtype))
         return jnp.concatenate(cols, axis=-1)
 
     def apply_many(
-        self, params: Params, x: Float[Array, "probes ..."], *, formulation: str | None = None,
+        self,
+        params: Params,
+        x: Float[Array, "probes ..."],
+        *,
+        formulation: str | None = None,
         group: int | None = None,
     ) -> Float[Array, "models probes logits"]:
         """Outputs of many models (params stacked on axis 0) on one shared batch of images.
@@ -598,8 +608,13 @@ class SIREN(Architecture):
         return x
 
     def apply_many(
-        self, params: Params, x: Float[Array, "probes ..."], *, formulation: str | None = None,
-        group: int | None = None, sin: str | None = None,
+        self,
+        params: Params,
+        x: Float[Array, "probes ..."],
+        *,
+        formulation: str | None = None,
+        group: int | None = None,
+        sin: str | None = None,
     ) -> Float[Array, "models probes logits"]:
         """Outputs of many models (params stacked on axis 0) on one shared batch of coordinates.
 

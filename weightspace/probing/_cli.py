@@ -25,13 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
 
     p.add_argument("zoo", help=ZOO_HELP)
-    p.add_argument("--probes", required=True,
-                   help="probe kind for weightspace.data.make_probes (natural, dead-leaves, uniform, fashion-mnist, "
-                   "mnist-5k, digits) or a .npy file of probes [n, ...]")
+    p.add_argument(
+        "--probes",
+        required=True,
+        help="probe kind for weightspace.data.make_probes (natural, dead-leaves, uniform, fashion-mnist, "
+        "mnist-5k, digits) or a .npy file of probes [n, ...]",
+    )
     p.add_argument("--n", type=int, default=1000, help="number of probes to make (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="probe seed (default 0)")
-    p.add_argument("--shape", default="28x28x1",
-                   help="shape of each named probe: HxWxC for images (default 28x28x1), e.g. 2 for uniform coordinates")
+    p.add_argument(
+        "--shape",
+        default="28x28x1",
+        help="shape of each named probe: HxWxC for images (default 28x28x1), e.g. 2 for uniform coordinates",
+    )
     p.add_argument("--out", required=True, help="output .npy or .safetensors file")
     p.add_argument("--model-chunk", type=int, default=None, help="models per kernel call (default: from memory)")
     p.add_argument("--probe-chunk", type=int, default=None, help="probes per kernel call (default: from memory)")
@@ -59,8 +65,14 @@ def _load_probes(spec: str, n: int, seed: int, shape: str = "28x28x1") -> tuple[
     except ValueError:
         raise ConfigError(f"--shape must look like 28x28x1 (or 2), got {shape!r}") from None
     ps = make_probes(spec, n, seed=seed, shape=dims)
-    return ps, {"name": ps.name, "provenance": ps.provenance, "n": int(ps.data.shape[0]), "seed": seed,
-                "kind": spec, "shape": list(dims)}
+    return ps, {
+        "name": ps.name,
+        "provenance": ps.provenance,
+        "n": int(ps.data.shape[0]),
+        "seed": seed,
+        "kind": spec,
+        "shape": list(dims),
+    }
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -74,9 +86,11 @@ def _probe(args: argparse.Namespace) -> int:
     zoos = load_zoo_specs([args.zoo], args, progress=progress)
     if len(zoos) > 1 and out.suffix == ".npy":
         kinds = "; ".join(f"{z.name!r}: {len(z)} x {z.arch.num_outputs} outputs" for z in zoos[:4])
-        raise ConfigError(f"{args.zoo} holds {len(zoos)} zoos of different architectures ({kinds}"
-                          f"{'; ...' if len(zoos) > 4 else ''}); a .npy holds one array: use --out FILE.safetensors "
-                          "(one 'responses.NNN' tensor per zoo)")
+        raise ConfigError(
+            f"{args.zoo} holds {len(zoos)} zoos of different architectures ({kinds}"
+            f"{'; ...' if len(zoos) > 4 else ''}); a .npy holds one array: use --out FILE.safetensors "
+            "(one 'responses.NNN' tensor per zoo)"
+        )
     probes, info = _load_probes(args.probes, args.n, args.seed, args.shape)
     kw: dict[str, Any] = {"model_chunk": args.model_chunk, "probe_chunk": args.probe_chunk, "progress": progress}
     parts = []
@@ -89,9 +103,16 @@ def _probe(args: argparse.Namespace) -> int:
         names = ["responses"] if len(zoos) == 1 else [f"responses.{i:03d}" for i in range(len(zoos))]
         write_safetensors(out, dict(zip(names, resps, strict=True)), {"probes": json.dumps(info)})
     for i, (zoo, resp) in enumerate(zip(zoos, resps, strict=True)):
-        parts.append({"tensor": "responses" if len(zoos) == 1 else f"responses.{i:03d}", "zoo_name": zoo.name,
-                      "architecture": zoo.arch.to_config(), "shape": list(resp.shape), "model_ids": zoo.ids,
-                      "classes": zoo.meta.get("classes")})
+        parts.append(
+            {
+                "tensor": "responses" if len(zoos) == 1 else f"responses.{i:03d}",
+                "zoo_name": zoo.name,
+                "architecture": zoo.arch.to_config(),
+                "shape": list(resp.shape),
+                "model_ids": zoo.ids,
+                "classes": zoo.meta.get("classes"),
+            }
+        )
     sidecar: dict[str, Any] = {"zoo": str(args.zoo), "dtype": "float32", "probes": info}
     if len(parts) == 1:  # one zoo: its fields at the top level
         sidecar.update({k: v for k, v in parts[0].items() if k != "tensor"})

@@ -51,8 +51,9 @@ def _probe_array(probes: Any) -> tuple[np.ndarray | jax.Array, str]:
         except (TypeError, ValueError) as e:
             raise ShapeError(f"probes must be an array or a ProbeSet, got {type(probes).__name__}") from e
     if data.ndim < 2 or data.shape[0] == 0:
-        raise ShapeError(f"probe set {name!r} must be [probes, ...] with at least one probe, got shape "
-                         f"{tuple(data.shape)}")
+        raise ShapeError(
+            f"probe set {name!r} must be [probes, ...] with at least one probe, got shape {tuple(data.shape)}"
+        )
     if not jnp.issubdtype(data.dtype, jnp.floating):
         raise ShapeError(f"probe set {name!r} must hold floats, got dtype {data.dtype}")
     bad = int(np.size(data) - np.count_nonzero(np.isfinite(np.asarray(data))))
@@ -291,8 +292,9 @@ def apply_models(
     """
     x = arch.adapt(probes) if adapt else probes
     if x.shape[1:] != arch.input_shape:
-        raise ShapeError(f"apply_models: probes of shape {tuple(x.shape)} do not fit "
-                         f"{type(arch).__name__} input {arch.input_shape}")
+        raise ShapeError(
+            f"apply_models: probes of shape {tuple(x.shape)} do not fit {type(arch).__name__} input {arch.input_shape}"
+        )
     x = x.astype(jnp.float32)
     if formulation is not None and mesh is not None:
         raise ConfigError("apply_models: give either mesh= or formulation=, not both")

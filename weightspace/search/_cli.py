@@ -21,8 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
 
     ix.add_argument("zoos", nargs="+", metavar="ZOO", help=ZOO_HELP + "; several may be given")
-    ix.add_argument("--probes", required=True,
-                    help="probe kind for weightspace.data.make_probes (fashion-mnist, natural, dead-leaves, ...)")
+    ix.add_argument(
+        "--probes",
+        required=True,
+        help="probe kind for weightspace.data.make_probes (fashion-mnist, natural, dead-leaves, ...)",
+    )
     ix.add_argument("--n", type=int, default=1000, help="number of probes (default 1000)")
     ix.add_argument("--seed", type=int, default=0, help="probe seed (default 0)")
     ix.add_argument("--shape", default="28x28x1", help="probe image shape HxWxC (default 28x28x1)")
@@ -38,19 +41,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q = se.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", action="append", help="a concept, e.g. 'sandal' (repeatable)")
     q.add_argument("--logit", action="append", metavar="MODEL:IDX", help="a gallery logit (repeatable)")
-    q.add_argument("--model", metavar="ZOO", help="search with each logit of each model of ZOO (any zoo path or "
-                   "recipe name `weightspace index` takes)")
+    q.add_argument(
+        "--model",
+        metavar="ZOO",
+        help="search with each logit of each model of ZOO (any zoo path or recipe name `weightspace index` takes)",
+    )
     se.add_argument("--top", type=int, default=10, help="hits per query (default 10)")
-    se.add_argument("--k", type=int, default=None, help="probes compared per query (default: weightspace.search."
-                    "DEFAULT_K)")
-    se.add_argument("--clip", metavar="DIR", default=None,
-                    help="align text through this Hugging Face CLIP directory (overrides --aligner)")
-    se.add_argument("--aligner", choices=("auto", "label", "conse"), default="auto",
-                    help="how --text becomes a descriptor: 'label' = probe labels + MiniLM (labelled probes only); "
-                    "'conse' = EfficientNet-Lite0's ImageNet reading of each probe mapped into MiniLM's space (any "
-                    "image probes, any words); 'auto' (default) = label when the probes have labels, else conse")
-    se.add_argument("--conse-top", type=int, default=None, metavar="T",
-                    help="ImageNet classes mixed per probe by the conse aligner (default 10)")
+    se.add_argument(
+        "--k", type=int, default=None, help="probes compared per query (default: weightspace.search.DEFAULT_K)"
+    )
+    se.add_argument(
+        "--clip",
+        metavar="DIR",
+        default=None,
+        help="align text through this Hugging Face CLIP directory (overrides --aligner)",
+    )
+    se.add_argument(
+        "--aligner",
+        choices=("auto", "label", "conse"),
+        default="auto",
+        help="how --text becomes a descriptor: 'label' = probe labels + MiniLM (labelled probes only); "
+        "'conse' = EfficientNet-Lite0's ImageNet reading of each probe mapped into MiniLM's space (any "
+        "image probes, any words); 'auto' (default) = label when the probes have labels, else conse",
+    )
+    se.add_argument(
+        "--conse-top",
+        type=int,
+        default=None,
+        metavar="T",
+        help="ImageNet classes mixed per probe by the conse aligner (default 10)",
+    )
     se.add_argument("--json", action="store_true", help="print JSON instead of tables")
     add_zoo_options(se)
     se.set_defaults(func=_search)
@@ -74,8 +94,9 @@ def _index(args: argparse.Namespace) -> int:
     from weightspace.zoo._cli import load_zoo_specs
 
     zoos = load_zoo_specs(args.zoos, args, progress=progress)
-    g = build_gallery(zoos, probes, args.out, dtype=args.dtype, models_per_shard=args.models_per_shard,
-                      progress=progress)
+    g = build_gallery(
+        zoos, probes, args.out, dtype=args.dtype, models_per_shard=args.models_per_shard, progress=progress
+    )
     print(f"gallery {g.path}: {g.num_logits} logits x {g.num_probes} probes ({probes.name}), zoos {g.zoos}")
     return 0
 

@@ -125,8 +125,9 @@ def complete_matrix(
         raise InvalidValueError(f"rank must be in [1, {min(v.shape)}], got {rank}")
     counts = mask.sum(1)
     if (counts == 0).any():
-        raise InvalidValueError(f"{int((counts == 0).sum())} rows have no observed entries; nothing to complete "
-                                "them from")
+        raise InvalidValueError(
+            f"{int((counts == 0).sum())} rows have no observed entries; nothing to complete them from"
+        )
     if not np.isfinite(v[mask]).all():
         raise InvalidValueError("observed entries hold NaN/Inf")
     vz = np.where(mask, v, 0.0)
@@ -134,16 +135,34 @@ def complete_matrix(
     var = (np.where(mask, vz - mean, 0.0) ** 2).sum(1, keepdims=True) / counts[:, None]
     std = np.where(var > 0, np.sqrt(var), 1.0)
     z = (np.where(mask, vz, mean) / std).astype(np.float32)
-    out, it, change = _hard_impute(jnp.asarray(z), jnp.asarray(mask), key if key is not None else jax.random.key(0),
-                                   rank=rank, iters=iters, tol=tol, randomized=method == "randomized",
-                                   oversample=oversample, power_iters=power_iters)
+    out, it, change = _hard_impute(
+        jnp.asarray(z),
+        jnp.asarray(mask),
+        key if key is not None else jax.random.key(0),
+        rank=rank,
+        iters=iters,
+        tol=tol,
+        randomized=method == "randomized",
+        oversample=oversample,
+        power_iters=power_iters,
+    )
     filled = np.asarray(out) * std
     return Completion(np.where(mask, v, filled).astype(np.float32), int(it), float(change))
 
 
 @functools.partial(jax.jit, static_argnames=("rank", "iters", "randomized", "oversample", "power_iters"))
-def _hard_impute(z: Array, mask: Array, key: Array, *, rank: int, iters: int, tol: float, randomized: bool,
-                 oversample: int, power_iters: int) -> tuple[Array, Array, Array]:
+def _hard_impute(
+    z: Array,
+    mask: Array,
+    key: Array,
+    *,
+    rank: int,
+    iters: int,
+    tol: float,
+    randomized: bool,
+    oversample: int,
+    power_iters: int,
+) -> tuple[Array, Array, Array]:
     hp = jax.lax.Precision.HIGHEST
 
     def low_rank(x: Array, k: Array) -> Array:
@@ -229,8 +248,9 @@ def collaborative_probe(
     if not 0.0 < fraction <= 1.0:
         raise InvalidValueError(f"fraction must be in (0, 1], got {fraction}")
     p = as_probe_set(probes)
-    zoos: Sequence[Zoo] = source.zoos if isinstance(source, Collection) else (
-        [source] if isinstance(source, Zoo) else list(source))
+    zoos: Sequence[Zoo] = (
+        source.zoos if isinstance(source, Collection) else ([source] if isinstance(source, Zoo) else list(source))
+    )
     n_p = len(p.data)
     n_sub = max(1, math.ceil(fraction * n_p))
     rows, masks, done = [], [], 0
@@ -250,8 +270,9 @@ def collaborative_probe(
         masks.append(seen)
     mat = np.concatenate([np.swapaxes(r, 1, 2).reshape(-1, n_p) for r in rows])
     obs = np.concatenate([np.repeat(s, r.shape[2], axis=0) for s, r in zip(masks, rows, strict=True)])
-    comp = complete_matrix(mat, obs, rank=min(rank, *mat.shape), iters=iters, method=method,
-                           key=jax.random.fold_in(key, 0x7FFFFFFF))
+    comp = complete_matrix(
+        mat, obs, rank=min(rank, *mat.shape), iters=iters, method=method, key=jax.random.fold_in(key, 0x7FFFFFFF)
+    )
     out, start = [], 0
     for zoo, r in zip(zoos, rows, strict=True):
         n, lg = r.shape[0], r.shape[2]

@@ -83,14 +83,16 @@ class Responses:
         object.__setattr__(self, "values", v)
         ids = [str(i) for i in self.ids]
         if len(ids) != v.shape[0] or len(set(ids)) != len(ids):
-            raise InvalidValueError(f"Responses {self.name!r}: need {v.shape[0]} unique ids, got {len(ids)} "
-                                    f"({len(set(ids))} unique)")
+            raise InvalidValueError(
+                f"Responses {self.name!r}: need {v.shape[0]} unique ids, got {len(ids)} ({len(set(ids))} unique)"
+            )
         object.__setattr__(self, "ids", ids)
         if self.classes is not None:
             cl = [None if c is None else [str(x) for x in c] for c in self.classes]
             if len(cl) != v.shape[0] or any(c is not None and len(c) != v.shape[2] for c in cl):
-                raise ShapeError(f"Responses {self.name!r}: classes must hold {v.shape[2]} names for each of "
-                                 f"{v.shape[0]} models")
+                raise ShapeError(
+                    f"Responses {self.name!r}: classes must hold {v.shape[2]} names for each of {v.shape[0]} models"
+                )
             object.__setattr__(self, "classes", cl)
 
 
@@ -106,8 +108,10 @@ class _Source:
             self.name, self.ids, self.num_logits = item.name, list(item.ids), item.values.shape[2]
             self.arch: dict[str, Any] | None = None
             if item.values.shape[1] != len(probes.data):
-                raise ShapeError(f"Responses {item.name!r} cover {item.values.shape[1]} probes, the gallery has "
-                                 f"{len(probes.data)}: responses must be computed on the gallery's probe set")
+                raise ShapeError(
+                    f"Responses {item.name!r} cover {item.values.shape[1]} probes, the gallery has "
+                    f"{len(probes.data)}: responses must be computed on the gallery's probe set"
+                )
         elif isinstance(item, Zoo):
             self.name, self.ids, self.num_logits = item.name, item.ids, item.arch.num_outputs
             self.arch = item.arch.to_config()
@@ -122,8 +126,9 @@ class _Source:
             return None if self.item.classes is None else self.item.classes[i]  # type: ignore[return-value]
         c = self.item.classes(i)
         if c is not None and len(c) != self.num_logits:
-            raise ShapeError(f"zoo {self.name!r}: model {self.ids[i]!r} lists {len(c)} class names for "
-                             f"{self.num_logits} outputs")
+            raise ShapeError(
+                f"zoo {self.name!r}: model {self.ids[i]!r} lists {len(c)} class names for {self.num_logits} outputs"
+            )
         return None if c is None else [str(x) for x in c]
 
     def fingerprint(self) -> str:
@@ -195,8 +200,11 @@ def _write_probes(path: Path, p: Any) -> None:
     tensors = {"data": np.ascontiguousarray(p.data, np.float32)}
     if p.labels is not None:
         tensors["labels"] = np.ascontiguousarray(p.labels, np.int32)
-    meta = {"name": p.name, "provenance": p.provenance,
-            "label_names": json.dumps(list(p.label_names) if p.label_names is not None else None)}
+    meta = {
+        "name": p.name,
+        "provenance": p.provenance,
+        "label_names": json.dumps(list(p.label_names) if p.label_names is not None else None),
+    }
     write_safetensors(path, tensors, meta)
 
 
@@ -207,8 +215,13 @@ def _read_probes(path: Path) -> Any:
     if "data" not in tensors:
         raise LoadError(f"{path}: no 'data' tensor (not a gallery probe file)")
     names = json.loads(meta.get("label_names", "null"))
-    return ProbeSet(name=meta.get("name", "probes"), data=tensors["data"], provenance=meta.get("provenance", ""),
-                    labels=tensors.get("labels"), label_names=tuple(names) if names is not None else None)
+    return ProbeSet(
+        name=meta.get("name", "probes"),
+        data=tensors["data"],
+        provenance=meta.get("provenance", ""),
+        labels=tensors.get("labels"),
+        label_names=tuple(names) if names is not None else None,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -296,14 +309,27 @@ def build_gallery(
                 "use the same ordered probes or a new gallery"
             )
         if m["dtype"] != dtype or m["normalize"] != normalize:
-            raise InvalidValueError(f"{path}: gallery stores dtype={m['dtype']}, normalize={m['normalize']}; "
-                                    f"got dtype={dtype}, normalize={normalize}")
+            raise InvalidValueError(
+                f"{path}: gallery stores dtype={m['dtype']}, normalize={m['normalize']}; "
+                f"got dtype={dtype}, normalize={normalize}"
+            )
     else:
         path.mkdir(parents=True, exist_ok=True)
         _write_probes(path / PROBES_FILE, p)
-        m = {"weightspace": FORMAT, "dtype": dtype, "normalize": normalize, "zoos": [],
-             "probes": {"name": p.name, "n": len(p.data), "shape": list(p.data.shape[1:]), "fingerprint": fp,
-                        "labels": p.labels is not None, "file": PROBES_FILE}}
+        m = {
+            "weightspace": FORMAT,
+            "dtype": dtype,
+            "normalize": normalize,
+            "zoos": [],
+            "probes": {
+                "name": p.name,
+                "n": len(p.data),
+                "shape": list(p.data.shape[1:]),
+                "fingerprint": fp,
+                "labels": p.labels is not None,
+                "file": PROBES_FILE,
+            },
+        }
         _write_manifest(path, m)
     (path / "shards").mkdir(exist_ok=True)
 
@@ -313,12 +339,21 @@ def build_gallery(
         entry = next((z for z in m["zoos"] if z["name"] == s.name), None)
         if entry is None:
             per = models_per_shard or max(1, _TARGET_SHARD_LOGITS // s.num_logits)
-            entry = {"name": s.name, "fingerprint": fprint, "models": len(s), "logits_per_model": s.num_logits,
-                     "models_per_shard": int(per), "arch": s.arch, "shards": [], "complete": False}
+            entry = {
+                "name": s.name,
+                "fingerprint": fprint,
+                "models": len(s),
+                "logits_per_model": s.num_logits,
+                "models_per_shard": int(per),
+                "arch": s.arch,
+                "shards": [],
+                "complete": False,
+            }
             m["zoos"].append(entry)
         elif entry["fingerprint"] != fprint:
-            raise InvalidValueError(f"{path}: a different zoo named {s.name!r} is already indexed; rename one "
-                                    "of them or use a new gallery")
+            raise InvalidValueError(
+                f"{path}: a different zoo named {s.name!r} is already indexed; rename one of them or use a new gallery"
+            )
         plan.append((m["zoos"].index(entry), entry, s))
     _write_manifest(path, m)
 
@@ -347,16 +382,23 @@ def build_gallery(
 def _write_shard(path: Path, s: _Source, a: int, b: int, *, dtype: str, normalize: bool) -> None:
     r = s.responses(a, b)
     if r.shape != (b - a, len(s.probes.data), s.num_logits):
-        raise ShapeError(f"zoo {s.name!r}: responses of models {a}..{b} have shape {r.shape}, expected "
-                         f"{(b - a, len(s.probes.data), s.num_logits)}")
+        raise ShapeError(
+            f"zoo {s.name!r}: responses of models {a}..{b} have shape {r.shape}, expected "
+            f"{(b - a, len(s.probes.data), s.num_logits)}"
+        )
     bad = ~np.isfinite(r).all(axis=(1, 2))
     if bad.any():
-        raise InvalidValueError(f"zoo {s.name!r}: NaN/Inf responses from models "
-                                f"{[s.ids[a + i] for i in np.nonzero(bad)[0][:5]]}")
+        raise InvalidValueError(
+            f"zoo {s.name!r}: NaN/Inf responses from models {[s.ids[a + i] for i in np.nonzero(bad)[0][:5]]}"
+        )
     d = np.asarray(logit_descriptors(r, normalize=normalize))  # [models*logits, probes]
     cols = np.ascontiguousarray(d.T.astype(_DTYPES[dtype]))
-    meta = {"zoo": s.name, "ids": json.dumps(s.ids[a:b]), "logits_per_model": str(s.num_logits),
-            "classes": json.dumps([s.classes(i) for i in range(a, b)])}
+    meta = {
+        "zoo": s.name,
+        "ids": json.dumps(s.ids[a:b]),
+        "logits_per_model": str(s.num_logits),
+        "classes": json.dumps([s.classes(i) for i in range(a, b)]),
+    }
     write_safetensors(path, {"descriptors": cols}, meta)
 
 
@@ -453,8 +495,10 @@ class Gallery:
                 f = self.path / sh["file"]
                 meta, width, data_offset = _shard_header(f, self.num_probes, self.dtype)
                 if verify and _sha256(f) != sh["sha256"]:
-                    raise LoadError(f"{f}: shard is corrupt (sha256 differs from {MANIFEST}); rebuild it by "
-                                    f"deleting it and its manifest entry, then re-running the build")
+                    raise LoadError(
+                        f"{f}: shard is corrupt (sha256 differs from {MANIFEST}); rebuild it by "
+                        f"deleting it and its manifest entry, then re-running the build"
+                    )
                 try:
                     ids = json.loads(meta["ids"])
                     classes = json.loads(meta["classes"])
@@ -485,15 +529,19 @@ class Gallery:
         return self.num_logits
 
     def __repr__(self) -> str:
-        return (f"Gallery({str(self.path)!r}, {self.num_logits} logits x {self.num_probes} probes, "
-                f"{self.dtype}, zoos={self.zoos})")
+        return (
+            f"Gallery({str(self.path)!r}, {self.num_logits} logits x {self.num_probes} probes, "
+            f"{self.dtype}, zoos={self.zoos})"
+        )
 
     def columns(self) -> list[np.ndarray]:
         """The descriptor shards as read-only memory maps ``[probes, n_i]`` (probe-major)."""
         if self._maps is None:
             dt = _DTYPES[self.dtype]
-            self._maps = [np.memmap(s.file, dt, mode="r", offset=s.data_offset, shape=(self.num_probes, s.width))
-                          for s in self.shards]
+            self._maps = [
+                np.memmap(s.file, dt, mode="r", offset=s.data_offset, shape=(self.num_probes, s.width))
+                for s in self.shards
+            ]
         return self._maps
 
     def descriptors(self, indices: Sequence[int] | np.ndarray) -> Float[np.ndarray, "n probes"]:
@@ -522,15 +570,18 @@ class Gallery:
             for si, s in enumerate(self.shards):
                 for mi, mid in enumerate(s.ids):
                     self._models.setdefault(mid, []).append((si, mi))
-        found = [(si, mi) for si, mi in self._models.get(str(model_id), [])
-                 if zoo is None or self.shards[si].zoo == zoo]
+        found = [
+            (si, mi) for si, mi in self._models.get(str(model_id), []) if zoo is None or self.shards[si].zoo == zoo
+        ]
         if not found:
             where = f" in zoo {zoo!r}" if zoo else ""
-            raise InvalidValueError(f"gallery {self.path} has no model {model_id!r}{where} "
-                                    f"(zoos: {self.zoos}; {self.num_logits} logits)")
+            raise InvalidValueError(
+                f"gallery {self.path} has no model {model_id!r}{where} (zoos: {self.zoos}; {self.num_logits} logits)"
+            )
         if len(found) > 1:
-            raise InvalidValueError(f"model id {model_id!r} is in several zoos "
-                                    f"{sorted(self.shards[si].zoo for si, _ in found)}; pass zoo=")
+            raise InvalidValueError(
+                f"model id {model_id!r} is in several zoos {sorted(self.shards[si].zoo for si, _ in found)}; pass zoo="
+            )
         si, mi = found[0]
         s = self.shards[si]
         return s.offset + mi * s.logits_per_model + np.arange(s.logits_per_model)
@@ -545,8 +596,15 @@ class Gallery:
 
     def append(self, source: Any, *, models_per_shard: int | None = None, progress: Progress = None) -> Gallery:
         """Index more zoos into this gallery (same probes, dtype and normalisation); returns the reopened gallery."""
-        return build_gallery(source, self.probes, self.path, dtype=self.dtype, normalize=self.normalize,
-                             models_per_shard=models_per_shard, progress=progress)
+        return build_gallery(
+            source,
+            self.probes,
+            self.path,
+            dtype=self.dtype,
+            normalize=self.normalize,
+            models_per_shard=models_per_shard,
+            progress=progress,
+        )
 
     # ---- search ---------------------------------------------------------------------------
     def search(
@@ -581,9 +639,11 @@ class Gallery:
         q = np.asarray(queries, np.float32)
         q = q[None] if q.ndim == 1 else q
         if q.ndim != 2 or q.shape[1] != self.num_probes:
-            raise ShapeError(f"query descriptors have shape {q.shape}; gallery {self.path} was built on "
-                             f"{self.num_probes} probes ({self.manifest['probes']['name']!r}): queries must "
-                             "use the same ordered probe set")
+            raise ShapeError(
+                f"query descriptors have shape {q.shape}; gallery {self.path} was built on "
+                f"{self.num_probes} probes ({self.manifest['probes']['name']!r}): queries must "
+                "use the same ordered probe set"
+            )
         if not np.isfinite(q).all():
             raise InvalidValueError(f"{int((~np.isfinite(q)).sum())} NaN/Inf values in the query descriptors")
         if self.normalize:
@@ -592,8 +652,16 @@ class Gallery:
         if len(excl) != len(q):
             raise ShapeError(f"exclude has {len(excl)} entries for {len(q)} queries")
         extra = max((len(e) for e in excl), default=0)
-        out = search_blocks(self.matrix(), q, top=min(top + extra, self.num_logits), k=k, selection=selection,
-                            distance=distance, key=key, method=method)
+        out = search_blocks(
+            self.matrix(),
+            q,
+            top=min(top + extra, self.num_logits),
+            k=k,
+            selection=selection,
+            distance=distance,
+            key=key,
+            method=method,
+        )
         labels = list(labels) if labels is not None else [f"query {i}" for i in range(len(q))]
         results = []
         for qi in range(len(q)):
@@ -608,8 +676,9 @@ class Gallery:
             results.append(SearchResult(labels[qi], tuple(hits)))
         return results
 
-    def search_logit(self, logit: str | tuple[str, int], *, zoo: str | None = None, exclude_model: bool = True,
-                     **kw: Any) -> SearchResult:
+    def search_logit(
+        self, logit: str | tuple[str, int], *, zoo: str | None = None, exclude_model: bool = True, **kw: Any
+    ) -> SearchResult:
         """Logits that behave like a gallery logit, given as ``"MODEL_ID:IDX"`` or ``(model_id, idx)``.
 
         ``exclude_model`` leaves the query's own model out of the hits.
@@ -673,8 +742,9 @@ class Gallery:
             aligner = default_aligner(self.probes)
         d = np.asarray(aligner.describe(texts, self.probes), np.float32)
         if d.shape != (len(texts), self.num_probes):
-            raise ShapeError(f"{type(aligner).__name__}.describe returned {d.shape}, expected "
-                             f"{(len(texts), self.num_probes)}")
+            raise ShapeError(
+                f"{type(aligner).__name__}.describe returned {d.shape}, expected {(len(texts), self.num_probes)}"
+            )
         return self.search(d, labels=[f"text {t!r}" for t in texts], **kw)
 
 

@@ -188,13 +188,27 @@ def search_blocks(
         qb, ib = q[s : s + query_batch], idx[s : s + query_batch]
         if method == "gather":
             qs = np.take_along_axis(qb, ib, axis=1)
-            d, i = _gather_topk(matrix.blocks, jnp.asarray(ib), jnp.asarray(qs), jnp.int32(matrix.num_logits),
-                                top=top, distance=distance)
+            d, i = _gather_topk(
+                matrix.blocks,
+                jnp.asarray(ib),
+                jnp.asarray(qs),
+                jnp.int32(matrix.num_logits),
+                top=top,
+                distance=distance,
+            )
         else:
             mask = np.zeros_like(qb)
             np.put_along_axis(mask, ib, 1.0, axis=1)
-            d, i = _dense_topk(matrix.blocks, matrix.sq_norms, jnp.asarray(qb * mask), jnp.asarray(mask),
-                               jnp.int32(matrix.num_logits), top=top, distance=distance, all_probes=selection == "all")
+            d, i = _dense_topk(
+                matrix.blocks,
+                matrix.sq_norms,
+                jnp.asarray(qb * mask),
+                jnp.asarray(mask),
+                jnp.int32(matrix.num_logits),
+                top=top,
+                distance=distance,
+                all_probes=selection == "all",
+            )
         scores.append(np.asarray(d))
         inds.append(np.asarray(i))
     return Searched(np.concatenate(scores), np.concatenate(inds).astype(np.int64))
@@ -265,8 +279,9 @@ def _gather_topk(blocks: Array, sel: Array, qs: Array, n: Array, *, top: int, di
 
 
 @functools.partial(jax.jit, static_argnames=("top", "distance", "all_probes"))
-def _dense_topk(blocks: Array, sq_norms: Array, qm: Array, mask: Array, n: Array, *, top: int, distance: str,
-                all_probes: bool) -> tuple[Array, Array]:
+def _dense_topk(
+    blocks: Array, sq_norms: Array, qm: Array, mask: Array, n: Array, *, top: int, distance: str, all_probes: bool
+) -> tuple[Array, Array]:
     hp = jax.lax.Precision.HIGHEST
     qq = jnp.sum(qm * qm, -1, keepdims=True)
 

@@ -73,8 +73,9 @@ class SearchResult:
     def to_table(self) -> str:
         """A fixed-width table (rank, score, zoo, model, logit, class)."""
         head = ("rank", "score", "zoo", "model", "logit", "class")
-        rows = [(str(h.rank), f"{h.score:.4f}", h.zoo, h.model_id, str(h.logit), h.class_name or "?")
-                for h in self.hits]
+        rows = [
+            (str(h.rank), f"{h.score:.4f}", h.zoo, h.model_id, str(h.logit), h.class_name or "?") for h in self.hits
+        ]
         widths = [max(len(head[c]), *(len(r[c]) for r in rows)) if rows else len(head[c]) for c in range(6)]
         right = {0, 1, 4}
 

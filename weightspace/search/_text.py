@@ -129,8 +129,13 @@ class CLIPAligner:
         [[1.0, 0.0]]
     """
 
-    def __init__(self, image_embed: Callable[[np.ndarray], Any], text_embed: Callable[[list[str]], Any], *,
-                 templates: Sequence[str] = DEFAULT_TEMPLATES) -> None:
+    def __init__(
+        self,
+        image_embed: Callable[[np.ndarray], Any],
+        text_embed: Callable[[list[str]], Any],
+        *,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+    ) -> None:
         if not callable(image_embed) or not callable(text_embed):
             raise ConfigError("CLIPAligner needs callables image_embed(images) and text_embed(texts)")
         if not templates or any("{}" not in t for t in templates):

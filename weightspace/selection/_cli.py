@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("rank", help="rank the models of a zoo for a target task with transferability metrics")
     from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
 
-    p.add_argument("--models", required=True, metavar="ZOO", help=ZOO_HELP + " (all its architectures are ranked "
-                   "together)")
+    p.add_argument(
+        "--models", required=True, metavar="ZOO", help=ZOO_HELP + " (all its architectures are ranked together)"
+    )
     p.add_argument("--task", required=True, metavar="DATA", help="target dataset: fashion-mnist, mnist-5k or digits")
     p.add_argument("--split", default="train", help="dataset split (train, test, all)")
     p.add_argument("--limit", type=int, default=2000, help="use this many examples (seeded random subset; 0 = all)")
@@ -56,14 +57,26 @@ def _rank(args: argparse.Namespace) -> int:
     ids = [i for z in zoos for i in z.ids]
     name = zoos[0].name if len(zoos) == 1 else args.models
     order = np.argsort(-scores[sort_by], kind="stable")
-    rows = [{"rank": r + 1, "id": ids[i], **{m: float(scores[m][i]) for m in metrics}}
-            for r, i in enumerate(order)]
+    rows = [{"rank": r + 1, "id": ids[i], **{m: float(scores[m][i]) for m in metrics}} for r, i in enumerate(order)]
     if args.json:
-        print(json.dumps({"zoo": name, "task": args.task, "split": args.split, "examples": len(idx),
-                          "sort_by": sort_by, "ranking": rows}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "zoo": name,
+                    "task": args.task,
+                    "split": args.split,
+                    "examples": len(idx),
+                    "sort_by": sort_by,
+                    "ranking": rows,
+                },
+                indent=2,
+            )
+        )
         return 0
-    print(f"{len(ids)} models of {name!r} on {args.task}/{args.split} ({len(idx)} examples), "
-          f"sorted by {sort_by} (higher = more transferable)")
+    print(
+        f"{len(ids)} models of {name!r} on {args.task}/{args.split} ({len(idx)} examples), "
+        f"sorted by {sort_by} (higher = more transferable)"
+    )
     width = max(len("id"), *(len(r["id"]) for r in rows))
     print(f"{'rank':>4}  {'id':<{width}}  " + "  ".join(f"{m:>19}" for m in metrics))
     for r in rows:

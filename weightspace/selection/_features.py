@@ -30,8 +30,10 @@ def final_layer(arch: Architecture) -> str:
         prefix = name[: -len(".weight")]
         if shapes[name][0] == arch.num_outputs and shapes.get(f"{prefix}.bias") == (arch.num_outputs,):
             return prefix
-    raise ConfigError(f"{type(arch).__name__} has no final dense layer with {arch.num_outputs} outputs "
-                      "(a '<name>.weight' [out, in] and '<name>.bias' [out] pair): cannot read its features")
+    raise ConfigError(
+        f"{type(arch).__name__} has no final dense layer with {arch.num_outputs} outputs "
+        "(a '<name>.weight' [out, in] and '<name>.bias' [out] pair): cannot read its features"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

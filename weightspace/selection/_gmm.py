@@ -23,8 +23,7 @@ class GMMParams(NamedTuple):
 def _log_prob(x: Array, params: GMMParams) -> Array:
     """``log w_k + log N(x_i | mu_k, diag var_k)`` for every sample and component ``[n, K]``."""
     prec = 1.0 / params.variances
-    quad = (jnp.sum(params.means**2 * prec, axis=1)[None, :] - 2.0 * x @ (params.means * prec).T
-            + (x * x) @ prec.T)
+    quad = jnp.sum(params.means**2 * prec, axis=1)[None, :] - 2.0 * x @ (params.means * prec).T + (x * x) @ prec.T
     log_det = -0.5 * jnp.sum(jnp.log(params.variances), axis=1)
     return -0.5 * (x.shape[1] * math.log(2 * math.pi) + quad) + log_det[None, :] + jnp.log(params.weights)[None, :]
 
@@ -56,8 +55,16 @@ def gmm_init(x: Float[Array, "n d"], components: int, *, key: Array, reg_covar: 
 
 
 @functools.partial(jax.jit, static_argnames=("components", "max_iter"))
-def fit_gmm(x: Float[Array, "n d"], components: int, *, key: Array, max_iter: int = 100, tol: float = 1e-3,
-            reg_covar: float = 1e-6, init: GMMParams | None = None) -> GMMParams:
+def fit_gmm(
+    x: Float[Array, "n d"],
+    components: int,
+    *,
+    key: Array,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    init: GMMParams | None = None,
+) -> GMMParams:
     """Fit a diagonal-covariance Gaussian mixture by EM (scikit-learn's ``GaussianMixture`` updates).
 
     Each step computes responsibilities (E) then weights, means and variances (M, variances plus

@@ -97,8 +97,14 @@ def _logme_core(f: Array, y: Array, method: str = "fixed_point") -> LogMEFit:
     init = (one, one, one, 0.0 * one, 0.0 * one, jnp.zeros((k,), bool))
     a, b, t_used, m2, res2, _ = jax.lax.fori_loop(0, _LOGME_ITERS, body, init)
     logdet_a = jnp.sum(jnp.log(a[None, :] + b[None, :] * sig[:, None]), axis=0) + (d - r) * jnp.log(a)
-    evidence = (d / 2.0 * jnp.log(a) + n / 2.0 * jnp.log(b) - 0.5 * logdet_a
-                - b / 2.0 * (res2 + ev_eps) - a / 2.0 * (m2 + ev_eps) - n / 2.0 * math.log(2 * math.pi))
+    evidence = (
+        d / 2.0 * jnp.log(a)
+        + n / 2.0 * jnp.log(b)
+        - 0.5 * logdet_a
+        - b / 2.0 * (res2 + ev_eps)
+        - a / 2.0 * (m2 + ev_eps)
+        - n / 2.0 * math.log(2 * math.pi)
+    )
     den = t_used[None, :] + sig[:, None]
     weights = (v @ (z / den)).T if x2 is None else (f.T @ (u @ (uy / den))).T
     return LogMEFit(evidence / n, a, b, weights)
@@ -115,7 +121,11 @@ def _logme_targets(labels: Any, n: int, regression: bool, num_classes: int | Non
 
 
 def logme_fit(
-    features: Float[Array, "n d"], labels: Any, *, regression: bool = False, method: str = "fixed_point",
+    features: Float[Array, "n d"],
+    labels: Any,
+    *,
+    regression: bool = False,
+    method: str = "fixed_point",
     num_classes: int | None = None,
 ) -> LogMEFit:
     """Fit LogME's Bayesian linear model per target and return evidences, ``alpha``, ``beta``, weights.
@@ -138,7 +148,11 @@ def logme_fit(
 
 
 def logme(
-    features: Float[Array, "n d"], labels: Any, *, regression: bool = False, method: str = "fixed_point",
+    features: Float[Array, "n d"],
+    labels: Any,
+    *,
+    regression: bool = False,
+    method: str = "fixed_point",
     num_classes: int | None = None,
 ) -> Float[Array, ""]:
     """LogME: mean log marginal evidence of Bayesian linear regression on the features.
@@ -182,8 +196,7 @@ def logme(
     References:
         You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning", ICML 2021.
     """
-    return jnp.mean(logme_fit(features, labels, regression=regression, method=method,
-                              num_classes=num_classes).evidence)
+    return jnp.mean(logme_fit(features, labels, regression=regression, method=method, num_classes=num_classes).evidence)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,8 +216,9 @@ def _leep_core(p: Array, y: Array, num_classes: int) -> Array:
     return jnp.mean(jnp.log(eep))
 
 
-def leep(probs: Float[Array, "n source_classes"], labels: Int[Array, " n"], *,
-         num_classes: int | None = None) -> Float[Array, ""]:
+def leep(
+    probs: Float[Array, "n source_classes"], labels: Int[Array, " n"], *, num_classes: int | None = None
+) -> Float[Array, ""]:
     """LEEP: log expected empirical prediction of the target labels through the source classifier.
 
     .. math::
@@ -246,8 +260,9 @@ def _nce_core(p: Array, y: Array, num_classes: int) -> Array:
     return -h_y_given_z
 
 
-def nce(probs: Float[Array, "n source_classes"], labels: Int[Array, " n"], *,
-        num_classes: int | None = None) -> Float[Array, ""]:
+def nce(
+    probs: Float[Array, "n source_classes"], labels: Int[Array, " n"], *, num_classes: int | None = None
+) -> Float[Array, ""]:
     """NCE: negative conditional entropy ``-H(Y | Z)`` of target labels given source labels.
 
     .. math::
@@ -300,8 +315,14 @@ def _pactran_core(p: Array, y: Array, alpha: Array, num_classes: int, n_iter: in
     return -raw
 
 
-def pactran(probs: Float[Array, "n source_classes"], labels: Int[Array, " n"], *, alpha: float = 1.0,
-            n_iter: int = 10, num_classes: int | None = None) -> Float[Array, ""]:
+def pactran(
+    probs: Float[Array, "n source_classes"],
+    labels: Int[Array, " n"],
+    *,
+    alpha: float = 1.0,
+    n_iter: int = 10,
+    num_classes: int | None = None,
+) -> Float[Array, ""]:
     """PACTran-Dirichlet: minus the PAC-Bayesian bound of a Dirichlet-multinomial head on ``theta``.
 
     A Dirichlet prior ``Dir(a0)`` with ``a0_y = alpha * n_y / N`` on ``P(y | z)``; ``q(z | x_i)`` is
@@ -370,8 +391,13 @@ def _h_score_core(f: Array, y: Array, rcond: Array, num_classes: int) -> Array:
     return jnp.sum(proj**2 * inv[None, :])
 
 
-def h_score(features: Float[Array, "n d"], labels: Int[Array, " n"], *, rcond: float | None = None,
-            num_classes: int | None = None) -> Float[Array, ""]:
+def h_score(
+    features: Float[Array, "n d"],
+    labels: Int[Array, " n"],
+    *,
+    rcond: float | None = None,
+    num_classes: int | None = None,
+) -> Float[Array, ""]:
     """H-score: ``tr(cov(F)^+ cov(E[F | y]))``, the Fisher-style class separation of the features.
 
     .. math::
@@ -452,8 +478,9 @@ def _reg_h_score_core(f: Array, y: Array, num_classes: int) -> Array:
     return (1.0 - s) * jnp.sum(proj**2 / lam[None, :])
 
 
-def regularized_h_score(features: Float[Array, "n d"], labels: Int[Array, " n"], *,
-                        num_classes: int | None = None) -> Float[Array, ""]:
+def regularized_h_score(
+    features: Float[Array, "n d"], labels: Int[Array, " n"], *, num_classes: int | None = None
+) -> Float[Array, ""]:
     """H-score with a Ledoit-Wolf shrunk feature covariance (tllib's ``regularized_h_score``).
 
     .. math::
@@ -507,8 +534,9 @@ def _transrate_core(f: Array, index: Array, counts: Array, eps: Array) -> Array:
     return rz - jnp.mean(rzy)
 
 
-def transrate(features: Float[Array, "n d"], labels: Int[Array, " n"], *, eps: float = 1e-4,
-              num_classes: int | None = None) -> Float[Array, ""]:
+def transrate(
+    features: Float[Array, "n d"], labels: Int[Array, " n"], *, eps: float = 1e-4, num_classes: int | None = None
+) -> Float[Array, ""]:
     """TransRate: coding rate of all features minus the mean per-class coding rate.
 
     .. math::
@@ -592,16 +620,23 @@ def _gbc_core(f: Array, y: Array, num_classes: int, gaussian: str = "diagonal", 
     avg = 0.5 * (var[:, None, :] + var[None, :, :])  # [C, C, D]
     diff2 = (means[:, None, :] - means[None, :, :]) ** 2
     logv = jnp.log(var)
-    db = (jnp.sum(diff2 / avg, axis=-1) / 8.0
-          + 0.5 * (jnp.sum(jnp.log(avg), axis=-1) - 0.5 * jnp.sum(logv, 1)[:, None] - 0.5 * jnp.sum(logv, 1)[None, :]))
+    db = jnp.sum(diff2 / avg, axis=-1) / 8.0 + 0.5 * (
+        jnp.sum(jnp.log(avg), axis=-1) - 0.5 * jnp.sum(logv, 1)[:, None] - 0.5 * jnp.sum(logv, 1)[None, :]
+    )
     present = counts > 0
     pair = present[:, None] & present[None, :] & ~jnp.eye(num_classes, dtype=bool)
     del d
     return -jnp.sum(jnp.where(pair, jnp.exp(-db), 0.0))
 
 
-def gbc(features: Float[Array, "n d"], labels: Int[Array, " n"], *, gaussian: str = "diagonal",
-        pca_dim: int | None = 64, num_classes: int | None = None) -> Float[Array, ""]:
+def gbc(
+    features: Float[Array, "n d"],
+    labels: Int[Array, " n"],
+    *,
+    gaussian: str = "diagonal",
+    pca_dim: int | None = 64,
+    num_classes: int | None = None,
+) -> Float[Array, ""]:
     """GBC: minus the summed Bhattacharyya coefficients between per-class Gaussians of the features.
 
     Each class ``c`` is ``N(mu_c, diag(sigma_c^2))`` (population variance, floored at ``1e-4``) in
@@ -656,8 +691,7 @@ def _lfc_core(f: Array, y: Array, num_classes: int) -> Array:
     return num / (jnp.sqrt(jnp.sum(gf**2)) * jnp.sqrt(jnp.sum((oc.T @ oc) ** 2)))
 
 
-def lfc(features: Float[Array, "n d"], labels: Int[Array, " n"], *,
-        num_classes: int | None = None) -> Float[Array, ""]:
+def lfc(features: Float[Array, "n d"], labels: Int[Array, " n"], *, num_classes: int | None = None) -> Float[Array, ""]:
     """LFC: centred kernel alignment between the feature kernel ``F F^T`` and the label-agreement kernel.
 
     With ``H = I - 11^T/N``, ``K_F = F F^T`` and ``K_Y[i, j] = +1`` if ``y_i = y_j`` else ``-1``,
@@ -693,8 +727,17 @@ def lfc(features: Float[Array, "n d"], labels: Int[Array, " n"], *,
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "components", "max_dim", "max_iter"))
-def _nleep_core(f: Array, y: Array, key: Array, num_classes: int, components: int, variance: float = 0.8,
-                max_dim: int | None = None, max_iter: int = 100, tol: float = 1e-3) -> Array:
+def _nleep_core(
+    f: Array,
+    y: Array,
+    key: Array,
+    num_classes: int,
+    components: int,
+    variance: float = 0.8,
+    max_dim: int | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+) -> Array:
     k = min(f.shape) if max_dim is None else min(max_dim, *f.shape)
     z, ratio = _pca(f, k)
     # Keep the components up to `variance` explained (sklearn's PCA(n_components=0.8) rule) by
@@ -707,9 +750,18 @@ def _nleep_core(f: Array, y: Array, key: Array, num_classes: int, components: in
     return _leep_core(post, y, num_classes=num_classes)
 
 
-def nleep(features: Float[Array, "n d"], labels: Int[Array, " n"], *, key: Array | None = None,
-          components: int | None = None, variance: float = 0.8, max_dim: int | None = None,
-          max_iter: int = 100, tol: float = 1e-3, num_classes: int | None = None) -> Float[Array, ""]:
+def nleep(
+    features: Float[Array, "n d"],
+    labels: Int[Array, " n"],
+    *,
+    key: Array | None = None,
+    components: int | None = None,
+    variance: float = 0.8,
+    max_dim: int | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    num_classes: int | None = None,
+) -> Float[Array, ""]:
     """N-LEEP: LEEP on the posteriors of a Gaussian mixture fitted to PCA-reduced features.
 
     Features are projected on the principal components explaining ``variance`` of the variance;
@@ -745,8 +797,17 @@ def nleep(features: Float[Array, "n d"], labels: Int[Array, " n"], *, key: Array
     f = as_float_array(features, "features")
     y, c = as_labels(labels, f.shape[0], num_classes=num_classes)
     key = jax.random.key(0) if key is None else key
-    return _nleep_core(f, y, key, num_classes=c, components=components or c, variance=variance,
-                       max_dim=max_dim, max_iter=max_iter, tol=tol)
+    return _nleep_core(
+        f,
+        y,
+        key,
+        num_classes=c,
+        components=components or c,
+        variance=variance,
+        max_dim=max_dim,
+        max_iter=max_iter,
+        tol=tol,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,25 +823,40 @@ class OTCETerms(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("source_classes", "num_classes", "max_iter"))
-def _otce_core(fs: Array, ys: Array, ft: Array, yt: Array, epsilon: Array, source_classes: int, num_classes: int,
-               max_iter: int = 1000) -> OTCETerms:
-    cost = (jnp.sum(fs * fs, 1)[:, None] + jnp.sum(ft * ft, 1)[None, :] - 2.0 * fs @ ft.T)
+def _otce_core(
+    fs: Array,
+    ys: Array,
+    ft: Array,
+    yt: Array,
+    epsilon: Array,
+    source_classes: int,
+    num_classes: int,
+    max_iter: int = 1000,
+) -> OTCETerms:
+    cost = jnp.sum(fs * fs, 1)[:, None] + jnp.sum(ft * ft, 1)[None, :] - 2.0 * fs @ ft.T
     cost = jnp.clip(cost, 0.0)
     a = jnp.full((fs.shape[0],), 1.0 / fs.shape[0], fs.dtype)
     b = jnp.full((ft.shape[0],), 1.0 / ft.shape[0], fs.dtype)
     plan = sinkhorn(cost, a, b, epsilon=epsilon * jnp.mean(cost), max_iter=max_iter)
     w = jnp.sum(plan * cost)
-    joint = jax.nn.one_hot(ys, source_classes, dtype=fs.dtype).T @ plan @ jax.nn.one_hot(yt, num_classes,
-                                                                                         dtype=fs.dtype)
+    joint = (
+        jax.nn.one_hot(ys, source_classes, dtype=fs.dtype).T @ plan @ jax.nn.one_hot(yt, num_classes, dtype=fs.dtype)
+    )
     p_src = jnp.sum(joint, axis=1, keepdims=True)
     cond = jnp.where(joint > 0, joint / jnp.where(p_src > 0, p_src, 1.0), 1.0)
     ce = -jnp.sum(xlogy(joint, cond))
     return OTCETerms(w, ce)
 
 
-def otce_terms(source_features: Float[Array, "ns d"], source_labels: Int[Array, " ns"],
-               features: Float[Array, "nt d"], labels: Int[Array, " nt"], *, epsilon: float = 0.05,
-               max_iter: int = 1000) -> OTCETerms:
+def otce_terms(
+    source_features: Float[Array, "ns d"],
+    source_labels: Int[Array, " ns"],
+    features: Float[Array, "nt d"],
+    labels: Int[Array, " nt"],
+    *,
+    epsilon: float = 0.05,
+    max_iter: int = 1000,
+) -> OTCETerms:
     """Transport cost and conditional entropy of OTCE (see :func:`otce`).
 
     Example:
@@ -794,17 +870,28 @@ def otce_terms(source_features: Float[Array, "ns d"], source_labels: Int[Array, 
     fs = as_float_array(source_features, "source_features")
     ft = as_float_array(features, "features")
     if fs.shape[1] != ft.shape[1]:
-        raise ShapeError(f"source_features have {fs.shape[1]} dims but features have {ft.shape[1]}; "
-                         "OTCE needs both in the same feature space")
+        raise ShapeError(
+            f"source_features have {fs.shape[1]} dims but features have {ft.shape[1]}; "
+            "OTCE needs both in the same feature space"
+        )
     ys, cs = as_labels(source_labels, fs.shape[0], name="source_labels", min_classes=1)
     yt, ct = as_labels(labels, ft.shape[0])
-    return _otce_core(fs, ys, ft, yt, jnp.asarray(epsilon, ft.dtype), source_classes=cs, num_classes=ct,
-                      max_iter=max_iter)
+    return _otce_core(
+        fs, ys, ft, yt, jnp.asarray(epsilon, ft.dtype), source_classes=cs, num_classes=ct, max_iter=max_iter
+    )
 
 
-def otce(source_features: Float[Array, "ns d"], source_labels: Int[Array, " ns"],
-         features: Float[Array, "nt d"], labels: Int[Array, " nt"], *, epsilon: float = 0.05,
-         ce_weight: float = 1.0, wd_weight: float = 0.0, max_iter: int = 1000) -> Float[Array, ""]:
+def otce(
+    source_features: Float[Array, "ns d"],
+    source_labels: Int[Array, " ns"],
+    features: Float[Array, "nt d"],
+    labels: Int[Array, " nt"],
+    *,
+    epsilon: float = 0.05,
+    ce_weight: float = 1.0,
+    wd_weight: float = 0.0,
+    max_iter: int = 1000,
+) -> Float[Array, ""]:
     """OTCE: conditional entropy of target given source labels under an optimal-transport coupling.
 
     The coupling ``P`` between the source samples (features ``F_s`` of the model's own training

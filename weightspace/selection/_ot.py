@@ -11,8 +11,15 @@ from jaxtyping import Array, Float
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def sinkhorn(cost: Float[Array, "n m"], a: Float[Array, " n"], b: Float[Array, " m"], *, epsilon: float | Array,
-             max_iter: int = 1000, tol: float = 1e-9) -> Float[Array, "n m"]:
+def sinkhorn(
+    cost: Float[Array, "n m"],
+    a: Float[Array, " n"],
+    b: Float[Array, " m"],
+    *,
+    epsilon: float | Array,
+    max_iter: int = 1000,
+    tol: float = 1e-9,
+) -> Float[Array, "n m"]:
     """Entropic OT plan ``argmin_P <P, C> - epsilon H(P)`` with marginals ``a``, ``b`` (log-domain Sinkhorn).
 
     .. math::

@@ -127,6 +127,5 @@ def ranking_report(accuracy: Any, scores: dict[str, Any]) -> dict[str, dict[str,
     """
     out = {}
     for name, s in scores.items():
-        out[name] = {f.__name__: f(accuracy, s)
-                     for f in (weighted_tau, kendall_tau, pearson, top1_regret)}
+        out[name] = {f.__name__: f(accuracy, s) for f in (weighted_tau, kendall_tau, pearson, top1_regret)}
     return out

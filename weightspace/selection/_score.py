@@ -32,8 +32,9 @@ def _group(arrays: Any, name: str, n: int) -> tuple[list[np.ndarray], list[list[
     else:
         arr = jnp.asarray(arrays)
         if arr.ndim != 3:
-            raise ShapeError(f"{name} must be [models, samples, dims] or a list of [samples, dims], "
-                             f"got shape {tuple(arr.shape)}")
+            raise ShapeError(
+                f"{name} must be [models, samples, dims] or a list of [samples, dims], got shape {tuple(arr.shape)}"
+            )
         items = list(arr)
     buckets: dict[tuple[int, ...], list[int]] = {}
     for i, a in enumerate(items):
@@ -62,20 +63,31 @@ def _batched(metric: str, frozen: tuple[tuple[str, Any], ...], model_batch: int 
     o = dict(frozen)
     c = o.pop("num_classes")
     if metric == "logme":
-        fn = lambda f, y, t: M._logme_core(f, jax.nn.one_hot(y, c, dtype=f.dtype), method=o.get("method",
-                                                                                          "fixed_point")).evidence.mean()
+        fn = lambda f, y, t: M._logme_core(
+            f, jax.nn.one_hot(y, c, dtype=f.dtype), method=o.get("method", "fixed_point")
+        ).evidence.mean()
     elif metric == "h_score":
         fn = lambda f, y, t: M._h_score_core(
-            f, y, jnp.asarray(o.get("rcond") or M._default_rcond(*f.shape, f.dtype), f.dtype), num_classes=c)
+            f, y, jnp.asarray(o.get("rcond") or M._default_rcond(*f.shape, f.dtype), f.dtype), num_classes=c
+        )
     elif metric == "regularized_h_score":
         fn = lambda f, y, t: M._reg_h_score_core(f, y, num_classes=c)
     elif metric == "nleep":
-        fn = lambda f, y, t: M._nleep_core(f, y, t["key"], num_classes=c, components=o.get("components") or c,
-                                           variance=o.get("variance", 0.8), max_dim=o.get("max_dim"),
-                                           max_iter=o.get("max_iter", 100), tol=o.get("tol", 1e-3))
+        fn = lambda f, y, t: M._nleep_core(
+            f,
+            y,
+            t["key"],
+            num_classes=c,
+            components=o.get("components") or c,
+            variance=o.get("variance", 0.8),
+            max_dim=o.get("max_dim"),
+            max_iter=o.get("max_iter", 100),
+            tol=o.get("tol", 1e-3),
+        )
     elif metric == "gbc":
-        fn = lambda f, y, t: M._gbc_core(f, y, num_classes=c, gaussian=o.get("gaussian", "diagonal"),
-                                         pca_dim=o.get("pca_dim", 64))
+        fn = lambda f, y, t: M._gbc_core(
+            f, y, num_classes=c, gaussian=o.get("gaussian", "diagonal"), pca_dim=o.get("pca_dim", 64)
+        )
     elif metric == "lfc":
         fn = lambda f, y, t: M._lfc_core(f, y, num_classes=c)
     elif metric == "transrate":
@@ -85,14 +97,23 @@ def _batched(metric: str, frozen: tuple[tuple[str, Any], ...], model_batch: int 
     elif metric == "nce":
         fn = lambda p, y, t: M._nce_core(p, y, num_classes=c)
     elif metric == "pactran":
-        fn = lambda p, y, t: M._pactran_core(p, y, jnp.asarray(o.get("alpha", 1.0), p.dtype), num_classes=c,
-                                             n_iter=o.get("n_iter", 10))
+        fn = lambda p, y, t: M._pactran_core(
+            p, y, jnp.asarray(o.get("alpha", 1.0), p.dtype), num_classes=c, n_iter=o.get("n_iter", 10)
+        )
     else:  # otce: f is a (source features, target features) pair
         cw, ww = o.get("ce_weight", 1.0), o.get("wd_weight", 0.0)
 
         def fn(f: Any, y: Any, t: Any) -> Any:
-            terms = M._otce_core(f[0], f[1], f[2], y, jnp.asarray(o.get("epsilon", 0.05), f[2].dtype),
-                                 source_classes=o["source_classes"], num_classes=c, max_iter=o.get("max_iter", 1000))
+            terms = M._otce_core(
+                f[0],
+                f[1],
+                f[2],
+                y,
+                jnp.asarray(o.get("epsilon", 0.05), f[2].dtype),
+                source_classes=o["source_classes"],
+                num_classes=c,
+                max_iter=o.get("max_iter", 1000),
+            )
             return -(cw * terms.conditional_entropy + ww * terms.wasserstein)
 
     return jax.jit(lambda xs, y, t: jax.lax.map(lambda x: fn(x, y, t), xs, batch_size=model_batch))
@@ -154,9 +175,13 @@ def score_all(
     if model_batch is not None and (not isinstance(model_batch, int) or model_batch < 1):
         raise InvalidValueError(f"model_batch must be a positive int, None or 'auto', got {model_batch!r}")
     if metrics is None:
-        metrics = [m for m in ALL_METRICS if (m in FEATURE_METRICS and features is not None)
-                   or (m in PROB_METRICS and probs is not None)
-                   or (m in SOURCE_METRICS and features is not None and source_features is not None)]
+        metrics = [
+            m
+            for m in ALL_METRICS
+            if (m in FEATURE_METRICS and features is not None)
+            or (m in PROB_METRICS and probs is not None)
+            or (m in SOURCE_METRICS and features is not None and source_features is not None)
+        ]
     unknown = [m for m in metrics if m not in ALL_METRICS]
     if unknown:
         raise InvalidValueError(f"unknown metrics {unknown}; known: {list(ALL_METRICS)}")
@@ -215,4 +240,3 @@ def score_all(
             res[np.asarray(idx)] = np.asarray(fn(x, y, {k: tables[k] for k in _TABLES.get(m, ())}))
         out[m] = res
     return out
-

@@ -86,8 +86,9 @@ def stack_tasks(
     means = [np.asarray(m, np.float32) for m in task_class_means]
     dims = {m.shape[1] for m in means if m.ndim == 2}
     if any(m.ndim != 2 for m in means) or len(dims) != 1:
-        raise ShapeError(f"task class means must all be [classes, task_dim] with one task_dim, got "
-                         f"{[m.shape for m in means]}")
+        raise ShapeError(
+            f"task class means must all be [classes, task_dim] with one task_dim, got {[m.shape for m in means]}"
+        )
     cmax = max(m.shape[0] for m in means)
     feats = np.zeros((len(means), cmax, dims.pop()), np.float32)
     mask = np.zeros((len(means), cmax), bool)
@@ -116,8 +117,12 @@ def stack_tasks(
                 if a.shape != (means[t].shape[0], ds):
                     raise ShapeError(f"specific[{t}][{m}] must be [{means[t].shape[0]}, {ds}], got {a.shape}")
                 spec[t, m, : a.shape[0]] = a
-    return SpiderTasks(jnp.asarray(feats), jnp.asarray(mask), None if acc is None else jnp.asarray(acc),
-                       None if spec is None else jnp.asarray(spec))
+    return SpiderTasks(
+        jnp.asarray(feats),
+        jnp.asarray(mask),
+        None if acc is None else jnp.asarray(acc),
+        None if spec is None else jnp.asarray(spec),
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -173,11 +178,9 @@ class ModelSpider(nnx.Module):
         d = config.dim
         self.model_tokens = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.num_models, d)))
         self.task_proj = nnx.Linear(config.task_dim, d, rngs=rngs)
-        self.specific_proj = (nnx.Linear(config.specific_dim, d, rngs=rngs)
-                              if config.specific_dim is not None else None)
+        self.specific_proj = nnx.Linear(config.specific_dim, d, rngs=rngs) if config.specific_dim is not None else None
         self.norm1 = nnx.LayerNorm(d, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(config.heads, d, qkv_features=d, decode=False, rngs=rngs,
-                                           keep_rngs=False)
+        self.attn = nnx.MultiHeadAttention(config.heads, d, qkv_features=d, decode=False, rngs=rngs, keep_rngs=False)
         self.norm2 = nnx.LayerNorm(d, rngs=rngs)
         self.mlp_in = nnx.Linear(d, 2 * d, rngs=rngs)
         self.mlp_out = nnx.Linear(2 * d, d, rngs=rngs)
@@ -290,29 +293,37 @@ def train_model_spider(
         raise InvalidValueError("train_model_spider needs tasks.accuracy (the true fine-tuning accuracies)")
     training = training or SpiderTraining()
     if spider is None:
-        config = config or SpiderConfig(num_models=int(tasks.accuracy.shape[1]), task_dim=int(tasks.features.shape[2]),
-                                        specific_dim=None if tasks.specific is None else int(tasks.specific.shape[-1]))
+        config = config or SpiderConfig(
+            num_models=int(tasks.accuracy.shape[1]),
+            task_dim=int(tasks.features.shape[2]),
+            specific_dim=None if tasks.specific is None else int(tasks.specific.shape[-1]),
+        )
         spider = ModelSpider(config, rngs=nnx.Rngs(training.seed))
     if tasks.accuracy.shape[1] != spider.config.num_models:
         raise ShapeError(f"tasks rank {tasks.accuracy.shape[1]} models, the spider has {spider.config.num_models}")
     if tasks.features.shape[2] != spider.config.task_dim:
-        raise ShapeError(f"task features have dim {tasks.features.shape[2]}, the spider expects "
-                         f"{spider.config.task_dim}")
+        raise ShapeError(
+            f"task features have dim {tasks.features.shape[2]}, the spider expects {spider.config.task_dim}"
+        )
     n_tasks = int(tasks.features.shape[0])
-    train_config = TrainConfig(steps=training.steps, batch_size=n_tasks, learning_rate=training.learning_rate,
-                         weight_decay=training.weight_decay, seed=training.seed,
-                         eval_every=max(training.steps, 1))  # one host sync, at the end
+    train_config = TrainConfig(
+        steps=training.steps,
+        batch_size=n_tasks,
+        learning_rate=training.learning_rate,
+        weight_decay=training.weight_decay,
+        seed=training.seed,
+        eval_every=max(training.steps, 1),
+    )  # one host sync, at the end
     try:
         report = fit(spider, _fit_loss, tasks, config=train_config, progress=False)
     except TrainingDivergedError as e:
-        raise InvalidValueError(f"Model Spider training diverged: non-finite loss at step {e.step - 1}; "
-                                f"lower the learning rate") from e
+        raise InvalidValueError(
+            f"Model Spider training diverged: non-finite loss at step {e.step - 1}; lower the learning rate"
+        ) from e
     return spider, report.losses
 
 
-def rank_models(
-    spider: ModelSpider, tasks: SpiderTasks, *, top_k: int | None = None
-) -> Float[Array, "tasks models"]:
+def rank_models(spider: ModelSpider, tasks: SpiderTasks, *, top_k: int | None = None) -> Float[Array, "tasks models"]:
     """Ranking scores ``[tasks, models]`` (higher = better) of every candidate on every task.
 
     With ``top_k`` and ``tasks.specific``, the ``top_k`` best-scored candidates of each task are

@@ -27,8 +27,9 @@ def as_float_array(x: Any, name: str, *, ndim: int | tuple[int, ...] = 2, what: 
     if not is_traced(arr) and arr.size:
         bad = int(jnp.sum(~jnp.isfinite(arr)))
         if bad:
-            raise InvalidValueError(f"{name} holds {bad} NaN/Inf value(s) out of {arr.size}; "
-                                    "transferability metrics need finite inputs")
+            raise InvalidValueError(
+                f"{name} holds {bad} NaN/Inf value(s) out of {arr.size}; transferability metrics need finite inputs"
+            )
     return arr
 
 
@@ -66,8 +67,10 @@ def as_labels(
         raise InvalidValueError(f"{name} must be < num_classes={c}, found {hi}")
     present = np.unique(arr).size
     if present < min_classes:
-        raise InvalidValueError(f"{name} hold {present} distinct class(es) ({np.unique(arr).tolist()}); "
-                                f"transferability needs at least {min_classes}")
+        raise InvalidValueError(
+            f"{name} hold {present} distinct class(es) ({np.unique(arr).tolist()}); "
+            f"transferability needs at least {min_classes}"
+        )
     return jnp.asarray(arr, jnp.int32), c
 
 

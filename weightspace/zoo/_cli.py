@@ -10,21 +10,37 @@ from typing import Any
 
 from weightspace.zoo._io import read_header
 
-ZOO_HELP = ("a zoo: a packed zoo file, a model file, a directory (a recipe's cache or `zoo build --out` directory, "
-            "a zoo directory, a downloaded hub of model files), or a recipe name (with --size/--recipe-seed)")
+ZOO_HELP = (
+    "a zoo: a packed zoo file, a model file, a directory (a recipe's cache or `zoo build --out` directory, "
+    "a zoo directory, a downloaded hub of model files), or a recipe name (with --size/--recipe-seed)"
+)
 
 
 def add_zoo_options(p: argparse.ArgumentParser, *, recipes: bool = True) -> None:
     """The options of every command that reads zoos: how recipes are named and files are read."""
     if recipes:
-        p.add_argument("--size", type=int, default=None,
-                       help="models of a recipe named as ZOO (as in `zoo build --size`; default: full size)")
-        p.add_argument("--recipe-seed", type=int, default=0,
-                       help="seed of a recipe named as ZOO (as in `zoo build --seed`; default 0)")
-    p.add_argument("--activation", default=None,
-                   help="activation of plain state_dict files that declare none (instead of guessing relu)")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse to guess what a plain state_dict does not declare (an error, not a warning)")
+        p.add_argument(
+            "--size",
+            type=int,
+            default=None,
+            help="models of a recipe named as ZOO (as in `zoo build --size`; default: full size)",
+        )
+        p.add_argument(
+            "--recipe-seed",
+            type=int,
+            default=0,
+            help="seed of a recipe named as ZOO (as in `zoo build --seed`; default 0)",
+        )
+    p.add_argument(
+        "--activation",
+        default=None,
+        help="activation of plain state_dict files that declare none (instead of guessing relu)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to guess what a plain state_dict does not declare (an error, not a warning)",
+    )
 
 
 def load_zoo_specs(specs: list[str], args: argparse.Namespace, *, progress: bool | None = None) -> list[Any]:
@@ -38,24 +54,34 @@ def load_zoo_specs(specs: list[str], args: argparse.Namespace, *, progress: bool
     out: list[Any] = []
     for spec in specs:
         if Path(spec).exists():
-            out.extend(load_collection([spec], activation=getattr(args, "activation", None),
-                                       strict=getattr(args, "strict", False)).zoos)
+            out.extend(
+                load_collection(
+                    [spec], activation=getattr(args, "activation", None), strict=getattr(args, "strict", False)
+                ).zoos
+            )
             continue
         if spec not in RECIPES:
             looks_like_path = any(c in spec for c in "/\\") or spec.endswith(".safetensors")
             raise InvalidValueError(
-                f"{spec!r} is " + ("no such file or directory" if looks_like_path else "neither a zoo file/directory "
-                                   f"nor a known recipe (known: {', '.join(sorted(RECIPES))})"))
+                f"{spec!r} is "
+                + (
+                    "no such file or directory"
+                    if looks_like_path
+                    else f"neither a zoo file/directory nor a known recipe (known: {', '.join(sorted(RECIPES))})"
+                )
+            )
         try:
-            built = build_recipe(spec, size=getattr(args, "size", None), seed=getattr(args, "recipe_seed", 0),
-                                 progress=progress)
+            built = build_recipe(
+                spec, size=getattr(args, "size", None), seed=getattr(args, "recipe_seed", 0), progress=progress
+            )
         except ConfigError as e:
             raise InvalidValueError(f"recipe {spec!r}: {e}") from None
         if not isinstance(built, Zoo | Collection):
             as_zoos = RECIPES[spec].as_zoos
             if as_zoos is None:
-                raise InvalidValueError(f"recipe {spec!r} returns a {type(built).__name__}, which has no models "
-                                        "to probe")
+                raise InvalidValueError(
+                    f"recipe {spec!r} returns a {type(built).__name__}, which has no models to probe"
+                )
             built = as_zoos(built)
         out.extend([built] if isinstance(built, Zoo) else built.zoos)
     return out
@@ -73,8 +99,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build.add_argument("name", help="recipe name (see `weightspace zoo recipes`)")
     build.add_argument("--size", type=int, default=None, help="number of models/images (default: full size)")
     build.add_argument("--seed", type=int, default=0, help="recipe seed (default 0)")
-    build.add_argument("--out", default=None, help="also write the result here: a .safetensors file for a zoo, "
-                       "a directory of zoo files for a collection (or of a recipe's own files, e.g. a LoRA zoo)")
+    build.add_argument(
+        "--out",
+        default=None,
+        help="also write the result here: a .safetensors file for a zoo, "
+        "a directory of zoo files for a collection (or of a recipe's own files, e.g. a LoRA zoo)",
+    )
     build.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     build.add_argument("--json", action="store_true", help="print a machine-readable summary")
     build.set_defaults(func=_build)
@@ -101,8 +131,11 @@ def _info(args: argparse.Namespace) -> int:
                 vals = sorted(float(v) for v in zoo.meta[col])
                 part[col] = {"min": vals[0], "median": vals[len(vals) // 2], "max": vals[-1]}
         parts.append(part)
-    summary: dict[str, Any] = {"path": args.path, "format": header.get("format"),
-                               "models": sum(p["models"] for p in parts)}
+    summary: dict[str, Any] = {
+        "path": args.path,
+        "format": header.get("format"),
+        "models": sum(p["models"] for p in parts),
+    }
     if len(parts) == 1:
         summary.update(parts[0])
     else:
@@ -122,14 +155,24 @@ def _info(args: argparse.Namespace) -> int:
 def _recipes(args: argparse.Namespace) -> int:
     from weightspace.zoo._recipes import RECIPES
 
-    rows = [{"name": r.name, "returns": r.returns, "default_size": r.default_size, "tiny_size": r.tiny_size,
-             "description": r.description} for r in RECIPES.values()]
+    rows = [
+        {
+            "name": r.name,
+            "returns": r.returns,
+            "default_size": r.default_size,
+            "tiny_size": r.tiny_size,
+            "description": r.description,
+        }
+        for r in RECIPES.values()
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['name']:<16} {r['returns']:<10} size {r['default_size']:>5} (tiny {r['tiny_size']})  "
-                  f"{r['description']}")
+            print(
+                f"{r['name']:<16} {r['returns']:<10} size {r['default_size']:>5} (tiny {r['tiny_size']})  "
+                f"{r['description']}"
+            )
     return 0
 
 
@@ -153,8 +196,18 @@ def _build(args: argparse.Namespace) -> int:
             written = str(save_zoo(result, out))
         else:  # a recipe directory, as in the cache: the parts (or the save hook's files) + recipe.json
             out.mkdir(parents=True, exist_ok=True)
-            save_recipe_result(recipe, result, out, {"recipe": args.name, "size": size, "seed": args.seed,
-                                                     "version": recipe.version, "returns": recipe.returns})
+            save_recipe_result(
+                recipe,
+                result,
+                out,
+                {
+                    "recipe": args.name,
+                    "size": size,
+                    "seed": args.seed,
+                    "version": recipe.version,
+                    "returns": recipe.returns,
+                },
+            )
             written = str(out)
     accs = [float(a) for z in zoos for a in z.meta.get("test_acc", []) if a is not None]
     summary = {

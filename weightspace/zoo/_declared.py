@@ -30,8 +30,14 @@ CONFIG_FILES = ("config.json", "preprocessor_config.json")
 
 ACTIVATION_KEYS = ("hidden_act", "activation", "activation_function", "hidden_activation")
 CLASS_KEYS = ("id2label", "label2id", "classes", "class_names")
-_ACT_ALIASES = {"swish": "silu", "linear": "identity", "none": "identity", "leakyrelu": "leaky_relu",
-                "gelu_pytorch": "gelu", "relu6": None}
+_ACT_ALIASES = {
+    "swish": "silu",
+    "linear": "identity",
+    "none": "identity",
+    "leakyrelu": "leaky_relu",
+    "gelu_pytorch": "gelu",
+    "relu6": None,
+}
 
 
 @dataclasses.dataclass
@@ -90,8 +96,10 @@ def _scalar_stat(key: str, v: Any, where: str) -> float:
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {key} must be a number or a list of numbers, found {v!r}") from None
     if not vals or any(x != vals[0] for x in vals):
-        raise ConfigError(f"{where}: {key}={v!r} differs per channel; weightspace architectures normalise with one "
-                          "global mean/std (pass arch= with your own input normalisation)")
+        raise ConfigError(
+            f"{where}: {key}={v!r} differs per channel; weightspace architectures normalise with one "
+            "global mean/std (pass arch= with your own input normalisation)"
+        )
     if key.endswith("std") and vals[0] <= 0:
         raise ConfigError(f"{where}: {key} must be positive, found {v!r}")
     return vals[0]
@@ -169,10 +177,17 @@ def declared_from(raw: Mapping[str, Any], where: str, *, strings: bool = False) 
                 put("input_std", _scalar_stat(sk, val(sk), where), sk)
             break
     if "per_image_standardization" in raw:
-        put("per_image_standardization",
-            _bool("per_image_standardization", val("per_image_standardization"), where), "per_image_standardization")
-    for k, name in (("kernel_size", "kernel_size"), ("stride", "strides"), ("strides", "strides"),
-                    ("padding", "padding")):
+        put(
+            "per_image_standardization",
+            _bool("per_image_standardization", val("per_image_standardization"), where),
+            "per_image_standardization",
+        )
+    for k, name in (
+        ("kernel_size", "kernel_size"),
+        ("stride", "strides"),
+        ("strides", "strides"),
+        ("padding", "padding"),
+    ):
         if k in raw:
             put(name, _int(k, val(k), where), k)
     return d
@@ -205,8 +220,9 @@ def _indices(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> list[int]:
 
 
 def _contradiction(decl: Declared, name: str, value: Any, tensors: str, where: str) -> ConfigError:
-    return ConfigError(f"{where}: {decl.source(name)} says {name}={decl.get(name)!r}, but the tensors say "
-                       f"{value!r} ({tensors})")
+    return ConfigError(
+        f"{where}: {decl.source(name)} says {name}={decl.get(name)!r}, but the tensors say {value!r} ({tensors})"
+    )
 
 
 def architecture_from_files(
@@ -228,8 +244,10 @@ def architecture_from_files(
     if activation is not None:
         activation = _activation(activation, f"{where}: activation override")
         if decl.get("activation") is not None and decl.get("activation") != activation:
-            raise ConfigError(f"{where}: activation={activation!r} was asked for, but {decl.source('activation')} "
-                              f"says {decl.get('activation')!r}")
+            raise ConfigError(
+                f"{where}: activation={activation!r} was asked for, but {decl.source('activation')} "
+                f"says {decl.get('activation')!r}"
+            )
     act = decl.get("activation") or activation
     if act is None:
         act = "relu"
@@ -239,8 +257,10 @@ def architecture_from_files(
     elif convs and convs == list(range(len(convs))) and "head.weight" in shapes:
         kind = "cnn"
     else:
-        raise ConfigError(f"{where}: cannot infer an architecture from tensors {sorted(shapes)[:8]}... (expected an "
-                          "MLP `layers.{i}.weight` or a CNN `convs.{i}.weight` + `head.weight` state_dict); pass arch=")
+        raise ConfigError(
+            f"{where}: cannot infer an architecture from tensors {sorted(shapes)[:8]}... (expected an "
+            "MLP `layers.{i}.weight` or a CNN `convs.{i}.weight` + `head.weight` state_dict); pass arch="
+        )
     if decl.get("model_type") not in (None, kind):
         raise _contradiction(decl, "model_type", kind, "tensor names", where)
     classes = decl.get("classes")
@@ -254,8 +274,10 @@ def architecture_from_files(
             if len(w) != 2:
                 raise ShapeError(f"{where}: tensor 'layers.{i}.weight' has shape {w}, expected [out, in]")
             if i and w[1] != ws[i - 1][0]:
-                raise ShapeError(f"{where}: tensor 'layers.{i}.weight' {w} does not take the {ws[i - 1][0]} outputs "
-                                 f"of 'layers.{i - 1}.weight' {ws[i - 1]}")
+                raise ShapeError(
+                    f"{where}: tensor 'layers.{i}.weight' {w} does not take the {ws[i - 1][0]} outputs "
+                    f"of 'layers.{i - 1}.weight' {ws[i - 1]}"
+                )
         in_f, hidden, out = ws[0][1], tuple(w[0] for w in ws[:-1]), ws[-1][0]
         desc = ", ".join(f"layers.{i}.weight {w}" for i, w in enumerate(ws))
         if decl.get("hidden_sizes") is not None and tuple(decl.get("hidden_sizes")) != hidden:
@@ -267,18 +289,23 @@ def architecture_from_files(
             if c is None:
                 c = in_f // (h * w) if in_f % (h * w) == 0 else 0
             if h * w * c != in_f:
-                raise ConfigError(f"{where}: {decl.source('image_size')} says image_size={[h, w]}"
-                                  f"{'' if decl.get('num_channels') is None else f' x {c} channels'}, but the "
-                                  f"first layer takes {in_f} inputs (layers.0.weight {ws[0]})")
+                raise ConfigError(
+                    f"{where}: {decl.source('image_size')} says image_size={[h, w]}"
+                    f"{'' if decl.get('num_channels') is None else f' x {c} channels'}, but the "
+                    f"first layer takes {in_f} inputs (layers.0.weight {ws[0]})"
+                )
             image_shape = (h, w, c)
-        arch: Architecture = MLP(in_features=in_f, hidden=hidden, out_features=out, activation=act,
-                                 image_shape=image_shape, **extra)
+        arch: Architecture = MLP(
+            in_features=in_f, hidden=hidden, out_features=out, activation=act, image_shape=image_shape, **extra
+        )
     else:
         ws = [tuple(shapes[f"convs.{i}.weight"]) for i in convs]
         for i, w in enumerate(ws):
             if len(w) != 4 or w[2] != w[3] or w[2] != ws[0][2]:
-                raise ConfigError(f"{where}: tensor 'convs.{i}.weight' {w}: weightspace's CNN needs square kernels of "
-                                  "one size [out, in, k, k]; pass arch=")
+                raise ConfigError(
+                    f"{where}: tensor 'convs.{i}.weight' {w}: weightspace's CNN needs square kernels of "
+                    "one size [out, in, k, k]; pass arch="
+                )
         k = ws[0][2]
         if decl.get("kernel_size") not in (None, k):
             raise _contradiction(decl, "kernel_size", k, f"convs.0.weight {ws[0]}", where)
@@ -294,16 +321,25 @@ def architecture_from_files(
         if strides is None or padding is None:
             guessed.append(f"the conv stride/padding (assumed {strides or 2}/{k // 2 if padding is None else padding})")
         dense = _indices(shapes, "dense")
-        arch = CNN(image_shape=(hw[0], hw[1], cin), channels=tuple(w[0] for w in ws), kernel_size=k,
-                   strides=2 if strides is None else strides, padding=k // 2 if padding is None else padding,
-                   dense=tuple(shapes[f"dense.{j}.weight"][0] for j in dense), out_features=shapes["head.weight"][0],
-                   activation=act, **extra)
+        arch = CNN(
+            image_shape=(hw[0], hw[1], cin),
+            channels=tuple(w[0] for w in ws),
+            kernel_size=k,
+            strides=2 if strides is None else strides,
+            padding=k // 2 if padding is None else padding,
+            dense=tuple(shapes[f"dense.{j}.weight"][0] for j in dense),
+            out_features=shapes["head.weight"][0],
+            activation=act,
+            **extra,
+        )
     out = arch.num_outputs
     if decl.get("num_labels") not in (None, out):
         raise _contradiction(decl, "num_labels", out, "the last layer's outputs", where)
     if classes is not None and len(classes) != out:
-        raise ConfigError(f"{where}: {decl.source('classes')} names {len(classes)} classes, but the model has {out} "
-                          f"outputs (last layer {list(arch.param_shapes().values())[-2]})")
+        raise ConfigError(
+            f"{where}: {decl.source('classes')} names {len(classes)} classes, but the model has {out} "
+            f"outputs (last layer {list(arch.param_shapes().values())[-2]})"
+        )
     return arch, guessed
 
 

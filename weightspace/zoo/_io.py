@@ -58,19 +58,29 @@ def _check_dtype(name: str, arr: np.ndarray, where: str) -> None:
 
 
 # ---- single models ---------------------------------------------------------------------------
-def save_model(path: str | os.PathLike[str], arch: Architecture, params: Mapping[str, Any],
-               meta: Mapping[str, Any] | None = None) -> Path:
+def save_model(
+    path: str | os.PathLike[str], arch: Architecture, params: Mapping[str, Any], meta: Mapping[str, Any] | None = None
+) -> Path:
     """Write one model as a self-describing safetensors file (atomic)."""
     path = Path(path)
     arch.check_params(params, where=str(path))
-    write_safetensors(path, params, {"weightspace": MODEL_FORMAT, "arch": json.dumps(arch.to_config()),
-                                      "meta": meta_to_json(dict(meta or {}))})
+    write_safetensors(
+        path,
+        params,
+        {"weightspace": MODEL_FORMAT, "arch": json.dumps(arch.to_config()), "meta": meta_to_json(dict(meta or {}))},
+    )
     return path
 
 
-def _read_model(path: Path, *, arch: Architecture | None, activation: str | None, strict: bool,
-                configs: dict[Path, Declared] | None = None, default_id: str | None = None
-                ) -> tuple[Architecture, dict[str, np.ndarray], dict[str, Any], list[str]]:
+def _read_model(
+    path: Path,
+    *,
+    arch: Architecture | None,
+    activation: str | None,
+    strict: bool,
+    configs: dict[Path, Declared] | None = None,
+    default_id: str | None = None,
+) -> tuple[Architecture, dict[str, np.ndarray], dict[str, Any], list[str]]:
     """``(arch, params, meta, what was guessed)`` of one model file (see :func:`load_model`)."""
     tensors, header = read_safetensors(path)
     guessed: list[str] = []
@@ -80,12 +90,15 @@ def _read_model(path: Path, *, arch: Architecture | None, activation: str | None
     elif arch is None:
         decl = read_config_files(path.parent, configs)
         decl.merge(declared_from(header, f"{path} (safetensors metadata)", strings=True))
-        arch, guessed = architecture_from_files({k: tuple(v.shape) for k, v in tensors.items()}, decl,
-                                                where=str(path), activation=activation)
+        arch, guessed = architecture_from_files(
+            {k: tuple(v.shape) for k, v in tensors.items()}, decl, where=str(path), activation=activation
+        )
         extra_meta = meta_from(decl)
         if guessed and strict:
-            raise ConfigError(f"{path}: strict=True, and the files do not say {' or '.join(guessed)}; add a "
-                              "config.json, or pass activation= (--activation) or arch=")
+            raise ConfigError(
+                f"{path}: strict=True, and the files do not say {' or '.join(guessed)}; add a "
+                "config.json, or pass activation= (--activation) or arch="
+            )
     arch.check_params(tensors, where=str(path))
     for k, v in tensors.items():
         _check_dtype(k, v, str(path))
@@ -119,13 +132,21 @@ def _warn_guessed(guesses: Sequence[tuple[Path, list[str]]]) -> None:
     files = [str(p) for p, _ in guesses]
     more = ", ..." if len(files) > 3 else ""
     named = files[0] if len(files) == 1 else f"{len(files)} files ({', '.join(files[:3])}{more})"
-    warnings.warn(f"{named}: the files do not say {' or '.join(what)}; inferred from tensor shapes. Pass "
-                  "activation= (--activation) or arch=, add a config.json, or strict=True (--strict) to refuse",
-                  GuessWarning, stacklevel=3)
+    warnings.warn(
+        f"{named}: the files do not say {' or '.join(what)}; inferred from tensor shapes. Pass "
+        "activation= (--activation) or arch=, add a config.json, or strict=True (--strict) to refuse",
+        GuessWarning,
+        stacklevel=3,
+    )
 
 
-def load_model(path: str | os.PathLike[str], *, arch: Architecture | None = None, activation: str | None = None,
-               strict: bool = False) -> tuple[Architecture, dict[str, np.ndarray], dict[str, Any]]:
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    arch: Architecture | None = None,
+    activation: str | None = None,
+    strict: bool = False,
+) -> tuple[Architecture, dict[str, np.ndarray], dict[str, Any]]:
     """Read one model file: ``(arch, params, meta)``.
 
     The architecture is read, in this order, from: ``arch`` (the argument); weightspace's own
@@ -211,15 +232,21 @@ def save_zoo(zoo: Zoo, path: str | os.PathLike[str], *, format: str = "packed") 
     path = Path(path)
     arch_json = json.dumps(zoo.arch.to_config())
     if format == "packed":
-        write_safetensors(path, zoo.params, {"weightspace": PACKED_FORMAT, "arch": arch_json,
-                                              "meta": meta_to_json(zoo.meta), "name": zoo.name})
+        write_safetensors(
+            path,
+            zoo.params,
+            {"weightspace": PACKED_FORMAT, "arch": arch_json, "meta": meta_to_json(zoo.meta), "name": zoo.name},
+        )
     elif format == "directory":
         path.mkdir(parents=True, exist_ok=True)
         ids = [_check_id(i) for i in zoo.ids]
         host = {k: np.asarray(v) for k, v in zoo.params.items()}
         for i, mid in enumerate(ids):
-            write_safetensors(path / f"{mid}.safetensors", {k: v[i] for k, v in host.items()},
-                               {"weightspace": MODEL_FORMAT, "arch": arch_json, "meta": meta_to_json(zoo.row(i))})
+            write_safetensors(
+                path / f"{mid}.safetensors",
+                {k: v[i] for k, v in host.items()},
+                {"weightspace": MODEL_FORMAT, "arch": arch_json, "meta": meta_to_json(zoo.row(i))},
+            )
         manifest = {"weightspace": "zoo-dir/1", "name": zoo.name, "arch": zoo.arch.to_config(), "ids": ids}
         with atomic_path(path / MANIFEST) as tmp:
             tmp.write_text(json.dumps(manifest, indent=1))
@@ -228,8 +255,15 @@ def save_zoo(zoo: Zoo, path: str | os.PathLike[str], *, format: str = "packed") 
     return path
 
 
-def load_zoo(path: str | os.PathLike[str], *, arch: Architecture | None = None, check_finite: bool = True,
-             workers: int = 8, activation: str | None = None, strict: bool = False) -> Zoo:
+def load_zoo(
+    path: str | os.PathLike[str],
+    *,
+    arch: Architecture | None = None,
+    check_finite: bool = True,
+    workers: int = 8,
+    activation: str | None = None,
+    strict: bool = False,
+) -> Zoo:
     """Read ONE zoo from any path :func:`load_collection` reads (see the module docs for the formats).
 
     A path holding several zoos of one architecture (a recipe's parts) is concatenated; several
@@ -249,8 +283,10 @@ def load_zoo(path: str | os.PathLike[str], *, arch: Architecture | None = None, 
     else:
         parts = "; ".join(f"{z.name!r}: {len(z)} x {z.arch!r}" for z in zoos[:4])
         more = "; ..." if len(zoos) > 4 else ""
-        raise ShapeError(f"{path}: holds {len(zoos)} zoos of different architectures ({parts}{more}); "
-                         "read it with load_collection (the `weightspace` commands do), or pass one of its files")
+        raise ShapeError(
+            f"{path}: holds {len(zoos)} zoos of different architectures ({parts}{more}); "
+            "read it with load_collection (the `weightspace` commands do), or pass one of its files"
+        )
     if check_finite:
         zoo.check_finite()
     return zoo
@@ -260,15 +296,23 @@ def _load_file(path: Path, *, arch: Architecture | None, activation: str | None,
     """One ``.safetensors`` file: a packed zoo or a one-model file."""
     tensors, header = read_safetensors(path)
     fmt = header.get("weightspace")
-    if fmt == MODEL_FORMAT or (fmt is None and "arch" not in header and "meta" not in header) or (
-            fmt is None and arch is not None and "meta" not in header and _looks_unstacked(arch, tensors)):
+    if (
+        fmt == MODEL_FORMAT
+        or (fmt is None and "arch" not in header and "meta" not in header)
+        or (fmt is None and arch is not None and "meta" not in header and _looks_unstacked(arch, tensors))
+    ):
         a, params, meta, guessed = _read_model(path, arch=arch, activation=activation, strict=strict)
         _warn_guessed([(path, guessed)] if guessed else [])
         return Zoo.stack(a, [params], [meta], name=path.stem)
     if fmt not in (PACKED_FORMAT, None):
-        raise LoadError(f"{path}: a {fmt!r} file, not a zoo or model file"
-                        + (" (a LoRA zoo: `weightspace.lora.load_lora_zoo`, or the recipe directory holding it)"
-                           if str(fmt).startswith("lora") else ""))
+        raise LoadError(
+            f"{path}: a {fmt!r} file, not a zoo or model file"
+            + (
+                " (a LoRA zoo: `weightspace.lora.load_lora_zoo`, or the recipe directory holding it)"
+                if str(fmt).startswith("lora")
+                else ""
+            )
+        )
     if fmt is None and arch is None:
         raise LoadError(f"{path}: not a weightspace zoo file (header {sorted(header)})")
     a = arch or _arch_from(header["arch"], path)
@@ -306,8 +350,9 @@ def _file_kind(path: Path) -> str:
 _KIND_NAMES = {"packed": "packed zoos", "model": "one-model files (weightspace or plain state_dict)"}
 
 
-def _read_path(path: Path, *, arch: Architecture | None, activation: str | None, strict: bool,
-               workers: int) -> list[Zoo]:
+def _read_path(
+    path: Path, *, arch: Architecture | None, activation: str | None, strict: bool, workers: int
+) -> list[Zoo]:
     """Every zoo under ``path``: a file, a recipe directory (``recipe.json``), a zoo directory
     (``zoo.json``), or a directory of packed zoos and/or one-model files (read recursively; a
     sub-directory with a manifest is read as a unit)."""
@@ -319,8 +364,7 @@ def _read_path(path: Path, *, arch: Architecture | None, activation: str | None,
         return _read_recipe_dir(path)
     if (path / MANIFEST).exists():
         files, arch_hint, name = _dir_files(path)
-        return _load_files(files, arch or arch_hint, workers=workers, name=name, activation=activation,
-                           strict=strict)
+        return _load_files(files, arch or arch_hint, workers=workers, name=name, activation=activation, strict=strict)
     units, loose = _walk(path)
     if not units and not loose:
         raise LoadError(f"{path}: no .safetensors files (an empty zoo)")
@@ -329,21 +373,27 @@ def _read_path(path: Path, *, arch: Architecture | None, activation: str | None,
         kinds.setdefault(_file_kind(f), []).append(f)
     foreign = {k: v for k, v in kinds.items() if k not in _KIND_NAMES}
     if foreign:
+
         def names(fs: list[Path]) -> str:
             rel = [str(f.relative_to(path)) for f in fs]
             return ", ".join(rel[:4]) + (f", ... ({len(rel)} files)" if len(rel) > 4 else "")
 
         listing = "; ".join(f"{_KIND_NAMES.get(k, repr(k) + ' files')}: {names(v)}" for k, v in sorted(kinds.items()))
-        raise LoadError(f"{path}: holds files that are not zoos or models ({listing}); weightspace reads packed "
-                        "zoos and one-model files, a recipe directory (recipe.json) or a zoo directory (zoo.json)")
+        raise LoadError(
+            f"{path}: holds files that are not zoos or models ({listing}); weightspace reads packed "
+            "zoos and one-model files, a recipe directory (recipe.json) or a zoo directory (zoo.json)"
+        )
     zoos: list[Zoo] = []
     for unit in units:
         zoos.extend(_read_path(unit, arch=arch, activation=activation, strict=strict, workers=workers))
     for f in kinds.get("packed", []):
         zoos.append(_load_file(f, arch=arch, activation=activation, strict=strict))
     if kinds.get("model"):
-        zoos.extend(_load_files(kinds["model"], arch, workers=workers, name=path.name, activation=activation,
-                                strict=strict, root=path))
+        zoos.extend(
+            _load_files(
+                kinds["model"], arch, workers=workers, name=path.name, activation=activation, strict=strict, root=path
+            )
+        )
     return zoos
 
 
@@ -384,8 +434,10 @@ def _read_recipe_dir(path: Path) -> list[Zoo]:
 
     recipe = _recipe(str(manifest.get("recipe")))
     if recipe.load is None or recipe.as_zoos is None:
-        raise LoadError(f"{path}: recipe {recipe.name!r} returns a {returns}, which has no models to probe "
-                        "(it registers no as_zoos hook)")
+        raise LoadError(
+            f"{path}: recipe {recipe.name!r} returns a {returns}, which has no models to probe "
+            "(it registers no as_zoos hook)"
+        )
     result = recipe.as_zoos(recipe.load(path, files))
     return [result] if isinstance(result, Zoo) else list(result)
 
@@ -405,13 +457,27 @@ def _dir_files(path: Path) -> tuple[list[Path], Architecture | None, str]:
     return files, None, path.name
 
 
-def _load_files(files: Sequence[Path], arch: Architecture | None, *, workers: int, name: str,
-                activation: str | None = None, strict: bool = False, root: Path | None = None) -> list[Zoo]:
+def _load_files(
+    files: Sequence[Path],
+    arch: Architecture | None,
+    *,
+    workers: int,
+    name: str,
+    activation: str | None = None,
+    strict: bool = False,
+    root: Path | None = None,
+) -> list[Zoo]:
     configs: dict[Path, Declared] = {}
 
     def one(f: Path) -> tuple[Architecture, dict[str, np.ndarray], dict[str, Any], list[str]]:
-        return _read_model(f, arch=arch, activation=activation, strict=strict, configs=configs,
-                           default_id=_model_id(f, root) if root is not None else None)
+        return _read_model(
+            f,
+            arch=arch,
+            activation=activation,
+            strict=strict,
+            configs=configs,
+            default_id=_model_id(f, root) if root is not None else None,
+        )
 
     with ThreadPoolExecutor(max_workers=workers) as ex:
         loaded = list(ex.map(one, files))
@@ -428,13 +494,25 @@ def _load_files(files: Sequence[Path], arch: Architecture | None, *, workers: in
                 r = ref[2][k]
                 if v.dtype != r.dtype:
                     raise ShapeError(f"{f}: tensor {k!r} has dtype {v.dtype}, but {ref[0]} has {r.dtype}")
-        zoos.append(Zoo.stack(a, [it[2] for it in items], [it[3] for it in items],
-                              name=name if len(buckets) == 1 else f"{name}/{a.kind}-{len(zoos)}"))
+        zoos.append(
+            Zoo.stack(
+                a,
+                [it[2] for it in items],
+                [it[3] for it in items],
+                name=name if len(buckets) == 1 else f"{name}/{a.kind}-{len(zoos)}",
+            )
+        )
     return zoos
 
 
-def load_collection(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, workers: int = 8,
-                    check_finite: bool = True, activation: str | None = None, strict: bool = False) -> Collection:
+def load_collection(
+    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    workers: int = 8,
+    check_finite: bool = True,
+    activation: str | None = None,
+    strict: bool = False,
+) -> Collection:
     """Read zoos from files and directories into a Collection (bucketed by architecture).
 
     Every path weightspace prints as "where your zoo is" reads here:
@@ -473,8 +551,9 @@ def load_collection(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[
     return coll
 
 
-def load_tensors(files: Sequence[str | os.PathLike[str]], names: Sequence[str], *, workers: int = 16
-                 ) -> dict[str, np.ndarray]:
+def load_tensors(
+    files: Sequence[str | os.PathLike[str]], names: Sequence[str], *, workers: int = 16
+) -> dict[str, np.ndarray]:
     """Read only the named tensors from many model files, in parallel; stacked on axis 0.
 
     This is how a method that reads one layer (ProbeX) touches thousands of models without
@@ -515,8 +594,10 @@ def load_tensors(files: Sequence[str | os.PathLike[str]], names: Sequence[str], 
         first = got[0][n]
         for f, g in zip(files, got, strict=True):
             if g[n].shape != first.shape or g[n].dtype != first.dtype:
-                raise ShapeError(f"{f}: tensor {n!r} is {g[n].dtype}{list(g[n].shape)}, but {files[0]} has "
-                                 f"{first.dtype}{list(first.shape)}")
+                raise ShapeError(
+                    f"{f}: tensor {n!r} is {g[n].dtype}{list(g[n].shape)}, but {files[0]} has "
+                    f"{first.dtype}{list(first.shape)}"
+                )
         out[n] = np.stack([g[n] for g in got])
     return out
 
@@ -529,12 +610,17 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
             m = json.loads((path / RECIPE_MANIFEST).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise LoadError(f"{path / RECIPE_MANIFEST}: unreadable recipe manifest ({e})") from e
-        return {"format": "recipe", "name": m.get("recipe"), "size": m.get("size"), "seed": m.get("seed"),
-                "returns": m.get("returns"), "files": m.get("files")}
+        return {
+            "format": "recipe",
+            "name": m.get("recipe"),
+            "size": m.get("size"),
+            "seed": m.get("seed"),
+            "returns": m.get("returns"),
+            "files": m.get("files"),
+        }
     if path.is_dir() and (path / MANIFEST).exists():
         files, arch, name = _dir_files(path)
-        return {"format": "directory", "name": name, "models": len(files),
-                "arch": arch.to_config() if arch else None}
+        return {"format": "directory", "name": name, "models": len(files), "arch": arch.to_config() if arch else None}
     if path.is_dir():
         units, loose = _walk(path)
         kinds: dict[str, int] = {}
@@ -554,5 +640,3 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         out["models"] = next(iter(shapes.values()))[0] if shapes else 0
         out["meta_columns"] = sorted(json.loads(meta.get("meta", "{}")))
     return out
-
-

@@ -129,8 +129,9 @@ def register_recipe(
     old = RECIPES.get(name)
     if old is not None and _qualname(old.build) != _qualname(build):
         raise ConfigError(f"recipe {name!r} is already registered by {_qualname(old.build)}")
-    recipe = Recipe(name, description, int(default_size), int(tiny_size), returns, build, save, load, int(version),
-                    as_zoos)
+    recipe = Recipe(
+        name, description, int(default_size), int(tiny_size), returns, build, save, load, int(version), as_zoos
+    )
     RECIPES[name] = recipe
     return recipe
 
