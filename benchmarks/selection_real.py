@@ -36,8 +36,8 @@ from weightspace._atomic import atomic_path
 from weightspace.data import Dataset, load_dataset
 from weightspace.nets import MLP, resize_images
 from weightspace.probing import probe
-from weightspace.zoo import Zoo, concat
-from weightspace.zoo._train import ClassifierLoss, fit_population, train_population
+from weightspace.train import fit_population
+from weightspace.zoo import ClassifierLoss, Zoo, concat, train_population
 
 ARCH = MLP(in_features=784, hidden=(128, 64), out_features=10, image_shape=(28, 28, 1))
 SOURCES = [  # (dataset, classes)

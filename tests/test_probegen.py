@@ -264,7 +264,7 @@ def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(
     ds = weight_dataset(Zoo(zoo.arch, params, zoo.meta, "poisoned"), task="classify")
     # Poison a training model that the first batch does not draw (fit's shuffled epochs, seed 0),
     # so at least one good step is checkpointed before the NaN.
-    from weightspace.learn._train import _Epochs
+    from weightspace.train._fit import _Epochs
 
     n_train = len(ds.splits.train)
     first = set(_Epochs(jax.random.split(jax.random.key(0))[0], n_train, 4)(0).tolist())

@@ -13,6 +13,7 @@ import pytest
 from weightspace import ConfigError, ShapeError
 from weightspace.nets import CNN, MLP
 from weightspace.testing import TOLERANCES, assert_no_recompile, assert_tree_allclose
+from weightspace.train._population import _segment
 from weightspace.zoo import (
     OPTIMIZERS,
     FitProgress,
@@ -22,7 +23,6 @@ from weightspace.zoo import (
     split_outputs,
     train_population,
 )
-from weightspace.zoo._train import _segment
 
 ARCH = MLP(in_features=8, hidden=(16,), out_features=3)
 

@@ -37,7 +37,7 @@ def tree_allclose(a: Any, b: Any, *, rtol: float | None = None, atol: float | No
     """
     la, ta = jax.tree_util.tree_flatten(a)
     lb, tb = jax.tree_util.tree_flatten(b)
-    if ta != tb:
+    if ta != tb:  # type: ignore[operator]  # jaxlib's stub gives PyTreeDef no comparison
         return False
     for x, y in zip(la, lb, strict=True):
         x, y = np.asarray(x), np.asarray(y)

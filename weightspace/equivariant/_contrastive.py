@@ -38,8 +38,8 @@ from weightspace.nets._base import gelu_tanh
 
 LOSSES = ("ntxent", "margin")
 
-_HOMOGENEOUS = jnp.array([ACTIVATION_IDS[a] for a in ("relu", "leaky_relu", "identity")])
-_ODD = jnp.array([ACTIVATION_IDS[a] for a in ("tanh", "sin", "identity")])
+_HOMOGENEOUS = np.array([ACTIVATION_IDS[a] for a in ("relu", "leaky_relu", "identity")])
+_ODD = np.array([ACTIVATION_IDS[a] for a in ("tanh", "sin", "identity")])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -151,7 +151,10 @@ def _one_zoo_features(zoo: Any, widths: Sequence[int]) -> WeightFeatures:
     specs = layer_specs(zoo.arch)
     n = len(zoo)
     real = (specs[0].inp, *(s.out for s in specs))
-    weights, biases, masks = [], [], []
+    # Host arrays in the device-array slots: jit converts them when they enter a program.
+    weights: list[Any] = []
+    biases: list[Any] = []
+    masks: list[Any] = []
     for i, s in enumerate(specs):
         w = np.asarray(zoo.params[s.weight], np.float32).reshape(n, s.out, s.inp, s.taps)
         b = np.asarray(zoo.params[s.bias], np.float32)
@@ -165,7 +168,7 @@ def _one_zoo_features(zoo: Any, widths: Sequence[int]) -> WeightFeatures:
         m = np.zeros((n, widths[i]), np.float32)
         m[:, :r] = 1.0
         masks.append(m)
-    act = np.full((n,), ACTIVATION_IDS[activation_of(zoo.arch)], np.int32)
+    act: Any = np.full((n,), ACTIVATION_IDS[activation_of(zoo.arch)], np.int32)
     return WeightFeatures(tuple(weights), tuple(biases), tuple(masks), act)
 
 

@@ -9,7 +9,7 @@ All means are masked, so padded neurons never leak into real ones.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -104,10 +104,16 @@ def _mix(u: Array, kernel: Array) -> Array:
     return _outer(u, kernel) if kernel.shape[0] == 1 else _channel_mix(u, kernel)
 
 
+def _bias(lin: nnx.Linear) -> Array:
+    if lin.bias is None:
+        raise ConfigError("a linear layer of the NP encoder was built without a bias")
+    return lin.bias[...]
+
+
 def _linears(x: Array, *lins: nnx.Linear) -> list[Array]:
     """``[lin(x) for lin in lins]`` as one matrix product (one small dot instead of several)."""
     k = jnp.concatenate([lin.kernel[...] for lin in lins], 1)
-    b = jnp.concatenate([lin.bias[...] for lin in lins])
+    b = jnp.concatenate([_bias(lin) for lin in lins])
     y = x @ k + b
     sizes = np.cumsum([lin.kernel.shape[1] for lin in lins])[:-1]
     return jnp.split(y, sizes, axis=-1)
@@ -289,7 +295,7 @@ class Lift(nnx.Module):
     def __call__(self, x: WeightFeatures) -> tuple[WeightFeatures, Array]:
         """Lifted features ``[rows, cols, width]`` per weight layer, and the per-role log RMS."""
         h, logs = self.factored(x)
-        ws = tuple(_materialize(w, x.masks[i + 1], x.masks[i]) for i, w in enumerate(h.weights))
+        ws = tuple(_materialize(cast(LiftedWeight, w), x.masks[i + 1], x.masks[i]) for i, w in enumerate(h.weights))
         return WeightFeatures(ws, h.biases, h.masks, h.activation), logs
 
     def factored(self, x: WeightFeatures) -> tuple[WeightFeatures, Array]:
@@ -306,7 +312,8 @@ class Lift(nnx.Module):
         if self.out_embed is not None and lay.widths[-1] > self.max_outputs:
             raise ConfigError(f"models with {lay.widths[-1]} outputs exceed max_outputs={self.max_outputs}")
         a = self.act(jax.nn.one_hot(x.activation, len(ACTIVATION_IDS)))
-        ws, bs, logs = [], [], []
+        ws: list[Any] = []  # LiftedWeight in the weight slots (see factored's docstring)
+        bs, logs = [], []
         for i, (w, b) in enumerate(zip(x.weights, x.biases, strict=True)):
             mr, mc = x.masks[i + 1], x.masks[i]
             m2 = mr[:, None, None] * mc[None, :, None]
@@ -321,7 +328,7 @@ class Lift(nnx.Module):
             if i == lay.depth - 1 and self.out_embed is not None:
                 row = row + self.out_embed[...][: w.shape[0]]
                 be = be + self.out_embed[...][: w.shape[0]]
-            ws.append(LiftedWeight(w * (m2 / rms), edge.kernel[...], row, col, edge.bias[...] + a))
+            ws.append(LiftedWeight(w * (m2 / rms), edge.kernel[...], row, col, _bias(edge) + a))
             bs.append(be * mr[:, None])
         return WeightFeatures(tuple(ws), tuple(bs), x.masks, x.activation), role_context(logs, lay.depth)
 

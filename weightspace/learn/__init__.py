@@ -1,5 +1,6 @@
-"""What every learned weight encoder shares: weight datasets, ONE training loop, ONE evaluation
-harness, FLOPs counting and the shared baselines (see docs/learn.md and docs/dev/learn_contract.md)."""
+"""What every learned weight encoder shares: weight datasets, ONE evaluation harness, FLOPs
+counting and the shared baselines; the training loop (``fit``, ``TrainConfig``) is
+:mod:`weightspace.train`'s, re-exported here (see docs/learn.md and docs/dev/learn_contract.md)."""
 
 from weightspace.learn._baselines import BASELINES as BASELINES
 from weightspace.learn._baselines import fit_baseline as fit_baseline
@@ -20,12 +21,12 @@ from weightspace.learn._eval import one_class_scores as one_class_scores
 from weightspace.learn._eval import retrieval_recall as retrieval_recall
 from weightspace.learn._eval import top_k_accuracy as top_k_accuracy
 from weightspace.learn._flops import flops_per_model as flops_per_model
-from weightspace.learn._train import FitReport as FitReport
-from weightspace.learn._train import TrainConfig as TrainConfig
-from weightspace.learn._train import TrainingDivergedError as TrainingDivergedError
-from weightspace.learn._train import fit as fit
-from weightspace.learn._train import load_module as load_module
-from weightspace.learn._train import save_module as save_module
+from weightspace.train import FitReport as FitReport
+from weightspace.train import TrainConfig as TrainConfig
+from weightspace.train import TrainingDivergedError as TrainingDivergedError
+from weightspace.train import fit as fit
+from weightspace.train import load_module as load_module
+from weightspace.train import save_module as save_module
 
 __all__ = [
     "BASELINES",

@@ -22,7 +22,7 @@ from jaxtyping import ArrayLike
 from weightspace._errors import ConfigError, InvalidValueError, ShapeError
 from weightspace.learn._data import WeightDataset
 from weightspace.learn._eval import _sklearn_threads
-from weightspace.learn._train import TrainConfig, fit
+from weightspace.train import TrainConfig, fit
 
 BASELINES = ("statnn-gbt", "statnn-mlp", "flat-mlp", "flat-linear")
 """The baselines :func:`run_baseline` knows: ``<features>-<model>``."""

@@ -108,10 +108,14 @@ def architecture_from_config(config: Mapping[str, Any] | str) -> Architecture:
     """
     if isinstance(config, str):
         try:
-            config = json.loads(config)
+            parsed = json.loads(config)
         except json.JSONDecodeError as e:
             raise ConfigError(f"architecture config is not valid JSON: {e}") from e
-    config = dict(config)
+    else:
+        parsed = config
+    if not isinstance(parsed, Mapping):
+        raise ConfigError(f"architecture config must be a JSON object, got {type(parsed).__name__}")
+    config = dict(parsed)
     kind = config.pop("type", None)
     if kind not in _REGISTRY:
         raise ConfigError(f"unknown architecture type {kind!r}; known: {sorted(_REGISTRY)}")

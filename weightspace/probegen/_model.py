@@ -112,8 +112,8 @@ class ProbeGenerator(nnx.Module):
             return jnp.tanh(z) if self.bounded else z
         h, w, _ = self.shape
         z = z.reshape(z.shape[0], self.base[0], self.base[1], self.c0)
-        for i, layer in enumerate(self.deconvs):
-            z = layer(z)
+        for i, deconv in enumerate(self.deconvs):
+            z = deconv(z)
             if i < len(self.deconvs) - 1:
                 z = self._act(z)
         return _image_range(z[:, :h, :w, :])

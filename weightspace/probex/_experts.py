@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -238,7 +238,7 @@ class Expert:
                 raise ConfigError(f"{path}: module config {c} does not match expert.json ({config}, {members})")
             return make_ensemble(cfg, int(c["members"]))
 
-        module = load_module(path / "module", build)
+        module = cast(ProbeX, load_module(path / "module", build))
         return cls(
             module,
             config,
@@ -354,6 +354,7 @@ def train_expert(
     if task == "classes":
         loss_fn: Callable[..., Any] = _classes_loss
     else:
+        assert text is not None  # zero-shot always reads text embeddings (checked above)
         t_seen = np.ascontiguousarray(text[keep_cols])
         loss_fn = _zero_shot_loss(t_seen.tobytes(), t_seen.shape, config.temperature)
     expert = Expert(model, config, layer, seen, members, tree)

@@ -301,14 +301,16 @@ def fine_tune(
     k = rng.integers(lo_k, hi_k + 1, n)
     classes = [rng.permutation(len(POOL_CLASSES))[:kk].tolist() for kk in k]
     optimizer = rng.choice(["adam", "momentum"], n, p=[0.7, 0.3])
-    lr = np.where(
-        optimizer == "adam",
-        np.exp(rng.uniform(*np.log(FINETUNE["adam_lr"]), n)),
-        np.exp(rng.uniform(*np.log(FINETUNE["momentum_lr"]), n)),
-    ).astype(np.float32)
+    a_lo, a_hi = np.log(FINETUNE["adam_lr"])
+    m_lo, m_hi = np.log(FINETUNE["momentum_lr"])
+    lr = np.where(optimizer == "adam", np.exp(rng.uniform(a_lo, a_hi, n)), np.exp(rng.uniform(m_lo, m_hi, n))).astype(
+        np.float32
+    )
     wd = rng.choice([0.0, 1e-4], n).astype(np.float32)
-    steps = rng.integers(*(TINY_STEPS if tiny else FINETUNE["steps"]), n, endpoint=True)
-    frac = rng.uniform(*FINETUNE["fraction"], n)
+    s_lo, s_hi = TINY_STEPS if tiny else FINETUNE["steps"]
+    steps = rng.integers(s_lo, s_hi, n, endpoint=True)
+    f_lo, f_hi = FINETUNE["fraction"]
+    frac = rng.uniform(f_lo, f_hi, n)
     seeds = rng.integers(0, 2**31 - 1, n)
     key = jax.random.key(int(rng.integers(0, 2**31 - 1)))
     k_init, k_fit, _ = jax.random.split(key, 3)

@@ -301,8 +301,8 @@ def _pactran_core(p: Array, y: Array, alpha: Array, num_classes: int, n_iter: in
     a0 = alpha * counts / n + 1e-10
     log_s = jnp.log(p + 1e-10)
 
-    def body(_: int, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-        qz, _, _ = carry
+    def body(_i: int, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        qz = carry[0]
         aw = a0 + onehot.T @ qz  # [C, Cs]
         logits = log_s + digamma(aw)[y] - digamma(jnp.sum(aw, axis=0))[None, :]
         log_qz = logits - logsumexp(logits, axis=-1, keepdims=True)
@@ -429,7 +429,7 @@ def h_score(
     """
     f = as_float_array(features, "features")
     y, c = as_labels(labels, f.shape[0], num_classes=num_classes)
-    r = _default_rcond(*f.shape, f.dtype) if rcond is None else rcond
+    r = _default_rcond(f.shape[0], f.shape[1], f.dtype) if rcond is None else rcond
     return _h_score_core(f, y, jnp.asarray(r, f.dtype), num_classes=c)
 
 

@@ -25,7 +25,7 @@ ALL_METRICS = FEATURE_METRICS + PROB_METRICS + SOURCE_METRICS
 _TABLES = {"nleep": ("key",), "transrate": ("index", "counts")}
 
 
-def _group(arrays: Any, name: str, n: int) -> tuple[list[np.ndarray], list[list[int]]]:
+def _group(arrays: Any, name: str, n: int) -> tuple[list[jax.Array], list[list[int]]]:
     """Per-model arrays and the model indices of each same-shape bucket."""
     if isinstance(arrays, Sequence) and not isinstance(arrays, np.ndarray):
         items = [jnp.asarray(a) for a in arrays]
@@ -68,7 +68,10 @@ def _batched(metric: str, frozen: tuple[tuple[str, Any], ...], model_batch: int 
         ).evidence.mean()
     elif metric == "h_score":
         fn = lambda f, y, t: M._h_score_core(
-            f, y, jnp.asarray(o.get("rcond") or M._default_rcond(*f.shape, f.dtype), f.dtype), num_classes=c
+            f,
+            y,
+            jnp.asarray(o.get("rcond") or M._default_rcond(f.shape[0], f.shape[1], f.dtype), f.dtype),
+            num_classes=c,
         )
     elif metric == "regularized_h_score":
         fn = lambda f, y, t: M._reg_h_score_core(f, y, num_classes=c)

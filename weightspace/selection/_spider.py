@@ -43,7 +43,9 @@ class SpiderTasks(NamedTuple):
     def select(self, idx: Sequence[int] | np.ndarray) -> SpiderTasks:
         """The sub-stack of tasks ``idx``."""
         idx = np.asarray(idx)
-        return SpiderTasks(*(None if v is None else v[idx] for v in self))
+        f, m, acc, spec = (None if v is None else v[idx] for v in self)
+        assert f is not None and m is not None  # features and mask are always present
+        return SpiderTasks(f, m, acc, spec)
 
 
 def class_means(features: Float[Array, "n d"], labels: Any, *, num_classes: int | None = None) -> Float[Array, "c d"]:
@@ -112,11 +114,11 @@ def stack_tasks(
         for t, per_model in enumerate(specific):
             if len(per_model) != nm:
                 raise ShapeError(f"specific[{t}] has {len(per_model)} models, expected {nm}")
-            for m, a in enumerate(per_model):
-                a = np.asarray(a, np.float32)
+            for mi, a_in in enumerate(per_model):
+                a = np.asarray(a_in, np.float32)
                 if a.shape != (means[t].shape[0], ds):
-                    raise ShapeError(f"specific[{t}][{m}] must be [{means[t].shape[0]}, {ds}], got {a.shape}")
-                spec[t, m, : a.shape[0]] = a
+                    raise ShapeError(f"specific[{t}][{mi}] must be [{means[t].shape[0]}, {ds}], got {a.shape}")
+                spec[t, mi, : a.shape[0]] = a
     return SpiderTasks(
         jnp.asarray(feats),
         jnp.asarray(mask),
@@ -236,6 +238,8 @@ def _batch_scores(spider: ModelSpider, tasks: SpiderTasks, use_specific: bool) -
 
 
 def _loss(spider: ModelSpider, tasks: SpiderTasks) -> Array:
+    if tasks.accuracy is None:
+        raise ConfigError("Model Spider training needs tasks with accuracy (the ranking target)")
     loss = jnp.mean(jax.vmap(listmle_loss)(_batch_scores(spider, tasks, False), tasks.accuracy))
     if tasks.specific is not None and spider.specific_proj is not None:
         # The re-ranking head shares the block; it learns from the same ranking target.

@@ -1,6 +1,18 @@
 """Zoos: populations of models of one architecture, collections of zoos, their storage, named recipes
 and real pretrained models as one-model zoos."""
 
+from weightspace.train import OPTIMIZERS as OPTIMIZERS
+from weightspace.train import FitProgress as FitProgress
+from weightspace.train import FitResult as FitResult
+from weightspace.train import batch_rows as batch_rows
+from weightspace.train import fit_population as fit_population
+from weightspace.train import validate_hparams as validate_hparams
+from weightspace.zoo._classifiers import ClassifierLoss as ClassifierLoss
+from weightspace.zoo._classifiers import cnn_forward_im2col as cnn_forward_im2col
+from weightspace.zoo._classifiers import evaluate_population as evaluate_population
+from weightspace.zoo._classifiers import init_population as init_population
+from weightspace.zoo._classifiers import split_outputs as split_outputs
+from weightspace.zoo._classifiers import train_population as train_population
 from weightspace.zoo._hub import load_hub as load_hub
 from weightspace.zoo._io import infer_architecture as infer_architecture
 from weightspace.zoo._io import load_collection as load_collection
@@ -18,18 +30,6 @@ from weightspace.zoo._recipes import Recipe as Recipe
 from weightspace.zoo._recipes import build_recipe as build_recipe
 from weightspace.zoo._recipes import recipe_path as recipe_path
 from weightspace.zoo._recipes import register_recipe as register_recipe
-from weightspace.zoo._train import OPTIMIZERS as OPTIMIZERS
-from weightspace.zoo._train import ClassifierLoss as ClassifierLoss
-from weightspace.zoo._train import FitProgress as FitProgress
-from weightspace.zoo._train import FitResult as FitResult
-from weightspace.zoo._train import batch_rows as batch_rows
-from weightspace.zoo._train import cnn_forward_im2col as cnn_forward_im2col
-from weightspace.zoo._train import evaluate_population as evaluate_population
-from weightspace.zoo._train import fit_population as fit_population
-from weightspace.zoo._train import init_population as init_population
-from weightspace.zoo._train import split_outputs as split_outputs
-from weightspace.zoo._train import train_population as train_population
-from weightspace.zoo._train import validate_hparams as validate_hparams
 from weightspace.zoo._zoo import Collection as Collection
 from weightspace.zoo._zoo import Zoo as Zoo
 from weightspace.zoo._zoo import concat as concat

@@ -24,8 +24,9 @@ from weightspace._atomic import atomic_path
 from weightspace._cache import cache_dir
 from weightspace._errors import ConfigError, LoadError
 from weightspace.nets import CNN, MLP, SIREN, Architecture, coordinate_grid
+from weightspace.train import fit_population
+from weightspace.zoo._classifiers import init_population, split_outputs, train_population
 from weightspace.zoo._io import load_zoo, save_zoo
-from weightspace.zoo._train import fit_population, init_population, split_outputs, train_population
 from weightspace.zoo._zoo import Collection, Zoo
 
 RECIPE_VERSION = 1
@@ -177,7 +178,7 @@ def _families(dataset: str, variant: str) -> dict[str, Architecture]:
     mean, std = _STATS[dataset]
     shape = (8, 8, 1) if dataset == "digits" else (28, 28, 1)
     d = int(np.prod(shape))
-    norm = {"input_mean": mean, "input_std": std}
+    norm: dict[str, Any] = {"input_mean": mean, "input_std": std}
     if dataset == "digits":
         fams = {
             "a": {

@@ -14,6 +14,9 @@ import numpy as np
 from weightspace._errors import InvalidValueError, ShapeError, WeightspaceError
 from weightspace.nets import Architecture, Params
 
+StackedParams = dict[str, Any]
+"""A zoo's parameters: PyTorch names -> ``[models, *shape]`` arrays, on the host (NumPy) or on a device."""
+
 Index = int | slice | Sequence[int] | np.ndarray
 
 
@@ -54,7 +57,7 @@ class Zoo:
     """
 
     arch: Architecture
-    params: Params
+    params: StackedParams
     meta: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     name: str = "zoo"
 

@@ -1,0 +1,420 @@
+"""The driver for one model: :func:`fit` runs :func:`~weightspace.train.make_train_step` on an NNX
+module, with validation, early stopping, checkpoints, progress and user hooks.
+
+Every encoder in weightspace (ProbeX, ProbeGen, the equivariant encoders, Model Spider, the MLP
+baseline) trains through :func:`fit`. The module is split once with ``nnx.split`` into parameters
+and other state; the step is compiled once per configuration (:func:`~weightspace.train.compile_step`)
+and gathers each batch on the device. Batches are shuffled epochs, and every random choice is a
+function of ``(seed, step)``, so a run resumed from a checkpoint continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from weightspace._errors import ConfigError, LoadError, ShapeError, WeightspaceError
+from weightspace.train._checkpoint import Checkpointer, check_resume, from_host, to_host
+from weightspace.train._config import TrainConfig
+from weightspace.train._step import TrainState, compile_step, make_train_step, nnx_loss
+
+PathLike = str | os.PathLike[str]
+# (model, batch, key) -> (loss, metrics) or loss; Any-typed so losses of Module subclasses fit.
+LossFn = Callable[[Any, Any, jax.Array], Any]
+
+_CKPT_FORMAT = "weightspace.train.fit/2"
+# Config fields that may change between a run and its resumption without changing its meaning.
+_RESUMABLE_FIELDS = ("steps", "eval_every", "patience", "checkpoint_every")
+
+
+class TrainingDivergedError(WeightspaceError, FloatingPointError):
+    """The training loss became NaN/Inf. ``step`` is the (1-based) step whose loss was not finite;
+    ``checkpoint_step`` the last good checkpoint (``None`` when there is none)."""
+
+    def __init__(self, message: str, *, step: int, checkpoint_step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint_step = checkpoint_step
+
+
+class FitReport(NamedTuple):
+    """What :func:`fit` did.
+
+    Attributes:
+        steps_done: optimizer steps taken in total (including those before a resume).
+        best_step: step of the best ``val_fn`` score (``None`` without ``val_fn``).
+        best_score: the best ``val_fn`` score.
+        history: one dict per evaluation: ``step``, mean training ``loss`` since the previous
+            entry, mean auxiliary metrics, and ``val`` when ``val_fn`` is given.
+        seconds: wall time of the training steps after the first (compiling) one.
+        compile_seconds: wall time of the first step of this call (tracing + compiling + running).
+        resumed_from: the checkpoint step this call resumed from, or ``None``.
+        losses: training loss of every step run in THIS call (``[steps_done - resumed_from]``).
+    """
+
+    steps_done: int
+    best_step: int | None
+    best_score: float | None
+    history: list[dict[str, Any]]
+    seconds: float
+    compile_seconds: float
+    resumed_from: int | None
+    losses: np.ndarray = np.zeros(0, np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitEvent:
+    """What a :func:`fit` hook sees after every evaluation (every ``eval_every`` steps and at the end).
+
+    Attributes:
+        step: optimizer steps done.
+        total: ``config.steps``.
+        entry: the history entry just written (``step``, ``loss``, metrics, ``val``).
+        model: the module at this step (read it; do not keep it: its buffers are reused).
+    """
+
+    step: int
+    total: int
+    entry: dict[str, Any]
+    model: nnx.Module
+
+
+FitHook = Callable[[FitEvent], Any]
+"""A hook of :func:`fit`: called with a :class:`FitEvent`; returning ``True`` stops training there."""
+
+
+class _Epochs:
+    """Batch indices of the shuffled epochs (host side): epoch e visits a permutation seeded by
+    ``(data_key, e)`` in consecutive batches (drop-remainder).
+
+    They enter the jitted step as an argument: computing them inside it (a permutation, then a
+    dynamic slice at a step-dependent offset) let XLA fuse that index arithmetic into every
+    consumer of the gathered batch and redo it per element.
+    """
+
+    def __init__(self, data_key: jax.Array, n: int, batch_size: int) -> None:
+        self.seed = [int(v) for v in np.asarray(jax.random.key_data(data_key)).ravel()]
+        self.n, self.batch_size = n, batch_size
+        self.epoch, self.perm = -1, np.zeros(0, np.int32)
+
+    def __call__(self, step: int) -> np.ndarray:
+        epoch, j = divmod(int(step), self.n // self.batch_size)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.perm = np.random.default_rng([*self.seed, epoch]).permutation(self.n).astype(np.int32)
+        return self.perm[j * self.batch_size : (j + 1) * self.batch_size]
+
+
+def _num_examples(train: Any) -> int:
+    leaves = jax.tree_util.tree_leaves(train)
+    if not leaves:
+        raise ShapeError("fit: the training data has no arrays")
+    sizes = {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in leaves}
+    if len(sizes) != 1 or -1 in sizes:
+        paths = [(jax.tree_util.keystr(p), np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(train)]
+        raise ShapeError(
+            f"fit: every array of the training data needs the same leading (examples) axis; found {paths[:6]}"
+        )
+    n = sizes.pop()
+    if n < 1:
+        raise ShapeError("fit: the training data has 0 examples")
+    return n
+
+
+def _copy_tree(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def fit(
+    model: nnx.Module,
+    loss_fn: LossFn,
+    train: Any,
+    *,
+    config: TrainConfig = TrainConfig(),
+    val_fn: Callable[[Any], float] | None = None,
+    checkpoint_dir: PathLike | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    sample: Callable[[jax.Array, int], Any] | None = None,
+    progress: bool | None = None,
+    mesh: Mesh | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
+    hooks: Sequence[FitHook] = (),
+) -> FitReport:
+    """Train an NNX module in place with the training step of :func:`~weightspace.train.make_train_step`.
+
+    Each step draws a batch, evaluates ``loss_fn(model, batch, key)`` and applies the optimizer:
+
+    .. math:: \\theta_{t+1} = \\theta_t + \\mathrm{opt}\\big(\\nabla_\\theta L(\\theta_t; B_t, k_t)\\big),
+        \\quad B_t = \\mathrm{train}[\\pi_{e}[jb:(j+1)b]],\\ k_t = \\mathrm{fold\\_in}(k, t)
+
+    where ``t = e * (n // b) + j`` and ``pi_e`` is the shuffle of epoch ``e`` (drop-remainder).
+    Only ``nnx.Param`` variables are optimised; other state (batch statistics, RNG counters) is
+    carried through the step as ``loss_fn`` leaves it.
+
+    Args:
+        model: the NNX module; it ends at its final state, or at its best validation state
+            when ``val_fn`` is given.
+        loss_fn: ``(model, batch, key) -> (scalar loss, {name: scalar metric})`` (or just the
+            loss); traced once. Use a module-level function (not a fresh lambda per call) so
+            later ``fit`` calls reuse the compiled step; data the loss needs (text embeddings,
+            shared tensors) belongs in ``train`` or the batch, not in the function.
+        train: a pytree of arrays whose leading axis is the example (model) axis; put on the
+            device once. May be ``None`` when ``sample`` is given.
+        config: :class:`~weightspace.train.TrainConfig`.
+        val_fn: ``model -> score`` (higher is better), run on the host every ``eval_every``
+            steps and at the end; drives early stopping (``config.patience``) and the best state.
+        checkpoint_dir: orbax checkpoints (model state, optimizer state, step, RNG keys, best
+            state and score, history, config) every ``checkpoint_every`` steps and at the end;
+            an existing checkpoint there is resumed from its latest step.
+        optimizer: overrides ``config.optimizer()``.
+        sample: custom sampler ``(key, step) -> batch`` (host side, fixed batch shapes) used
+            instead of shuffled epochs over ``train``.
+        progress: show a tqdm bar (``None``: when stderr is a terminal).
+        mesh: shard each batch's leading axis over the mesh's ``"models"`` axis
+            (:func:`weightspace.parallel.make_mesh`); state and ``train`` are replicated. The
+            batch size is rounded down to a multiple of the device count.
+        compiler_options: extra XLA options for the step's ``jax.jit`` (e.g.
+            :func:`weightspace._xla.small_heaps_cpu_options`); they change speed, not results.
+        hooks: called with a :class:`FitEvent` after every evaluation, in order (logging,
+            custom stopping rules); a hook returning ``True`` stops training at that step.
+
+    Returns:
+        A :class:`FitReport`.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN/Inf; the message names the step and the last
+            good checkpoint, which is kept; the model is left as it was before the call.
+        ConfigError: a checkpoint in ``checkpoint_dir`` belongs to another model or settings.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from flax import nnx
+        >>> from weightspace.train import TrainConfig, fit
+        >>> x = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32)
+        >>> data = {"x": x, "y": x @ np.array([1.0, -2.0, 0.5], np.float32)}
+        >>> def mse(model, batch, key):
+        ...     err = model(batch["x"])[:, 0] - batch["y"]
+        ...     return jnp.mean(err**2), {}
+        >>> model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+        >>> seen = []
+        >>> report = fit(model, mse, data, config=TrainConfig(steps=300, batch_size=16, learning_rate=0.05),
+        ...              hooks=[lambda ev: seen.append(ev.step)])
+        >>> bool(report.history[-1]["loss"] < 1e-3), np.round(model.kernel[...][:, 0], 2).tolist(), seen
+        (True, [1.0, -2.0, 0.5], [100, 200, 300])
+    """
+    if not isinstance(model, nnx.Module):
+        raise ConfigError(f"fit: model must be a flax.nnx.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise ConfigError("fit: loss_fn must be callable (model, batch, key) -> (loss, metrics)")
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"fit: config must be a TrainConfig, got {type(config).__name__}")
+    if any(not callable(h) for h in hooks):
+        raise ConfigError("fit: every hook must be callable (FitEvent) -> stop?")
+    gather = sample is None
+    n = _num_examples(train) if gather else 0
+    batch_size = min(config.batch_size, n) if gather else config.batch_size
+    batch_sharding = repl = None
+    if mesh is not None:
+        from weightspace.parallel import model_axis_size
+
+        ndev = model_axis_size(mesh)
+        if gather:
+            batch_size = batch_size // ndev * ndev
+            if batch_size == 0:
+                raise ConfigError(f"fit: {n} training examples cannot fill one batch across {ndev} devices")
+        batch_sharding = NamedSharding(mesh, PartitionSpec("models"))
+        repl = NamedSharding(mesh, PartitionSpec())
+    tx = optimizer if optimizer is not None else config.optimizer()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+    params, rest = _copy_tree((params, rest))  # donated below: never hand the user's own buffers to XLA
+    state = TrainState(params, tx.init(params), rest)
+    root = jax.random.key(config.seed)
+    data_key, loss_key = jax.random.split(root)
+    if repl is not None:
+        state = jax.device_put(state, repl)
+    data = jax.device_put(train, repl) if gather else None
+    step_obj = make_train_step(nnx_loss(graphdef, loss_fn), tx, stateful=True)
+
+    # What a checkpoint holds, flattened: state, best (params, model_state), keys.
+    def pack(best: Any) -> tuple[list[Any], Any]:
+        return jax.tree_util.tree_flatten((state, best, (data_key, loss_key)))
+
+    def weights(s: TrainState) -> tuple[Any, Any]:
+        return s.params, s.model_state
+
+    leaf_paths = [
+        jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_leaves_with_path((state, weights(state), (data_key, loss_key)))
+    ]
+
+    start = 0
+    best_state: Any = None
+    best_step: int | None = None
+    best_score: float | None = None
+    bad_evals = 0
+    history: list[dict[str, Any]] = []
+    resumed_from: int | None = None
+    ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
+    ckpt_every = config.checkpoint_every or config.eval_every
+    try:
+        if ckpt is not None and (last := ckpt.latest()) is not None:
+            meta = ckpt.meta(last)
+            where = f"{ckpt.dir} (step {last})"
+            if meta.get("format") != _CKPT_FORMAT:
+                raise LoadError(f"{where}: not a weightspace.train.fit checkpoint (format {meta.get('format')!r})")
+            check_resume(meta["config"], config.to_dict(), where, may_differ=_RESUMABLE_FIELDS)
+            like, treedef = pack(weights(state))
+            saved = ckpt.arrays(last, to_host(like))
+            leaves = from_host(saved, like, leaf_paths, where)
+            state, best_state, (data_key, loss_key) = jax.tree_util.tree_unflatten(treedef, leaves)
+            if repl is not None:
+                state, best_state = jax.device_put((state, best_state), repl)
+            start = resumed_from = int(meta["step"])
+            best_step, best_score = meta["best_step"], meta["best_score"]
+            bad_evals = int(meta["bad_evals"])
+            history = list(meta["history"])
+            if best_step is None:
+                best_state = None
+
+        def save(step: int) -> None:
+            assert ckpt is not None
+            leaves, _ = pack(best_state if best_state is not None else weights(state))
+            ckpt.save(
+                step,
+                to_host(leaves),
+                {
+                    "format": _CKPT_FORMAT,
+                    "step": step,
+                    "best_step": best_step,
+                    "best_score": best_score,
+                    "bad_evals": bad_evals,
+                    "history": history,
+                    "config": config.to_dict(),
+                },
+            )
+
+        show = sys.stderr.isatty() if progress is None else bool(progress)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, disable=not show, desc="fit", leave=False)
+        leaves, treedef = jax.tree_util.tree_flatten(state)
+        step_fn = compile_step(
+            step_obj,
+            treedef,
+            batch_sharding=batch_sharding,
+            compiler_options=tuple(sorted((compiler_options or {}).items())),
+        )
+        epochs = _Epochs(data_key, n, batch_size) if gather else None
+        # Several sharded steps in flight on a CPU mesh (fake host devices sharing a few cores) can
+        # starve the in-process all-reduce of threads and hang XLA's rendezvous: one at a time there.
+        sync_each_step = mesh is not None and mesh.devices.flat[0].platform == "cpu"
+        pending: list[dict[str, jax.Array]] = []
+        all_losses: list[np.ndarray] = []
+        since_entry: list[float] = []
+        aux_since: list[dict[str, float]] = []
+        compile_s = 0.0
+        t_steps = 0.0
+        stop = False
+        step = start
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            t0 = time.perf_counter()
+            while step < config.steps and not stop:
+                if gather:
+                    assert epochs is not None
+                    batch, idx = data, epochs(step)
+                else:
+                    assert sample is not None
+                    batch, idx = sample(jax.random.fold_in(data_key, step), step), None
+                    if batch_sharding is not None:
+                        batch = jax.device_put(batch, batch_sharding)
+                leaves, metrics = step_fn(leaves, batch, idx, np.int32(step), loss_key)
+                pending.append(metrics)
+                step += 1
+                if sync_each_step:
+                    jax.block_until_ready(metrics)
+                if step == start + 1:
+                    jax.block_until_ready(metrics)
+                    compile_s = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                is_eval = step % config.eval_every == 0 or step == config.steps
+                is_ckpt = ckpt is not None and (step % ckpt_every == 0 or step == config.steps)
+                bar.update(1)
+                if not (is_eval or is_ckpt):
+                    continue
+                state = jax.tree_util.tree_unflatten(treedef, leaves)  # valid until the next step
+                # Host sync only at boundaries: check every pending loss, then record.
+                host_metrics = jax.device_get(pending)
+                host = np.asarray([m["loss"] for m in host_metrics], np.float32)
+                bad = np.flatnonzero(~np.isfinite(host))
+                if bad.size:
+                    s = step - len(host) + int(bad[0]) + 1
+                    last_good = ckpt.latest() if ckpt is not None else None
+                    raise TrainingDivergedError(
+                        f"fit: training diverged: the loss of step {s} (of {config.steps}) is {host[bad[0]]}"
+                        + (
+                            f"; the last good checkpoint is step {last_good} in {ckpt.dir}"
+                            if ckpt is not None and last_good is not None
+                            else "; no checkpoint was written"
+                        )
+                        + ". Lower the learning rate, clip gradients (grad_clip) or check the inputs for NaN/Inf.",
+                        step=s,
+                        checkpoint_step=last_good,
+                    )
+                all_losses.append(host)
+                since_entry.extend(host.tolist())
+                aux_since.extend({k: float(v) for k, v in m.items() if k != "loss"} for m in host_metrics)
+                pending = []
+                if is_eval:
+                    entry: dict[str, Any] = {"step": step, "loss": float(np.mean(since_entry))}
+                    for k in aux_since[0] if aux_since else ():
+                        entry[k] = float(np.mean([a[k] for a in aux_since]))
+                    since_entry, aux_since = [], []
+                    t_host = time.perf_counter()
+                    current = nnx.merge(graphdef, state.params, state.model_state)
+                    if val_fn is not None:
+                        score = float(val_fn(current))
+                        entry["val"] = score
+                        if math.isfinite(score) and (best_score is None or score > best_score):
+                            best_score, best_step, bad_evals = score, step, 0
+                            best_state = _copy_tree(weights(state))
+                        else:
+                            bad_evals += 1
+                            if config.patience is not None and bad_evals >= config.patience:
+                                stop = True
+                    history.append(entry)
+                    for hook in hooks:
+                        if hook(FitEvent(step, config.steps, dict(entry), current)) is True:
+                            stop = True
+                    t0 += time.perf_counter() - t_host  # validation and hooks are not training time
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k != "step"}, refresh=False)
+                if ckpt is not None and (is_ckpt or stop):
+                    save(step)
+                # val_fn may have advanced RNG counters in state (Variables shared with its model).
+                leaves = jax.tree_util.tree_leaves(state)
+            state = jax.tree_util.tree_unflatten(treedef, leaves)
+            jax.block_until_ready(state)
+            t_steps = time.perf_counter() - t0
+        bar.close()
+        if ckpt is not None and start < config.steps and ckpt.latest() != step:
+            save(step)
+        final = best_state if (val_fn is not None and best_state is not None) else weights(state)
+        nnx.update(model, final[0], final[1])
+        losses = np.concatenate(all_losses) if all_losses else np.zeros(0, np.float32)
+        return FitReport(step, best_step, best_score, history, t_steps, compile_s, resumed_from, losses)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
