@@ -30,7 +30,6 @@ if __name__ == "__main__":  # fake devices must be requested before JAX starts
         os.environ["XLA_FLAGS"] = _flag + os.environ.get("XLA_FLAGS", "")
 
 import datetime
-import functools
 import json
 import platform
 import resource
@@ -48,13 +47,13 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).parent))
 from _device import cpu_name, loadavg
 
-from weightspace._xla import training_cpu_options
 from weightspace.equivariant import GraphEncoder, NPEncoder, embed_zoo, features_of
 from weightspace.equivariant._contrastive import ContrastiveModel, contrastive_loss, step_compiler_options
 from weightspace.equivariant._embed import encode_fn
 from weightspace.equivariant._layout import Layout
 from weightspace.learn import flops_per_model
 from weightspace.nets import MLP, SIREN
+from weightspace.train import TrainState, compile_step, make_train_step, nnx_loss
 from weightspace.zoo import Zoo, load_zoo, save_zoo
 
 RESULTS = Path(__file__).parent / "results"
@@ -62,6 +61,14 @@ CASES = {
     "siren-2-32-32-1": SIREN(hidden=(32, 32)),
     "mlp-784-64-10": MLP(in_features=784, hidden=(64,), out_features=10),
 }
+
+
+def _two_view_loss(model, batch, key):
+    """NT-Xent over two views of each model (the second: every float feature scaled by 1.01)."""
+    x = batch["x"]
+    x2 = jax.tree_util.tree_map(lambda a: a * 1.01 if a.dtype == jnp.float32 else a, x)
+    z = jnp.concatenate([jax.vmap(model)(x), jax.vmap(model)(x2)])
+    return contrastive_loss(z, batch["labels"], tau=0.1)
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -175,39 +182,22 @@ def bench_speed(args: argparse.Namespace, out: dict) -> None:
             row[f"{label}_flops_per_model"] = flops_per_model(
                 lambda s, x, gdef=gdef: jax.vmap(nnx.merge(gdef, s))(x), state, f, models=args.batch
             )
-            # contrastive train step: two views (here: the same features + noise), NT-Xent, Adam
+            # contrastive train step: two views (here: the same features + noise), NT-Xent, Adam,
+            # through the public step compiled exactly as weightspace.train.fit compiles it (flat
+            # donated leaves, fit's CPU options plus train_contrastive's per-encoder options)
             model = ContrastiveModel(enc, proj_dim=32, rngs=nnx.Rngs(1))
             g2, params, rest = nnx.split(model, nnx.Param, ...)
             tx = optax.adam(1e-3)
-            opt = tx.init(params)
-            labels = jnp.concatenate([jnp.arange(args.batch)] * 2)
-
-            # as learn.fit runs it: one jitted step over the flat list of parameter/optimizer arrays
-            # (donated), so no NNX pytree is flattened in Python per step, with the options learn.fit and
-            # train_contrastive compile it with
-            leaves, treedef = jax.tree_util.tree_flatten((params, opt))
-
-            options = {**dict(training_cpu_options()), **step_compiler_options(enc, [(Layout.of(arch), args.batch)])}
-
-            @functools.partial(jax.jit, donate_argnums=0, compiler_options=options or None)
-            def step(leaves, x, g2=g2, rest=rest, tx=tx, labels=labels, treedef=treedef):
-                params, opt = jax.tree_util.tree_unflatten(treedef, leaves)
-
-                def loss(p):
-                    m = nnx.merge(g2, p, rest)
-                    x2 = jax.tree_util.tree_map(lambda a: a * 1.01 if a.dtype == jnp.float32 else a, x)
-                    z = jnp.concatenate([jax.vmap(m)(x), jax.vmap(m)(x2)])
-                    return contrastive_loss(z, labels, tau=0.1)
-
-                val, grads = jax.value_and_grad(loss)(params)
-                upd, opt = tx.update(grads, opt, params)
-                return jax.tree_util.tree_leaves((optax.apply_updates(params, upd), opt)), val
-
+            step = make_train_step(nnx_loss(g2, _two_view_loss), tx, stateful=True)
+            leaves, treedef = jax.tree_util.tree_flatten(TrainState(params, tx.init(params), rest))
+            options = step_compiler_options(enc, [(Layout.of(arch), args.batch)])
+            run = compile_step(step, treedef, compiler_options=tuple(sorted(options.items())))
+            batch = {"x": f, "labels": jnp.concatenate([jnp.arange(args.batch)] * 2)}
             state_box = [leaves]
 
-            def run_step(step=step, state_box=state_box):
-                state_box[0], v = step(state_box[0], f)
-                return v
+            def run_step(run=run, state_box=state_box, batch=batch):
+                state_box[0], metrics = run(state_box[0], batch, None, np.int32(0), jax.random.key(0))
+                return metrics["loss"]
 
             first, steady = timed(run_step, args.repeats)
             row[f"{label}_train_step_s"], row[f"{label}_train_compile_s"] = steady, first - steady

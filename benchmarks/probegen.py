@@ -16,6 +16,7 @@ subprocess) and checks it equals the unsharded run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -74,17 +75,17 @@ def _targets(zoo: Any, case: str) -> Any:
 
 
 def jax_run(case: str, steps: int, repeats: int, mesh: Any = None) -> dict[str, Any]:
-    from weightspace.probegen import train_probegen, weight_dataset
+    from weightspace.probegen import DEFAULT_TRAIN, ProbeGenConfig, train_probegen, weight_dataset
 
     log: list[str] = []
     zoo = _targets(_zoo(case, log), case)
-    task = "classify" if case == "siren" else "accuracy"
+    task = "classify" if case == "siren" else "rank"
     ds = weight_dataset(zoo, task=task, target="y", fractions=(0.8, 0.1, 0.1))
     times, compiles, losses = [], [], None
+    config = ProbeGenConfig(task=task, n_probes=N_PROBES)
+    train = dataclasses.replace(DEFAULT_TRAIN, steps=steps, batch_size=BATCH, eval_every=steps)
     for _ in range(repeats):
-        run = train_probegen(
-            ds, task=task, n_probes=N_PROBES, steps=steps, batch_size=BATCH, eval_every=steps, mesh=mesh, progress=False
-        )
+        run = train_probegen(ds, config, train=train, mesh=mesh, progress=False)
         times.append(run.report.seconds)
         compiles.append(run.report.compile_seconds)
         losses = run.report.losses

@@ -16,6 +16,7 @@ probes. Learned probes are saved (``.npz``) for the figures of ``docs/probegen.m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -32,7 +33,7 @@ RESULTS = Path(__file__).parent / "results"
 TASKS = {  # recipe -> (probegen task, metric)
     "mnist-inr": ("classify", "accuracy"),
     "fmnist-inr": ("classify", "accuracy"),
-    "fmnist-cnn-zoo": ("accuracy", "kendall_tau"),
+    "fmnist-cnn-zoo": ("rank", "kendall_tau"),
 }
 INR_FIXED = ("uniform", "grid")
 IMAGE_FIXED = ("uniform", "dead-leaves", "natural", "fashion-mnist")
@@ -57,13 +58,20 @@ def methods(recipe: str) -> list[tuple[str, dict[str, Any]]]:
 ENCODER_WIDTH = 16  # equivariant encoders: channels, 2 layers / rounds, embedding 64 (benchmarks/equivariant.py)
 
 
-def run_encoder(kind: str, source: Any, ds: Any, task_kind: str, steps: int, seed: int) -> tuple[float, dict]:
+def _score(task: str, pred: np.ndarray, y: np.ndarray) -> float:
+    """The task's score of logits (classify) or values (rank)."""
+    from weightspace.learn import Task
+
+    t = Task(task)
+    return t.score(pred if t.scaled else t.decode(pred), y)
+
+
+def run_encoder(kind: str, source: Any, ds: Any, task: str, steps: int, seed: int) -> tuple[float, dict]:
     """The equivariant encoder (``np`` | ``graph``) + a linear head trained end to end on the task,
     on the same splits and with the same validation rule (best validation step) as ProbeGen."""
     from weightspace.equivariant import bucketize, build_encoder, train_supervised
     from weightspace.equivariant._embed import encode_fn
-    from weightspace.learn import TrainConfig, flops_per_model
-    from weightspace.probegen import score
+    from weightspace.learn import Task, TrainConfig, flops_per_model
 
     buckets = bucketize(source)
     if len(buckets) != 1 or len(buckets[0]) != len(ds):
@@ -81,7 +89,6 @@ def run_encoder(kind: str, source: Any, ds: Any, task_kind: str, steps: int, see
     cfg.update({"depth": 2} if kind == "np" else {"rounds": 2})
     enc = build_encoder(cfg, seed=seed)
     y = ds.targets["y"]
-    task = "classify" if task_kind == "classify" else "regress"
     config = TrainConfig(
         steps=steps,
         batch_size=32,
@@ -94,9 +101,8 @@ def run_encoder(kind: str, source: Any, ds: Any, task_kind: str, steps: int, see
     run = train_supervised(
         enc, bucket, y, task=task, train=ds.splits.train, val=ds.splits.val, config=config, progress=False
     )
-    pred = run.predict(bucket.select(ds.splits.test))  # class ids (classify) or values (regress)
-    y_te = y[ds.splits.test]
-    value = float(np.mean(pred == y_te)) if task == "classify" else score(task_kind, pred, y_te)
+    pred = run.predict(bucket.select(ds.splits.test))  # class ids (classify) or values (rank)
+    value = Task(task).score(pred, y[ds.splits.test])
     import jax
 
     fn = encode_fn(run.model)
@@ -178,15 +184,14 @@ def run_task(
     previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from weightspace.learn import ResultsTable, run_baseline
-    from weightspace.probegen import score, train_probegen, weight_dataset
+    from weightspace.probegen import DEFAULT_TRAIN, ProbeGenConfig, train_probegen, weight_dataset
     from weightspace.zoo import build_recipe
 
     task, metric = TASKS[recipe]
     t0 = time.perf_counter()
     zoo = build_recipe(recipe, size=size, seed=0, progress=False)
     ds = weight_dataset(zoo, task=task, seed=0)
-    kind = "classify" if task == "classify" else "regress"
-    n_out = int(np.max(ds.targets["y"])) + 1 if kind == "classify" else 1
+    n_out = int(np.max(ds.targets["y"])) + 1 if task == "classify" else 1
     log(
         f"{recipe} (size {size}): {len(ds)} models, splits {list(ds.splits.sizes())}, built/loaded in "
         f"{time.perf_counter() - t0:.0f}s"
@@ -201,15 +206,14 @@ def run_task(
         for seed in seeds:
             t = time.perf_counter()
             if "encoder" in spec:
-                value, extra = run_encoder(spec["encoder"], zoo, ds, kind, steps, seed)
+                value, extra = run_encoder(spec["encoder"], zoo, ds, task, steps, seed)
             elif "baseline" in spec:
-                pred = run_baseline(spec["baseline"], ds, target="y", task=kind, seed=seed)
-                value = score(kind, pred, y_te)
+                pred = run_baseline(spec["baseline"], ds, target="y", task=task, seed=seed)
+                value = _score(task, pred, y_te)
                 extra = {"flops": baseline_flops(spec["baseline"], ds, n_out), "seconds": time.perf_counter() - t}
             else:
-                run = train_probegen(
-                    ds, task=task, steps=steps, seed=seed, progress=False, eval_every=EVAL_EVERY, **spec
-                )
+                train = dataclasses.replace(DEFAULT_TRAIN, steps=steps, seed=seed, eval_every=EVAL_EVERY)
+                run = train_probegen(ds, ProbeGenConfig(task=task, **spec), train=train, progress=False)
                 value = run.test_score
                 extra = {
                     "flops": probing_flops(run),
@@ -236,7 +240,7 @@ def run_task(
 
 def run_curve(recipe: str, size: int, seeds: list[int], steps: int, ns: list[int], log: Any) -> dict[str, Any]:
     from weightspace.learn import ResultsTable
-    from weightspace.probegen import train_probegen, weight_dataset
+    from weightspace.probegen import DEFAULT_TRAIN, ProbeGenConfig, train_probegen, weight_dataset
     from weightspace.zoo import build_recipe
 
     task, metric = TASKS[recipe]
@@ -244,9 +248,8 @@ def run_curve(recipe: str, size: int, seeds: list[int], steps: int, ns: list[int
     table = ResultsTable()
     for n in ns:
         for seed in seeds:
-            run = train_probegen(
-                ds, task=task, n_probes=n, steps=steps, seed=seed, progress=False, eval_every=EVAL_EVERY
-            )
+            train = dataclasses.replace(DEFAULT_TRAIN, steps=steps, seed=seed, eval_every=EVAL_EVERY)
+            run = train_probegen(ds, ProbeGenConfig(task=task, n_probes=n), train=train, progress=False)
             table.add(
                 f"probegen n={n}",
                 metric,

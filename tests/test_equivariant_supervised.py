@@ -64,7 +64,7 @@ def test_supervised_learns_held_out_targets_and_stays_invariant(scaled_zoo: Zoo,
 def test_supervised_bad_input(scaled_zoo: Zoo) -> None:
     bucket = bucketize(scaled_zoo)[0]
     enc = build_encoder(ENC, seed=0)
-    with pytest.raises(ConfigError, match="unknown supervised task"):
-        train_supervised(enc, bucket, np.zeros(len(bucket)), task="rank", train=np.arange(4))
+    with pytest.raises(ConfigError, match="unknown task"):
+        train_supervised(enc, bucket, np.zeros(len(bucket)), task="ranking", train=np.arange(4))
     with pytest.raises(ShapeError, match=r"must be \[models\] with 48 models, got \(47,\)"):
         train_supervised(enc, bucket, np.zeros(len(bucket) - 1), task="regress", train=np.arange(4))

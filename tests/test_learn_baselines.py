@@ -62,8 +62,8 @@ def test_fit_baseline_errors():
     x = np.zeros((10, 3), np.float32)
     with pytest.raises(ConfigError, match="unknown baseline 'svm'"):
         fit_baseline("svm", x, np.zeros(10), task="regress")
-    with pytest.raises(InvalidValueError, match="task must be one of"):
-        fit_baseline("gbt", x, np.zeros(10), task="rank")
+    with pytest.raises(ConfigError, match="unknown task 'ranking'"):
+        fit_baseline("gbt", x, np.zeros(10), task="ranking")
     with pytest.raises(InvalidValueError, match="non-negative int labels"):
         fit_baseline("gbt", x, np.full(10, 0.5), task="classify")
     predict = fit_baseline("gbt", np.random.default_rng(0).standard_normal((30, 3)), np.arange(30.0), task="regress")

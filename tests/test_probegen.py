@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,12 +14,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from weightspace import ConfigError, ShapeError
-from weightspace.learn import TrainingDivergedError
+from weightspace.learn import TrainConfig, TrainingDivergedError
 from weightspace.nets import CNN, MLP, SIREN, coordinate_grid
 from weightspace.nets._standard import fast_sin
 from weightspace.parallel import make_mesh
 from weightspace.probegen import (
+    DEFAULT_TRAIN,
     ProbeGen,
+    ProbeGenConfig,
     ProbeGenerator,
     dataset_architectures,
     load_run,
@@ -31,6 +34,12 @@ from weightspace.probegen import (
 from weightspace.probing import apply_models, probe
 from weightspace.testing import assert_tree_allclose
 from weightspace.zoo import Collection, Zoo, save_zoo
+
+
+def _train_cfg(**over: object) -> TrainConfig:
+    """The paper's optimisation (DEFAULT_TRAIN) with test-sized overrides, as train_probegen's keywords gave."""
+    return dataclasses.replace(DEFAULT_TRAIN, **over)  # type: ignore[arg-type]
+
 
 ARCHS = {
     "mlp": MLP(in_features=16, hidden=(32, 24), out_features=5),
@@ -168,7 +177,9 @@ def trained() -> tuple[Zoo, object, object]:
     zoo = _separable_zoo()
     ds = weight_dataset(zoo, task="classify")
     run = train_probegen(
-        ds, task="classify", n_probes=16, steps=150, batch_size=16, learning_rate=1e-3, eval_every=50, depth=3, width=64
+        ds,
+        ProbeGenConfig(task="classify", n_probes=16, depth=3, width=64),
+        train=TrainConfig(steps=150, batch_size=16, learning_rate=1e-3, schedule="cosine", eval_every=50),
     )
     return zoo, ds, run
 
@@ -181,14 +192,16 @@ def test_probegen_learns_and_splits_by_group(trained: tuple) -> None:
     assert run.val_score >= 0.75 and run.test_score >= 0.75, (run.val_score, run.test_score)
     assert run.report.history[-1]["loss"] < run.report.history[0]["loss"]
     assert run.test_embeddings.shape == (len(ds.splits.test), 64)
-    np.testing.assert_allclose(predict(run.model, run.config, ds, "test"), run.test_predictions, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        predict(run.model, ds, "test", scale=run.scale), run.test_predictions, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_save_load_predict_round_trip(trained: tuple, tmp_path: Path) -> None:
     zoo, ds, run = trained
     save_run(run, tmp_path)
-    model, cfg = load_run(tmp_path)
-    ids, pred = predict_zoo(model, cfg, zoo)
+    loaded = load_run(tmp_path)
+    ids, pred = predict_zoo(loaded.model, zoo, scale=loaded.scale)
     assert ids == zoo.ids
     np.testing.assert_allclose(pred[ds.splits.test], run.test_predictions, rtol=1e-5, atol=1e-5)
 
@@ -198,15 +211,8 @@ def test_vanilla_and_fixed_probes_train_only_what_they_should() -> None:
     for probes, fixed in (("vanilla", None), ("fixed", "grid")):
         run = train_probegen(
             ds,
-            task="classify",
-            probes=probes,
-            fixed=fixed,
-            n_probes=9,
-            steps=4,
-            batch_size=4,
-            eval_every=2,
-            depth=2,
-            width=8,
+            ProbeGenConfig(task="classify", probes=probes, fixed=fixed, n_probes=9, depth=2, width=8),
+            train=_train_cfg(steps=4, batch_size=4, eval_every=2),
         )
         moved = not np.allclose(
             np.asarray(run.model.probes()),
@@ -235,19 +241,23 @@ def test_collection_of_two_architectures_and_regression() -> None:
         z = Zoo.init(arch, 10, key=jax.random.key(j), name=act)
         zoos.append(z.with_meta(test_acc=np.linspace(0.1, 0.9, 10).tolist(), run=[f"{act}{i}" for i in range(10)]))
     coll = Collection(zoos)
-    ds = weight_dataset(coll, task="accuracy")
+    ds = weight_dataset(coll, task="rank")
     archs, idx = dataset_architectures(ds)
     assert len(archs) == 2 and sorted(set(idx.tolist())) == [0, 1]
-    run = train_probegen(ds, task="accuracy", n_probes=4, steps=6, batch_size=4, eval_every=3, depth=2, width=8)
+    run = train_probegen(
+        ds,
+        ProbeGenConfig(task="rank", n_probes=4, depth=2, width=8),
+        train=_train_cfg(steps=6, batch_size=4, eval_every=3),
+    )
     assert run.test_predictions.shape == (len(ds.splits.test),) and np.isfinite(run.test_score)
-    ids, pred = predict_zoo(run.model, run.config, coll)
+    ids, pred = predict_zoo(run.model, coll, scale=run.scale)
     assert len(ids) == 20 and np.isfinite(pred).all()
 
 
 def test_missing_label_column_names_it_and_lists_columns() -> None:
     zoo = _separable_zoo(8)
     with pytest.raises(ConfigError, match=r"needs the meta column 'test_acc'.*columns are \['id', 'label', 'run'\]"):
-        weight_dataset(zoo, task="accuracy")
+        weight_dataset(zoo, task="rank")
     with pytest.raises(ConfigError, match="'nope'"):
         weight_dataset(zoo, task="classify", target="nope")
 
@@ -270,29 +280,22 @@ def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(
     first = set(_Epochs(jax.random.split(jax.random.key(0))[0], n_train, 4)(0).tolist())
     poison = int(ds.splits.train[min(set(range(n_train)) - first)])
     ds.inputs["layers.2.bias"][poison] = 123.0
-    original = _train._Loss.__call__
+    original = _train._probegen_loss
 
-    def poisoned(self: object, model: object, batch: dict, key: jax.Array) -> tuple:
-        loss, aux = original(self, model, batch, key)
+    def poisoned(model: object, batch: dict, key: jax.Array) -> tuple:
+        loss, aux = original(model, batch, key)
         bad = jnp.any(batch["params"]["layers.2.bias"] == 123.0)
         return loss + jnp.where(bad, jnp.nan, 0.0), aux
 
-    monkeypatch.setattr(_train._Loss, "__call__", poisoned)
+    monkeypatch.setattr(_train, "_probegen_loss", poisoned)
     with pytest.raises(
         TrainingDivergedError, match=r"loss of step \d+ \(of 40\) is nan; the last good checkpoint"
     ) as e:
         # a checkpoint is written every step
         train_probegen(
             ds,
-            task="classify",
-            probes="vanilla",
-            n_probes=4,
-            steps=40,
-            batch_size=4,
-            eval_every=1,
-            depth=2,
-            width=8,
-            seed=0,
+            ProbeGenConfig(task="classify", probes="vanilla", n_probes=4, depth=2, width=8),
+            train=_train_cfg(steps=40, batch_size=4, eval_every=1, seed=0),
             checkpoint_dir=tmp_path / "ckpt",
         )
     assert e.value.checkpoint_step is not None and e.value.checkpoint_step < e.value.step
@@ -342,18 +345,10 @@ def test_cli_train_predict_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_sharded_training_equals_unsharded() -> None:
     """learn.fit shards each batch over 8 devices; apply_models runs the kernel under shard_map."""
     ds = weight_dataset(_separable_zoo(24), task="classify")
-    kw = {
-        "task": "classify",
-        "n_probes": 8,
-        "steps": 6,
-        "batch_size": 8,
-        "learning_rate": 1e-3,
-        "eval_every": 3,
-        "depth": 2,
-        "width": 16,
-    }
-    a = train_probegen(ds, **kw)
-    b = train_probegen(ds, mesh=make_mesh(), **kw)
+    cfg = ProbeGenConfig(task="classify", n_probes=8, depth=2, width=16)
+    train = _train_cfg(steps=6, batch_size=8, learning_rate=1e-3, eval_every=3)
+    a = train_probegen(ds, cfg, train=train)
+    b = train_probegen(ds, cfg, train=train, mesh=make_mesh())
     assert_tree_allclose(b.report.losses, a.report.losses)
     # predictions after 6 updates of a 2-layer MLP: the per-step float32 differences compound
     assert_tree_allclose(b.test_predictions, a.test_predictions, scale=10.0)

@@ -21,6 +21,11 @@ from weightspace.learn._eval import one_class_scores as one_class_scores
 from weightspace.learn._eval import retrieval_recall as retrieval_recall
 from weightspace.learn._eval import top_k_accuracy as top_k_accuracy
 from weightspace.learn._flops import flops_per_model as flops_per_model
+from weightspace.learn._mlp import MLP as MLP
+from weightspace.learn._task import TASK_KINDS as TASK_KINDS
+from weightspace.learn._task import TargetScale as TargetScale
+from weightspace.learn._task import Task as Task
+from weightspace.learn._task import as_task as as_task
 from weightspace.train import FitReport as FitReport
 from weightspace.train import TrainConfig as TrainConfig
 from weightspace.train import TrainingDivergedError as TrainingDivergedError
@@ -30,12 +35,17 @@ from weightspace.train import save_module as save_module
 
 __all__ = [
     "BASELINES",
+    "MLP",
+    "TASK_KINDS",
     "FitReport",
     "ResultsTable",
     "Splits",
+    "TargetScale",
+    "Task",
     "TrainConfig",
     "TrainingDivergedError",
     "WeightDataset",
+    "as_task",
     "exact_set_accuracy",
     "fit",
     "fit_baseline",

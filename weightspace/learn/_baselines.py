@@ -8,26 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jaxtyping import ArrayLike
 
 from weightspace._errors import ConfigError, InvalidValueError, ShapeError
 from weightspace.learn._data import WeightDataset
 from weightspace.learn._eval import _sklearn_threads
+from weightspace.learn._mlp import MLP
+from weightspace.learn._task import Task, as_task
 from weightspace.train import TrainConfig, fit
 
 BASELINES = ("statnn-gbt", "statnn-mlp", "flat-mlp", "flat-linear")
 """The baselines :func:`run_baseline` knows: ``<features>-<model>``."""
 
-_TASKS = ("classify", "multilabel", "regress")
 _QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 DEFAULT_CONFIG = TrainConfig(
@@ -91,68 +90,29 @@ def flat_features(params: Mapping[str, ArrayLike]) -> np.ndarray:
 
 
 # ---- models -------------------------------------------------------------------------------------
-class _MLP(nnx.Module):
-    """A ReLU MLP (no hidden layers: a linear map)."""
+class _Predictor(nnx.Module):
+    """A :class:`~weightspace.learn.MLP` on feature rows that knows its :class:`~weightspace.learn.Task`."""
 
-    def __init__(self, d_in: int, hidden: tuple[int, ...], d_out: int, *, rngs: nnx.Rngs) -> None:
-        dims = (d_in, *hidden, d_out)
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)])
+    def __init__(self, d_in: int, hidden: tuple[int, ...], d_out: int, task: Task, *, rngs: nnx.Rngs) -> None:
+        self.mlp = MLP(d_in, hidden, d_out, rngs=rngs)
+        self.task = task  # static: part of the graph definition, so equal tasks share one compiled step
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = jax.nn.relu(x)
-        return x
+        return self.mlp(x)
 
 
-def _loss_classify(model: _MLP, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
-    logits = model(batch["x"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-    return loss, {"acc": jnp.mean(jnp.argmax(logits, -1) == batch["y"])}
+def _predictor_loss(model: _Predictor, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
+    return model.task.loss(model(batch["x"]), batch["y"])
 
 
-def _loss_multilabel(model: _MLP, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
-    return optax.sigmoid_binary_cross_entropy(model(batch["x"]), batch["y"]).mean(), {}
+@jax.jit
+def _eval_loss(graphdef: Any, state: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    return _predictor_loss(nnx.merge(graphdef, state), batch, jax.random.key(0))[0]
 
 
-def _loss_regress(model: _MLP, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
-    return jnp.mean((model(batch["x"])[:, 0] - batch["y"]) ** 2), {}
-
-
-_LOSSES = {"classify": _loss_classify, "multilabel": _loss_multilabel, "regress": _loss_regress}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _eval_loss(graphdef: Any, state: Any, batch: dict[str, jax.Array], task: str) -> jax.Array:
-    return _LOSSES[task](nnx.merge(graphdef, state), batch, jax.random.key(0))[0]
-
-
-@functools.partial(jax.jit, static_argnums=0)
+@jax.jit
 def _forward(graphdef: Any, state: Any, x: jax.Array) -> jax.Array:
     return nnx.merge(graphdef, state)(x)
-
-
-def _targets(y: Any, task: str, n: int, who: str) -> np.ndarray:
-    if task not in _TASKS:
-        raise InvalidValueError(f"task must be one of {_TASKS}, got {task!r}")
-    a = np.asarray(y)
-    if a.shape[:1] != (n,):
-        raise ShapeError(f"{who} has shape {a.shape}; expected [{n}, ...] (one row per example)")
-    if task == "classify":
-        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or a.min() < 0:
-            raise InvalidValueError(f"{who}: classify needs non-negative int labels [n], got {a.dtype}{a.shape}")
-        return a.astype(np.int32)
-    if task == "multilabel":
-        if a.ndim != 2 or not np.isin(a, (0, 1)).all():
-            raise InvalidValueError(f"{who}: multilabel needs a {{0, 1}} matrix [n, classes], got {a.shape}")
-        return a.astype(np.float32)
-    if a.ndim != 1:
-        raise ShapeError(f"{who}: regress needs one value per example [n], got {a.shape}")
-    a = a.astype(np.float32)
-    if not np.all(np.isfinite(a)):
-        raise InvalidValueError(f"{who} holds {int(np.sum(~np.isfinite(a)))} NaN/Inf value(s)")
-    return a
 
 
 def _x(x: Any, who: str, dim: int | None = None) -> np.ndarray:
@@ -179,7 +139,7 @@ def fit_baseline(
     train_x: Any,
     train_y: Any,
     *,
-    task: str,
+    task: Task | str,
     val_x: Any = None,
     val_y: Any = None,
     seed: int = 0,
@@ -194,15 +154,15 @@ def fit_baseline(
             (``"flat-mlp"``) is accepted and ignored: the features are what you pass.
         train_x: ``[n, features]``.
         train_y: int labels ``[n]`` (classify), a ``{0, 1}`` matrix ``[n, classes]``
-            (multilabel) or values ``[n]`` (regress).
-        task: ``"classify"``, ``"multilabel"`` or ``"regress"``.
+            (multilabel) or values ``[n]`` (regress, rank).
+        task: a :class:`~weightspace.learn.Task` or its kind.
         val_x, val_y: a validation set: early stopping of ``mlp``/``linear`` on its loss.
         seed: seeds the initialisation, batch order and boosting.
         config: training settings of ``mlp``/``linear`` (default :data:`DEFAULT_CONFIG`).
 
     Returns:
         ``predict(x) -> array``: logits ``[m, classes]`` (classify, multilabel) or predictions
-        ``[m]`` (regress). Features are standardised with the training mean and std (and
+        ``[m]`` (regress, rank). Features are standardised with the training mean and std (and
         regression targets too, undone on prediction).
 
     Example:
@@ -215,8 +175,9 @@ def fit_baseline(
         True
     """
     kind = _model_kind(name)
+    task = as_task(task)
     xtr = _x(train_x, "train_x")
-    ytr = _targets(train_y, task, xtr.shape[0], "train_y")
+    ytr = task.targets(train_y, xtr.shape[0], "train_y")
     mu, sd = xtr.mean(0), xtr.std(0)
     sd = np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
     dim = xtr.shape[1]
@@ -225,50 +186,48 @@ def fit_baseline(
         return ((_x(x, who, dim) - mu) / sd).astype(np.float32)
 
     xtr = norm(xtr, "train_x")
-    n_cls = int(ytr.max()) + 1 if task == "classify" else (ytr.shape[1] if task == "multilabel" else 1)
+    n_cls = task.n_out(ytr)
     if kind == "gbt":
         return _fit_gbt(xtr, ytr, task, n_cls, seed, norm)
     has_val = val_x is not None and val_y is not None
     xva = norm(val_x, "val_x") if has_val else None
-    yva = _targets(val_y, task, xva.shape[0], "val_y") if has_val and xva is not None else None
-    ym, ys = 0.0, 1.0
-    if task == "regress":
-        ym, ys = float(ytr.mean()), float(ytr.std()) or 1.0
-        ytr = (ytr - ym) / ys
-        yva = None if yva is None else (yva - ym) / ys
+    yva = task.targets(val_y, xva.shape[0], "val_y") if has_val and xva is not None else None
+    scale = task.scale(ytr)
+    ytr = task.standardise(ytr, scale)
+    yva = None if yva is None else task.standardise(yva, scale)
     cfg = config or DEFAULT_CONFIG
     if not has_val:
         cfg = dataclasses.replace(cfg, patience=None)
     cfg = dataclasses.replace(cfg, seed=int(seed))
     hidden = (256, 256) if kind == "mlp" else ()
-    model = _MLP(dim, hidden, n_cls, rngs=nnx.Rngs(int(seed)))
+    model = _Predictor(dim, hidden, n_cls, task, rngs=nnx.Rngs(int(seed)))
     val_fn = None
     if has_val:
         vb = {"x": jnp.asarray(xva), "y": jnp.asarray(yva)}
 
         def val_fn(m: nnx.Module) -> float:
             g, s = nnx.split(m)
-            return -float(_eval_loss(g, s, vb, task))
+            return -float(_eval_loss(g, s, vb))
 
-    fit(model, _LOSSES[task], {"x": xtr, "y": ytr}, config=cfg, val_fn=val_fn, progress=False)
+    fit(model, _predictor_loss, {"x": xtr, "y": ytr}, config=cfg, val_fn=val_fn, progress=False)
     graphdef, state = nnx.split(model)
 
     def predict(x: np.ndarray) -> np.ndarray:
         out = np.asarray(_forward(graphdef, state, jnp.asarray(norm(x, "x"))))
-        return out[:, 0] * ys + ym if task == "regress" else out
+        return task.decode(out, scale) if task.scaled else out
 
     return predict
 
 
 def _fit_gbt(
-    x: np.ndarray, y: np.ndarray, task: str, n_cls: int, seed: int, norm: Callable[[Any, str], np.ndarray]
+    x: np.ndarray, y: np.ndarray, task: Task, n_cls: int, seed: int, norm: Callable[[Any, str], np.ndarray]
 ) -> Callable[[np.ndarray], np.ndarray]:
     sklearn_threads = functools.partial(_sklearn_threads, x.size)
     # scikit-learn's default of 20 examples per leaf allows almost no splits on a zoo of ~100 models.
     leaf = int(np.clip(x.shape[0] // 10, 2, 20))
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-    if task == "regress":
+    if task.scaled:
         with sklearn_threads():
             reg = HistGradientBoostingRegressor(random_state=seed, min_samples_leaf=leaf).fit(x, y)
 
@@ -294,7 +253,7 @@ def _fit_gbt(
 
         return pred
 
-    if task == "classify":
+    if task.kind == "classify":
         model = logit_model(y, n_cls)
         return lambda q: model(norm(q, "x")).astype(np.float32)
     per_class = [logit_model(y[:, c].astype(int), 2) for c in range(n_cls)]
@@ -308,7 +267,13 @@ def _fit_gbt(
 
 
 def run_baseline(
-    name: str, dataset: WeightDataset, *, target: str, task: str, seed: int = 0, config: TrainConfig | None = None
+    name: str,
+    dataset: WeightDataset,
+    *,
+    target: str,
+    task: Task | str,
+    seed: int = 0,
+    config: TrainConfig | None = None,
 ) -> np.ndarray:
     """Fit a named baseline on a dataset's train split (val split for early stopping) and predict its test split.
 
@@ -317,7 +282,7 @@ def run_baseline(
             :func:`flat_features` of ``dataset.inputs``).
         dataset: the :class:`WeightDataset`.
         target: a key of ``dataset.targets``.
-        task: ``"classify"``, ``"multilabel"`` or ``"regress"``.
+        task: a :class:`~weightspace.learn.Task` or its kind.
         seed: model seed.
         config: training settings of MLP/linear baselines.
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from weightspace._argtypes import non_negative_int, positive_int
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from weightspace.learn._task import TASK_KINDS
     from weightspace.probegen._model import PROBE_SOURCES
-    from weightspace.probegen._train import TASKS
     from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
 
     pg = sub.add_parser(
@@ -30,16 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="train ProbeGen on a zoo and evaluate it on held-out models",
         description="Split ZOO by model (train/val/test; checkpoints of one run or fits of one image "
         "stay together), train with Adam + cosine decay, keep the best validation step, report the "
-        "test score (accuracy for classify, Kendall tau for accuracy). DIR gets model/ (the trained "
+        "test score (accuracy for classify, Kendall tau for rank). DIR gets model/ (the trained "
         "module), checkpoints/ (a killed run resumes from here), probes.npy and results.json.",
     )
     t.add_argument("zoo", help=ZOO_HELP)
     t.add_argument(
         "--task",
         required=True,
-        choices=sorted(TASKS),
-        help="classify: predict the meta column 'label' (e.g. the class of an INR's image); accuracy: "
-        "predict 'test_acc' (generalization)",
+        choices=[*TASK_KINDS, "accuracy"],
+        help="classify: predict the meta column 'label' (e.g. the class of an INR's image); rank: "
+        "predict 'test_acc' (generalization, scored by Kendall tau); 'accuracy' is the old name of rank",
     )
     t.add_argument("--target", default=None, help="meta column to predict instead of the task's default")
     t.add_argument("--out", required=True, help="output directory")
@@ -52,14 +55,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument(
         "--fixed", default=None, help="fixed probe kind (uniform, grid, dead-leaves, natural, a dataset name)"
     )
-    t.add_argument("--n-probes", type=int, default=64, help="number of probes (default 64)")
+    t.add_argument("--n-probes", type=positive_int, default=64, help="number of probes (default 64)")
     t.add_argument("--nonlinear", action="store_true", help="non-linear generator (ablation)")
-    t.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
-    t.add_argument("--batch-size", type=int, default=32, help="models per step (default 32)")
+    t.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="models per step (default 32)")
     t.add_argument("--lr", type=float, default=3e-4, help="peak learning rate, cosine decay (default 3e-4)")
-    t.add_argument("--eval-every", type=int, default=100, help="steps between validations (default 100)")
-    t.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    t.add_argument("--split-seed", type=int, default=0, help="train/val/test split seed (default 0)")
+    t.add_argument("--eval-every", type=positive_int, default=100, help="steps between validations (default 100)")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
+    t.add_argument("--split-seed", type=non_negative_int, default=0, help="train/val/test split seed (default 0)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_zoo_options(t)
     t.set_defaults(func=_train)
@@ -67,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("dir", help="a directory written by `probegen train`")
     p.add_argument("zoo", help=ZOO_HELP)
     p.add_argument("--out", default=None, help="write {ids, predictions} as JSON here (default: print a summary)")
+    p.add_argument("--json", action="store_true", help="print {ids, predictions} as JSON instead of a summary")
     add_zoo_options(p)
     p.set_defaults(func=_predict)
     pg.set_defaults(func=lambda a: pg.print_help() or 0)
@@ -81,36 +85,40 @@ def _source(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from weightspace.probegen._train import save_run, train_probegen, weight_dataset
+    from weightspace.probegen._model import ProbeGenConfig
+    from weightspace.probegen._train import DEFAULT_TRAIN, save_run, train_probegen, weight_dataset
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
-    source = _source(args)
-    ds = weight_dataset(source, task=args.task, target=args.target, seed=args.split_seed)
-    run = train_probegen(
-        ds,
-        task=args.task,
-        probes=args.probes,
-        fixed=args.fixed,
-        n_probes=args.n_probes,
-        nonlinear=args.nonlinear,
+    task = args.task
+    if task == "accuracy":
+        print("weightspace: note: --task accuracy is now --task rank", file=sys.stderr)
+        task = "rank"
+    config = ProbeGenConfig(
+        task=task, probes=args.probes, fixed=args.fixed, n_probes=args.n_probes, nonlinear=args.nonlinear
+    )
+    train = dataclasses.replace(
+        DEFAULT_TRAIN,
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.lr,
         eval_every=args.eval_every,
         seed=args.seed,
-        checkpoint_dir=out / "checkpoints",
-        progress=False if args.no_progress else None,
+    )
+    source = _source(args)
+    ds = weight_dataset(source, task=task, target=args.target, seed=args.split_seed)
+    run = train_probegen(
+        ds, config, train=train, checkpoint_dir=out / "checkpoints", progress=False if args.no_progress else None
     )
     save_run(run, out)
     with atomic_path(out / "probes.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, np.asarray(run.model.probes()))
     te = ds.splits.test
-    metric = "accuracy" if run.config["kind"] == "classify" else "kendall_tau"
+    metric = run.task.metric
     results = {
         "zoo": args.zoo,
-        "task": args.task,
+        "task": task,
         "metric": metric,
         "val": run.val_score,
         "test": run.test_score,
@@ -119,14 +127,15 @@ def _train(args: argparse.Namespace) -> int:
         "steps_done": run.report.steps_done,
         "train_seconds": run.report.seconds,
         "compile_seconds": run.report.compile_seconds,
-        "config": run.config,
+        "config": run.config.to_dict(),
+        "train_config": run.train.to_dict(),
         "test_ids": [ds.ids[i] for i in te],
         "test_predictions": np.asarray(run.test_predictions).tolist(),
     }
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1, default=float))
     print(
-        f"probegen {args.task} on {args.zoo}: {len(ds)} models {list(ds.splits.sizes())}; "
+        f"probegen {task} on {args.zoo}: {len(ds)} models {list(ds.splits.sizes())}; "
         f"val {metric} {run.val_score:.4f}, test {metric} {run.test_score:.4f} (best step {run.report.best_step}); "
         f"wrote {out}"
     )
@@ -134,18 +143,24 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from weightspace.probegen._train import load_run, predict_zoo
+    from weightspace.probegen._train import load_run
 
-    model, cfg = load_run(args.dir)
-    ids, pred = predict_zoo(model, cfg, _source(args))
-    if cfg["kind"] == "classify":
+    run = load_run(args.dir)
+    ids, pred = run.predict_zoo(_source(args))
+    if run.task.kind == "classify":
         result: dict[str, Any] = {"ids": ids, "class": np.argmax(pred, -1).tolist(), "logits": pred.tolist()}
         summary = f"predicted classes {np.bincount(np.argmax(pred, -1), minlength=pred.shape[1]).tolist()}"
+    elif run.task.kind == "multilabel":
+        result = {"ids": ids, "logits": pred.tolist()}
+        summary = f"predicted label rates {np.round((pred > 0).mean(0), 3).tolist()}"
     else:
         result = {"ids": ids, "prediction": pred.tolist()}
-        summary = f"predicted {cfg['task']}: mean {pred.mean():.4f}, min {pred.min():.4f}, max {pred.max():.4f}"
+        summary = f"predicted {run.task.kind}: mean {pred.mean():.4f}, min {pred.min():.4f}, max {pred.max():.4f}"
     if args.out:
         with atomic_path(Path(args.out)) as tmp:
             tmp.write_text(json.dumps(result))
-    print(f"{len(ids)} models: {summary}" + (f"; wrote {args.out}" if args.out else ""))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{len(ids)} models: {summary}" + (f"; wrote {args.out}" if args.out else ""))
     return 0

@@ -3,10 +3,10 @@ the predictor that reads a model's flattened responses."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -17,12 +17,78 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float
 
 from weightspace._errors import ConfigError, ShapeError
-from weightspace.nets import Architecture, architecture_from_config
+from weightspace.learn import MLP, Task, as_task
+from weightspace.nets import Architecture
 from weightspace.probing import apply_models
 
 PROBE_SOURCES = ("generator", "vanilla", "fixed")
 """How a :class:`ProbeGen` gets its probes: a shared generator of learned latent codes (ProbeGen),
 free learned probes (the "vanilla probing" baseline), or a fixed probe set."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeGenConfig:
+    """What a ProbeGen model is and predicts (optimisation is a :class:`~weightspace.learn.TrainConfig`).
+
+    Attributes:
+        task: a :class:`~weightspace.learn.Task` kind: ``classify`` (e.g. the class of the image
+            an INR represents), ``rank`` (e.g. a classifier's held-out accuracy, scored by
+            Kendall tau), ``regress`` or ``multilabel``.
+        probes: one of :data:`PROBE_SOURCES`.
+        n_probes: number of probes (paper: 64 or 128).
+        latent_dim: dimension of the latent codes (paper: 32).
+        nonlinear: activations inside the generator (ablation; the paper's generator is linear).
+        bounded: coordinate probes end in ``tanh`` (inside an INR's ``[-1, 1]^d`` domain).
+        fixed: the probe kind of ``probes="fixed"`` (see
+            :func:`~weightspace.probegen.fixed_probe_data`; ``None``: probes given as an array).
+        depth: predictor layers (paper: 6).
+        width: predictor width (paper: 256).
+
+    Example:
+        >>> cfg = ProbeGenConfig(task="rank", n_probes=128)
+        >>> ProbeGenConfig.from_dict(cfg.to_dict()) == cfg, cfg.task_spec.metric
+        (True, 'kendall_tau')
+    """
+
+    task: str = "classify"
+    probes: str = "generator"
+    n_probes: int = 64
+    latent_dim: int = 32
+    nonlinear: bool = False
+    bounded: bool = True
+    fixed: str | None = None
+    depth: int = 6
+    width: int = 256
+
+    def __post_init__(self) -> None:
+        Task(self.task)  # raises ConfigError naming the known kinds
+        if self.probes not in PROBE_SOURCES:
+            raise ConfigError(f"ProbeGenConfig.probes must be one of {PROBE_SOURCES}, got {self.probes!r}")
+        for name, low in (("n_probes", 1), ("latent_dim", 1), ("depth", 2), ("width", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"ProbeGenConfig.{name} must be an int >= {low}, got {v!r}")
+        if self.fixed is not None and not isinstance(self.fixed, str):
+            raise ConfigError(
+                f"ProbeGenConfig.fixed must be a probe kind (str) or None, got {type(self.fixed).__name__}"
+            )
+
+    @property
+    def task_spec(self) -> Task:
+        """The :class:`~weightspace.learn.Task` of :attr:`task`."""
+        return Task(self.task)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProbeGenConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown ProbeGenConfig fields {unknown}")
+        return cls(**d)
 
 
 class ProbeData(nnx.Variable):  # type: ignore[type-arg]
@@ -143,28 +209,6 @@ class FixedProbes(nnx.Module):
         return jax.lax.stop_gradient(self.data[...])
 
 
-class Predictor(nnx.Module):
-    """An MLP on the flattened responses: ``depth`` dense layers of width ``width``, ReLU between.
-
-    The input is standardised with fixed (non-learned) statistics of the training responses'
-    scale, set once by :meth:`ProbeGen.calibrate`; ``embed`` is the last hidden layer.
-    """
-
-    def __init__(self, d_in: int, d_out: int, *, depth: int = 6, width: int = 256, rngs: nnx.Rngs) -> None:
-        if depth < 2:
-            raise ConfigError(f"Predictor depth must be >= 2, got {depth}")
-        dims = [d_in] + [width] * (depth - 1) + [d_out]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)])
-
-    def embed(self, x: Float[Array, "models features"]) -> Float[Array, "models width"]:
-        for layer in list(self.layers)[:-1]:
-            x = jax.nn.relu(layer(x))
-        return x
-
-    def __call__(self, x: Float[Array, "models features"]) -> Float[Array, "models out"]:
-        return self.layers[-1](self.embed(x))
-
-
 class ProbeGen(nnx.Module):
     """ProbeGen (Kahana et al., ICLR 2025): probes -> frozen models -> flattened responses -> MLP.
 
@@ -180,6 +224,7 @@ class ProbeGen(nnx.Module):
     Args:
         archs: the target architecture(s).
         n_out: predictor outputs (classes, or 1 for regression).
+        task: the :class:`~weightspace.learn.Task` it is trained for (read by its training loss).
         n_probes: number of probes (paper: 64 or 128).
         probes: one of :data:`PROBE_SOURCES`.
         latent_dim: dimension of the latent codes (paper: 32).
@@ -188,6 +233,7 @@ class ProbeGen(nnx.Module):
         fixed: ``[n_probes, ...]`` probes for ``probes="fixed"``.
         depth: predictor layers (paper: 6).
         width: predictor width (paper: 256).
+        mesh: shard the models of every batch over this mesh's ``models`` axis.
         rngs: NNX random streams.
 
     Example:
@@ -214,6 +260,8 @@ class ProbeGen(nnx.Module):
         fixed: np.ndarray | Array | None = None,
         depth: int = 6,
         width: int = 256,
+        task: Task | str = "classify",
+        mesh: Mesh | None = None,
         rngs: nnx.Rngs,
     ) -> None:
         archs = tuple(archs)
@@ -231,6 +279,9 @@ class ProbeGen(nnx.Module):
         self.archs = archs
         self.n_probes = int(n_probes)
         self.kind = probes
+        # static (graph definition): the training loss reads both, equal values share one compiled step
+        self.task = as_task(task)
+        self.mesh = mesh
         if probes == "generator":
             self.source: nnx.Module = ProbeGenerator(
                 a0, n_probes, latent_dim=latent_dim, nonlinear=nonlinear, bounded=bounded, rngs=rngs
@@ -246,7 +297,7 @@ class ProbeGen(nnx.Module):
             a0.adapt(jnp.asarray(fixed[:1]))  # raises ShapeError when they do not fit the input
             self.source = FixedProbes(fixed)
         self.scale = ProbeData(jnp.ones((), jnp.float32))
-        self.predictor = Predictor(n_probes * a0.num_outputs, n_out, depth=depth, width=width, rngs=rngs)
+        self.predictor = MLP(n_probes * a0.num_outputs, (width,) * (depth - 1), n_out, rngs=rngs)
 
     def probes(self) -> Float[Array, "probes ..."]:
         """The current probes (before ``arch.adapt``)."""
@@ -294,23 +345,34 @@ class ProbeGen(nnx.Module):
         self.scale[...] = jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(r))), 1e-6)
 
 
-def build_from_config(config: dict[str, Any]) -> ProbeGen:
-    """An untrained :class:`ProbeGen` from the config :func:`~weightspace.probegen.train_probegen`
-    saves (``load_module``'s ``build``); fixed probes are restored from the saved state."""
-    archs = [architecture_from_config(c) for c in config["archs"]]
-    fixed = None
-    if config["probes"] == "fixed":
-        fixed = np.zeros((config["n_probes"], *archs[0].input_shape), np.float32)
+def build_probegen(
+    config: ProbeGenConfig,
+    archs: Sequence[Architecture],
+    *,
+    n_out: int,
+    fixed: np.ndarray | None = None,
+    mesh: Mesh | None = None,
+    seed: int = 0,
+) -> ProbeGen:
+    """A :class:`ProbeGen` as ``config`` describes it, for ``archs`` and ``n_out`` outputs.
+
+    For ``probes="fixed"`` without ``fixed``, zero probes hold the place of the saved ones
+    (``load_module`` restores them from the saved state).
+    """
+    if config.probes == "fixed" and fixed is None:
+        fixed = np.zeros((config.n_probes, *archs[0].input_shape), np.float32)
     return ProbeGen(
         archs,
-        n_out=int(config["n_out"]),
-        n_probes=int(config["n_probes"]),
-        probes=config["probes"],
-        latent_dim=int(config["latent_dim"]),
-        nonlinear=bool(config["nonlinear"]),
-        bounded=bool(config.get("bounded", True)),
+        n_out=int(n_out),
+        n_probes=config.n_probes,
+        probes=config.probes,
+        latent_dim=config.latent_dim,
+        nonlinear=config.nonlinear,
+        bounded=config.bounded,
         fixed=fixed,
-        depth=int(config["depth"]),
-        width=int(config["width"]),
-        rngs=nnx.Rngs(0),
+        depth=config.depth,
+        width=config.width,
+        task=config.task,
+        mesh=mesh,
+        rngs=nnx.Rngs(seed),
     )

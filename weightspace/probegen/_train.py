@@ -14,20 +14,19 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from weightspace._errors import ConfigError, InvalidValueError, ShapeError
-from weightspace.learn import TrainConfig, WeightDataset, fit, load_module, save_module
+from weightspace._errors import ConfigError, InvalidValueError, LoadError, ShapeError
+from weightspace.learn import TargetScale, Task, TrainConfig, WeightDataset, as_task, fit, load_module, save_module
 from weightspace.nets import Architecture, architecture_from_config
-from weightspace.probegen._model import PROBE_SOURCES, ProbeGen, build_from_config
+from weightspace.probegen._model import ProbeGen, ProbeGenConfig, build_probegen
 from weightspace.zoo import Collection, Zoo
 
-TASKS = {"classify": "label", "accuracy": "test_acc"}
-"""ProbeGen tasks and the meta column each reads by default: ``classify`` (which class was the
-image an INR represents: accuracy) and ``accuracy`` (a classifier's held-out accuracy, i.e.
-generalization prediction: Kendall tau)."""
+DEFAULT_TARGETS = {"classify": "label", "rank": "test_acc", "regress": "test_acc"}
+"""The meta column each :class:`~weightspace.learn.Task` kind reads by default: ``classify`` (which
+class was the image an INR represents: accuracy) and ``rank`` (a classifier's held-out accuracy,
+i.e. generalization prediction: Kendall tau); ``multilabel`` needs ``target=``."""
 
 GROUP_COLUMNS = ("run", "image_index")
 """Meta columns that group models for the split (checkpoints of one training run; fits of one image):
@@ -37,16 +36,10 @@ ARCH_COLUMN = "architecture"
 """Meta column that :func:`weight_dataset` adds to datasets of several architectures (the signature)."""
 
 
-def _task_kind(task: str) -> str:
-    if task not in TASKS:
-        raise ConfigError(f"unknown ProbeGen task {task!r}; known: {sorted(TASKS)}")
-    return "classify" if task == "classify" else "regress"
-
-
 def weight_dataset(
     source: Zoo | Collection,
     *,
-    task: str,
+    task: Task | str,
     target: str | None = None,
     group: str | None = "auto",
     seed: int = 0,
@@ -61,8 +54,8 @@ def weight_dataset(
 
     Args:
         source: the models.
-        task: a key of :data:`TASKS`.
-        target: the meta column to predict (default ``TASKS[task]``).
+        task: a :class:`~weightspace.learn.Task` or its kind.
+        target: the meta column to predict (default :data:`DEFAULT_TARGETS` of the task).
         group: a meta column grouping models, ``"auto"``, or ``None``.
         seed: split seed.
         fractions: train / val / test fractions.
@@ -82,13 +75,15 @@ def weight_dataset(
         >>> len(ds), ds.targets["y"].tolist()[:4], [len(s) for s in ds.splits]
         (10, [0, 1, 2, 0], [7, 2, 1])
         >>> try:
-        ...     weight_dataset(zoo, task="accuracy")
+        ...     weight_dataset(zoo, task="rank")
         ... except ConfigError as e:
         ...     print(e)
-        task 'accuracy' needs the meta column 'test_acc', which zoo 'zoo' lacks; its columns are ['id', 'label']
+        task 'rank' needs the meta column 'test_acc', which zoo 'zoo' lacks; its columns are ['id', 'label']
     """
-    _task_kind(task)
-    column = TASKS[task] if target is None else target
+    task = as_task(task)
+    if target is None and task.kind not in DEFAULT_TARGETS:
+        raise ConfigError(f"task {task.kind!r} has no default target column: give target=")
+    column = DEFAULT_TARGETS[task.kind] if target is None else target
     if isinstance(source, Collection):
         zoos = source.zoos
     elif isinstance(source, Zoo):
@@ -98,7 +93,7 @@ def weight_dataset(
     for z in zoos:
         if column not in z.meta:
             raise ConfigError(
-                f"task {task!r} needs the meta column {column!r}, which zoo {z.name!r} lacks; "
+                f"task {task.kind!r} needs the meta column {column!r}, which zoo {z.name!r} lacks; "
                 f"its columns are {sorted(z.meta)}"
             )
         if any(v is None for v in z.meta[column]):
@@ -150,20 +145,10 @@ def dataset_architectures(dataset: WeightDataset) -> tuple[tuple[Architecture, .
 
 
 # ---- loss, inference ---------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class _Loss:
-    """ProbeGen's loss for ``learn.fit`` (hashable, so the compiled step is reused)."""
-
-    kind: str  # "classify" | "regress"
-    mesh: Mesh | None = None
-
-    def __call__(self, model: ProbeGen, batch: Mapping[str, Any], key: jax.Array) -> tuple[jax.Array, dict]:
-        arch_index = batch["arch"][0] if "arch" in batch else 0
-        out = model(batch["params"], arch_index=arch_index, mesh=self.mesh)
-        if self.kind == "classify":
-            loss = optax.softmax_cross_entropy_with_integer_labels(out, batch["y"]).mean()
-            return loss, {"acc": jnp.mean(jnp.argmax(out, -1) == batch["y"])}
-        return jnp.mean((out[:, 0] - batch["y"]) ** 2), {}
+def _probegen_loss(model: ProbeGen, batch: Mapping[str, Any], key: jax.Array) -> tuple[jax.Array, dict]:
+    """``fit``'s loss: the model's task loss on its outputs (one architecture per batch)."""
+    arch_index = batch["arch"][0] if "arch" in batch else 0
+    return model.task.loss(model(batch["params"], arch_index=arch_index, mesh=model.mesh), batch["y"])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "arch_index", "what", "mesh"))
@@ -182,6 +167,7 @@ def _run(
     chunk: int = 256,
     mesh: Mesh | None = None,
 ) -> np.ndarray:
+    mesh = mesh if mesh is not None else model.mesh
     graphdef, state = nnx.split(model)
     n = int(next(iter(params.values())).shape[0])
     idx_all = np.zeros(n, np.int64) if arch_index is None else np.asarray(arch_index)
@@ -209,21 +195,14 @@ def _run(
     return out
 
 
-def score(kind: str, pred: np.ndarray, y: np.ndarray) -> float:
-    """Accuracy (``classify``: ``pred`` are logits) or Kendall tau (``regress``).
+def _outputs_to_predictions(model: ProbeGen, out: np.ndarray, scale: TargetScale) -> np.ndarray:
+    # logits stay logits (classify, multilabel); values come back in target units
+    return model.task.decode(out, scale) if model.task.scaled else out
 
-    Example:
-        >>> import numpy as np
-        >>> score("classify", np.array([[0.1, 2.0], [3.0, 0.0]]), np.array([1, 1]))
-        0.5
-        >>> score("regress", np.array([0.1, 0.2, 0.3]), np.array([1.0, 2.0, 3.0]))
-        1.0
-    """
-    if kind == "classify":
-        return float(np.mean(np.argmax(pred, -1) == y))
-    from weightspace.learn import kendall_tau
 
-    return float(kendall_tau(np.asarray(pred).reshape(-1), np.asarray(y).reshape(-1)))
+def _score(task: Task, pred: np.ndarray, y: np.ndarray) -> float:
+    """The task's score of :func:`predict`'s output (logits are decoded first)."""
+    return task.score(pred if task.scaled else task.decode(pred), y)
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -232,24 +211,40 @@ class ProbeGenRun(NamedTuple):
 
     Attributes:
         model: the trained :class:`ProbeGen` (at its best validation step).
-        config: the settings (JSON-serialisable; saved with the model).
-        report: ``learn.fit``'s :class:`~weightspace.learn.FitReport`.
-        val_score, test_score: accuracy or Kendall tau on the validation / test models.
-        test_predictions: class logits ``[test, classes]`` or predicted targets ``[test]``.
-        test_embeddings: the predictor's last hidden layer on the test models ``[test, width]``.
+        config: its :class:`ProbeGenConfig`.
+        train: the :class:`~weightspace.learn.TrainConfig` it was trained with.
+        scale: the standardisation of a ``regress``/``rank`` target (undone by :meth:`predict`).
+        report: ``fit``'s :class:`~weightspace.learn.FitReport` (``None`` after :func:`load_run`).
+        val_score, test_score: the task's score on the validation / test models.
+        test_predictions: class logits ``[test, classes]`` or predicted targets ``[test]``
+            (``None`` after :func:`load_run`).
+        test_embeddings: the predictor's last hidden layer on the test models ``[test, width]``
+            (``None`` after :func:`load_run`).
+        train_seconds: wall time of training.
     """
 
     model: ProbeGen
-    config: dict[str, Any]
+    config: ProbeGenConfig
+    train: TrainConfig
+    scale: TargetScale
     report: Any
     val_score: float
     test_score: float
-    test_predictions: np.ndarray
-    test_embeddings: np.ndarray
+    test_predictions: np.ndarray | None
+    test_embeddings: np.ndarray | None
+    train_seconds: float = float("nan")
+
+    @property
+    def task(self) -> Task:
+        return self.config.task_spec
 
     def predict(self, dataset: WeightDataset, which: str | np.ndarray = "test") -> np.ndarray:
         """Predictions (targets de-standardised) for the models of a split or index array."""
-        return predict(self.model, self.config, dataset, which)
+        return predict(self.model, dataset, which, scale=self.scale)
+
+    def predict_zoo(self, source: Zoo | Collection | Sequence[Zoo]) -> tuple[list[str], np.ndarray]:
+        """``(ids, predictions)`` for every model of a zoo or Collection (see :func:`predict_zoo`)."""
+        return predict_zoo(self.model, source, scale=self.scale)
 
     def embed(self, dataset: WeightDataset, which: str | np.ndarray = "test") -> np.ndarray:
         """Embeddings ``[models, width]`` for the models of a split or index array."""
@@ -262,28 +257,26 @@ def _indices(dataset: WeightDataset, which: str | np.ndarray) -> np.ndarray:
 
 def predict(
     model: ProbeGen,
-    config: Mapping[str, Any],
     dataset: WeightDataset,
     which: str | np.ndarray = "test",
     *,
+    scale: TargetScale | None = None,
     mesh: Mesh | None = None,
 ) -> np.ndarray:
     """Class logits ``[models, classes]`` or predicted targets ``[models]`` of a trained model.
 
     Args:
         model: a trained :class:`ProbeGen`.
-        config: its config (:attr:`ProbeGenRun.config`; holds the target's standardisation).
         dataset: the models (architectures must be the model's).
         which: a split name or model indices.
-        mesh: shard the models over this mesh's ``models`` axis.
+        scale: the target standardisation (:attr:`ProbeGenRun.scale`) to undo.
+        mesh: shard the models over this mesh's ``models`` axis (default: the model's).
     """
     idx = _indices(dataset, which)
     _, arch_index = _check_archs(model, dataset)
     params = {k: v[idx] for k, v in dataset.inputs.items()}
     out = _run(model, params, arch_index[idx], "predict", mesh=mesh)
-    if config["kind"] == "classify":
-        return out
-    return out[:, 0] * float(config["y_std"]) + float(config["y_mean"])
+    return _outputs_to_predictions(model, out, scale or TargetScale())
 
 
 def embed(
@@ -297,13 +290,17 @@ def embed(
 
 
 def predict_zoo(
-    model: ProbeGen, config: Mapping[str, Any], source: Zoo | Collection | Sequence[Zoo], *, mesh: Mesh | None = None
+    model: ProbeGen,
+    source: Zoo | Collection | Sequence[Zoo],
+    *,
+    scale: TargetScale | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Predictions of a trained model for every model of a zoo or Collection (no targets needed).
 
     Returns:
         ``(ids, predictions)``: model ids, and class logits ``[models, classes]`` or predicted
-        targets ``[models]``.
+        targets ``[models]`` (de-standardised with ``scale``).
 
     Raises:
         ConfigError: a zoo whose architecture the model was not trained for.
@@ -320,9 +317,7 @@ def predict_zoo(
         z.arch.check_params(z.params, stacked=True, where=f"zoo {z.name!r}")
         params = {k: np.asarray(v, np.float32) for k, v in z.params.items()}
         out = _run(model, params, np.full(len(z), mine[z.arch.signature]), "predict", mesh=mesh)
-        outs.append(
-            out if config["kind"] == "classify" else out[:, 0] * float(config["y_std"]) + float(config["y_mean"])
-        )
+        outs.append(_outputs_to_predictions(model, out, scale or TargetScale()))
         ids.extend(z.ids)
     return ids, np.concatenate(outs)
 
@@ -376,49 +371,32 @@ def fixed_probe_data(kind: str, arch: Architecture, n: int, *, seed: int = 0) ->
     )
 
 
+DEFAULT_TRAIN = TrainConfig(steps=2000, batch_size=32, learning_rate=3e-4, schedule="cosine", eval_every=100)
+"""The paper's optimisation: Adam 3e-4 with cosine decay, batches of 32 models."""
+
+
 def train_probegen(
     dataset: WeightDataset,
+    config: ProbeGenConfig,
     *,
-    task: str,
-    probes: str = "generator",
-    n_probes: int = 64,
-    latent_dim: int = 32,
-    nonlinear: bool = False,
-    bounded: bool = True,
-    fixed: str | np.ndarray | None = None,
-    depth: int = 6,
-    width: int = 256,
-    steps: int = 2000,
-    batch_size: int = 32,
-    learning_rate: float = 3e-4,
-    weight_decay: float = 0.0,
-    eval_every: int = 100,
-    patience: int | None = None,
-    seed: int = 0,
+    train: TrainConfig = DEFAULT_TRAIN,
+    fixed: np.ndarray | None = None,
     mesh: Mesh | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool | None = None,
 ) -> ProbeGenRun:
     """Train ProbeGen (or a probing baseline) on a weight dataset and evaluate it on the test split.
 
-    Adam with cosine decay (paper: 3e-4, batch 32 models), through :func:`weightspace.learn.fit`;
-    the model returned is the one of the best validation score (accuracy or Kendall tau), checked
-    every ``eval_every`` steps; the test split is touched once, at the end. Regression targets
-    are standardised on the training split.
+    Through :func:`weightspace.learn.fit` with ``train`` (default :data:`DEFAULT_TRAIN`, the paper's);
+    the model returned is the one of the best validation score (the task's score, checked every
+    ``train.eval_every`` steps); the test split is touched once, at the end. Regression targets are
+    standardised on the training split.
 
     Args:
         dataset: the models (see :func:`weight_dataset`), target ``"y"``.
-        task: a key of :data:`TASKS` (``classify``: cross-entropy; ``accuracy``: MSE).
-        probes: ``"generator"`` (ProbeGen), ``"vanilla"`` (free learned probes) or ``"fixed"``.
-        n_probes: number of probes.
-        latent_dim: latent code dimension.
-        nonlinear: a non-linear generator (ablation).
-        bounded: coordinate probes end in ``tanh`` (``False``: unbounded, as the paper's two
-            linear layers; see :class:`~weightspace.probegen.ProbeGenerator`).
-        fixed: for ``probes="fixed"``: a probe kind for :func:`fixed_probe_data` or an array.
-        depth, width: the predictor MLP.
-        steps, batch_size, learning_rate, weight_decay, eval_every, patience: optimisation.
-        seed: initialisation, batch order.
+        config: a :class:`ProbeGenConfig` (task, probe source, sizes).
+        train: the optimisation settings (``seed`` also seeds the initialisation).
+        fixed: for ``probes="fixed"``: the probes as an array (instead of ``config.fixed``'s kind).
         mesh: shard each batch's models over this mesh's ``models`` axis.
         checkpoint_dir: orbax checkpoints; a run there is resumed.
         progress: progress bar.
@@ -432,77 +410,42 @@ def train_probegen(
 
     Example:
         >>> import jax
+        >>> from weightspace.learn import TrainConfig
         >>> from weightspace.nets import SIREN
         >>> from weightspace.zoo import Zoo
         >>> zoo = Zoo.init(SIREN(), 12, key=jax.random.key(0)).with_meta(label=[i % 2 for i in range(12)])
-        >>> run = train_probegen(weight_dataset(zoo, task="classify"), task="classify", n_probes=8, steps=4,
-        ...                      batch_size=4, eval_every=2)
+        >>> run = train_probegen(weight_dataset(zoo, task="classify"), ProbeGenConfig(task="classify", n_probes=8),
+        ...                      train=TrainConfig(steps=4, batch_size=4, eval_every=2))
         >>> run.test_predictions.shape, run.test_embeddings.shape, run.report.steps_done
         ((2, 2), (2, 256), 4)
     """
-    kind = _task_kind(task)
-    if probes not in PROBE_SOURCES:
-        raise ConfigError(f"probes must be one of {PROBE_SOURCES}, got {probes!r}")
+    if not isinstance(config, ProbeGenConfig):
+        raise ConfigError(f"train_probegen: config must be a ProbeGenConfig, got {type(config).__name__}")
+    if not isinstance(train, TrainConfig):
+        raise ConfigError(f"train_probegen: train must be a TrainConfig, got {type(train).__name__}")
+    task = config.task_spec
     if "y" not in dataset.targets:
         raise ConfigError(
             f"the dataset has no target 'y' (it has {sorted(dataset.targets)}); build it with "
-            f"weight_dataset(..., task={task!r})"
+            f"weight_dataset(..., task={config.task!r})"
         )
     dataset.check_finite()
     archs, arch_index = dataset_architectures(dataset)
-    y = np.asarray(dataset.targets["y"])
     tr, va = dataset.splits.train, dataset.splits.val
-    cfg: dict[str, Any] = {
-        "task": task,
-        "kind": kind,
-        "probes": probes,
-        "n_probes": int(n_probes),
-        "latent_dim": int(latent_dim),
-        "nonlinear": bool(nonlinear),
-        "bounded": bool(bounded),
-        "depth": int(depth),
-        "width": int(width),
-        "archs": [a.to_config() for a in archs],
-        "fixed": fixed if isinstance(fixed, str) or fixed is None else "array",
-        "steps": int(steps),
-        "batch_size": int(batch_size),
-        "learning_rate": float(learning_rate),
-        "seed": int(seed),
-    }
-    if kind == "classify":
-        if y.dtype.kind not in "iub":
-            raise InvalidValueError(f"task {task!r} needs integer class labels, got dtype {y.dtype}")
-        n_out = int(y.max()) + 1
-        y_fit = y.astype(np.int32)
-        cfg["classes"] = n_out
-    else:
-        n_out = 1
-        mu, sd = float(y[tr].mean()), float(y[tr].std() or 1.0)
-        y_fit = ((y - mu) / sd).astype(np.float32)
-        cfg["y_mean"], cfg["y_std"] = mu, sd
-    cfg["n_out"] = n_out
+    y = task.targets(dataset.targets["y"], len(dataset), "the dataset's target 'y'")
+    scale = task.scale(y[tr])
+    y_fit = task.standardise(y, scale)
+    n_out = task.n_out(y)
     fixed_data = None
-    if probes == "fixed":
-        if fixed is None:
-            raise ConfigError("probes='fixed' needs fixed= (a probe kind or an array)")
+    if config.probes == "fixed":
+        if fixed is None and config.fixed is None:
+            raise ConfigError("probes='fixed' needs a probe kind (ProbeGenConfig.fixed) or fixed= (an array)")
         fixed_data = (
-            fixed_probe_data(fixed, archs[0], n_probes, seed=seed)
-            if isinstance(fixed, str)
-            else np.asarray(fixed, np.float32)
+            np.asarray(fixed, np.float32)
+            if fixed is not None
+            else fixed_probe_data(str(config.fixed), archs[0], config.n_probes, seed=train.seed)
         )
-    model = ProbeGen(
-        archs,
-        n_out=n_out,
-        n_probes=n_probes,
-        probes=probes,
-        latent_dim=latent_dim,
-        nonlinear=nonlinear,
-        bounded=bounded,
-        fixed=fixed_data,
-        depth=depth,
-        width=width,
-        rngs=nnx.Rngs(seed),
-    )
+    model = build_probegen(config, archs, n_out=n_out, fixed=fixed_data, mesh=mesh, seed=train.seed)
     params = {k: np.asarray(v, np.float32) for k, v in dataset.inputs.items()}
     for name, shape in archs[0].param_shapes().items():
         if name not in params or params[name].shape[1:] != shape:
@@ -510,21 +453,11 @@ def train_probegen(
     cal = tr[: min(len(tr), 256)]
     model.calibrate({k: jnp.asarray(v[cal]) for k, v in params.items()}, arch_index=int(arch_index[cal[0]]))
 
-    config = TrainConfig(
-        steps=int(steps),
-        batch_size=int(batch_size),
-        learning_rate=float(learning_rate),
-        weight_decay=float(weight_decay),
-        schedule="cosine",
-        eval_every=int(eval_every),
-        patience=patience,
-        seed=int(seed),
-    )
     val_params = {k: v[va] for k, v in params.items()}
 
     def val_fn(m: ProbeGen) -> float:
         out = _run(m, val_params, arch_index[va], "predict")
-        return score(kind, out if kind == "classify" else out[:, 0], y_fit[va])
+        return _score(task, _outputs_to_predictions(m, out, scale), y[va])
 
     train_tr = {k: v[tr] for k, v in params.items()}
     sample = None
@@ -532,12 +465,12 @@ def train_probegen(
     if len(archs) > 1:  # one architecture per batch: the kernel runs once (lax.switch), not per arch
         groups = [np.flatnonzero(arch_index[tr] == a) for a in range(len(archs))]
         sizes = np.asarray([len(g) for g in groups], np.float64)
-        bs = int(min(batch_size, min(len(g) for g in groups if len(g))))
+        bs = int(min(train.batch_size, min(len(g) for g in groups if len(g))))
         if mesh is not None:
             bs = max(mesh.devices.size, bs // mesh.devices.size * mesh.devices.size)
 
         def sample(key: jax.Array, step: int) -> Any:
-            rng = np.random.default_rng([int(seed), int(step)])
+            rng = np.random.default_rng([int(train.seed), int(step)])
             a = int(rng.choice(len(groups), p=sizes / sizes.sum()))
             take = groups[a][rng.choice(len(groups[a]), bs, replace=len(groups[a]) < bs)]
             return {
@@ -550,41 +483,103 @@ def train_probegen(
     t0 = time.perf_counter()
     report = fit(
         model,
-        _Loss(kind, mesh),
+        _probegen_loss,
         train_data,
-        config=config,
+        config=train,
         val_fn=val_fn if len(va) else None,
         checkpoint_dir=checkpoint_dir,
         sample=sample,
         progress=progress,
         mesh=mesh,
     )
-    cfg["train_seconds"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     val = float(report.best_score) if report.best_score is not None else float("nan")
     te = dataset.splits.test
-    test_pred = predict(model, cfg, dataset, te)
+    test_pred = predict(model, dataset, te, scale=scale)
     test_emb = embed(model, dataset, te)
-    test = score(kind, test_pred, y[te]) if len(te) else float("nan")
-    return ProbeGenRun(model, cfg, report, val, test, test_pred, test_emb)
+    test = _score(task, test_pred, y[te]) if len(te) else float("nan")
+    return ProbeGenRun(model, config, train, scale, report, val, test, test_pred, test_emb, seconds)
 
 
 # ---- saving -------------------------------------------------------------------------------------
+_RUN_FORMAT = "weightspace.probegen.run/2"
+
+
 def save_run(run: ProbeGenRun, directory: str | Path) -> Path:
-    """Save a trained model (orbax, via ``learn.save_module``) with its config and scores."""
-    directory = Path(directory)
-    cfg = dict(run.config)
-    cfg["val_score"], cfg["test_score"] = run.val_score, run.test_score
-    return save_module(run.model, directory / "model", config=json.loads(json.dumps(cfg, default=float)))
+    """Save a trained model (orbax, via ``learn.save_module``) with its configs, scale and scores."""
+    record = {
+        "format": _RUN_FORMAT,
+        "probegen": run.config.to_dict(),
+        "train": run.train.to_dict(),
+        "archs": [a.to_config() for a in run.model.archs],
+        "n_out": int(run.model.predictor.layers[-1].out_features),
+        "scale": [run.scale.mean, run.scale.std],
+        "val_score": run.val_score,
+        "test_score": run.test_score,
+        "train_seconds": run.train_seconds,
+    }
+    return save_module(run.model, Path(directory) / "model", config=json.loads(json.dumps(record, default=float)))
 
 
-def load_run(directory: str | Path) -> tuple[ProbeGen, dict[str, Any]]:
-    """Load what :func:`save_run` wrote: ``(model, config)``."""
+def _from_record(record: Mapping[str, Any], where: str) -> tuple[ProbeGenConfig, TrainConfig, TargetScale]:
+    try:
+        if record.get("format") == _RUN_FORMAT:
+            return (
+                ProbeGenConfig.from_dict(record["probegen"]),
+                TrainConfig(**record["train"]),
+                TargetScale(*(float(v) for v in record["scale"])),
+            )
+        # the first format: one flat dict ("kind": classify | regress, "y_mean"/"y_std" for regress)
+        cfg = ProbeGenConfig(
+            task="classify" if record["kind"] == "classify" else "rank",
+            probes=record["probes"],
+            n_probes=int(record["n_probes"]),
+            latent_dim=int(record["latent_dim"]),
+            nonlinear=bool(record["nonlinear"]),
+            bounded=bool(record.get("bounded", True)),
+            fixed=record.get("fixed") if record.get("fixed") != "array" else None,
+            depth=int(record["depth"]),
+            width=int(record["width"]),
+        )
+        train = TrainConfig(
+            steps=int(record["steps"]),
+            batch_size=int(record["batch_size"]),
+            learning_rate=float(record["learning_rate"]),
+            schedule="cosine",
+            seed=int(record["seed"]),
+        )
+        return cfg, train, TargetScale(float(record.get("y_mean", 0.0)), float(record.get("y_std", 1.0)))
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise LoadError(f"{where}: not a ProbeGen run record ({type(e).__name__}: {e})") from e
+
+
+def load_run(directory: str | Path) -> ProbeGenRun:
+    """Load what :func:`save_run` wrote, as a :class:`ProbeGenRun` (without the training report and
+    test outputs)."""
     path = Path(directory) / "model"
     holder: dict[str, Any] = {}
 
-    def build(cfg: dict[str, Any]) -> ProbeGen:
-        holder.update(cfg)
-        return build_from_config(cfg)
+    def build(record: dict[str, Any]) -> ProbeGen:
+        cfg, train, _ = _from_record(record, str(path / "config.json"))
+        try:
+            archs = [architecture_from_config(c) for c in record["archs"]]
+            n_out = int(record["n_out"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise LoadError(f"{path / 'config.json'}: not a ProbeGen run record ({e})") from e
+        holder.update(record)
+        return build_probegen(cfg, archs, n_out=n_out, seed=train.seed)
 
     model = load_module(path, build)
-    return model, holder  # type: ignore[return-value]
+    cfg, train, scale = _from_record(holder, str(path / "config.json"))
+    return ProbeGenRun(
+        model,  # type: ignore[arg-type]
+        cfg,
+        train,
+        scale,
+        None,
+        float(holder.get("val_score", float("nan"))),
+        float(holder.get("test_score", float("nan"))),
+        None,
+        None,
+        float(holder.get("train_seconds", float("nan"))),
+    )

@@ -86,18 +86,13 @@ def _classes_loss(model: ProbeX, batch: Mapping[str, jax.Array], key: jax.Array)
     return per.sum(), {"bce": per.mean()}
 
 
-@functools.cache
-def _zero_shot_loss(text_bytes: bytes, shape: tuple[int, int], temperature: float) -> Callable[..., Any]:
-    text = np.frombuffer(text_bytes, np.float32).reshape(shape)
-
-    def loss(model: ProbeX, batch: Mapping[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
-        out = _members(model, batch["x"], "__call__")  # [members, b, d_text]
-        logits = zero_shot_logits(out, jnp.asarray(text), temperature=temperature)
-        target = batch["y"] / jnp.maximum(batch["y"].sum(-1, keepdims=True), 1.0)
-        per = optax.softmax_cross_entropy(logits, target[None]).mean(axis=1)
-        return per.sum(), {"ce": per.mean()}
-
-    return loss
+def _zero_shot_loss(model: ProbeX, batch: Mapping[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
+    # batch["text"]: the training classes' text embeddings, shared by every batch (fit's shared=).
+    out = _members(model, batch["x"], "__call__")  # [members, b, d_text]
+    logits = zero_shot_logits(out, batch["text"], temperature=model.config.temperature)
+    target = batch["y"] / jnp.maximum(batch["y"].sum(-1, keepdims=True), 1.0)
+    per = optax.softmax_cross_entropy(logits, target[None]).mean(axis=1)
+    return per.sum(), {"ce": per.mean()}
 
 
 @functools.partial(jax.jit, static_argnames=("fn",))
@@ -351,12 +346,13 @@ def train_expert(
     )
     tcfg = TrainConfig(**{**DEFAULT_TRAIN, "seed": int(seed), **dict(train or {})})
     model = make_ensemble(config, members, seed=seed)
+    shared = None
     if task == "classes":
         loss_fn: Callable[..., Any] = _classes_loss
     else:
         assert text is not None  # zero-shot always reads text embeddings (checked above)
         t_seen = np.ascontiguousarray(text[keep_cols])
-        loss_fn = _zero_shot_loss(t_seen.tobytes(), t_seen.shape, config.temperature)
+        loss_fn, shared = _zero_shot_loss, {"text": t_seen}
     expert = Expert(model, config, layer, seen, members, tree)
 
     val_fn = None
@@ -378,6 +374,7 @@ def train_expert(
         checkpoint_dir=checkpoint_dir,
         progress=progress,
         mesh=mesh,
+        shared=shared,
     )
     expert.module = model
     expert.info = {

@@ -12,6 +12,8 @@ import numpy as np
 
 from weightspace._errors import InvalidValueError, ShapeError
 from weightspace.selection import _metrics as M
+from weightspace.selection._logme import _logme_core
+from weightspace.selection._ot import _otce_core
 from weightspace.selection._validate import as_labels, class_table
 
 FEATURE_METRICS = ("logme", "h_score", "regularized_h_score", "nleep", "gbc", "lfc", "transrate")
@@ -63,7 +65,7 @@ def _batched(metric: str, frozen: tuple[tuple[str, Any], ...], model_batch: int 
     o = dict(frozen)
     c = o.pop("num_classes")
     if metric == "logme":
-        fn = lambda f, y, t: M._logme_core(
+        fn = lambda f, y, t: _logme_core(
             f, jax.nn.one_hot(y, c, dtype=f.dtype), method=o.get("method", "fixed_point")
         ).evidence.mean()
     elif metric == "h_score":
@@ -107,7 +109,7 @@ def _batched(metric: str, frozen: tuple[tuple[str, Any], ...], model_batch: int 
         cw, ww = o.get("ce_weight", 1.0), o.get("wd_weight", 0.0)
 
         def fn(f: Any, y: Any, t: Any) -> Any:
-            terms = M._otce_core(
+            terms = _otce_core(
                 f[0],
                 f[1],
                 f[2],

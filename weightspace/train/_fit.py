@@ -152,6 +152,7 @@ def fit(
     mesh: Mesh | None = None,
     compiler_options: Mapping[str, Any] | None = None,
     hooks: Sequence[FitHook] = (),
+    shared: Mapping[str, Any] | None = None,
 ) -> FitReport:
     """Train an NNX module in place with the training step of :func:`~weightspace.train.make_train_step`.
 
@@ -190,6 +191,9 @@ def fit(
             :func:`weightspace._xla.small_heaps_cpu_options`); they change speed, not results.
         hooks: called with a :class:`FitEvent` after every evaluation, in order (logging,
             custom stopping rules); a hook returning ``True`` stops training at that step.
+        shared: arrays every batch carries whole (text embeddings, a frozen base, ...): added to
+            each batch dict under their own keys. They are arguments of the compiled step, so
+            new values reuse it; the batches (``train`` or ``sample``'s) must then be dicts.
 
     Returns:
         A :class:`FitReport`.
@@ -223,6 +227,12 @@ def fit(
         raise ConfigError(f"fit: config must be a TrainConfig, got {type(config).__name__}")
     if any(not callable(h) for h in hooks):
         raise ConfigError("fit: every hook must be callable (FitEvent) -> stop?")
+    if shared is not None:
+        if not isinstance(shared, Mapping) or (train is not None and not isinstance(train, Mapping)):
+            raise ConfigError("fit: shared= needs a dict of arrays and dict batches (it is merged into each batch)")
+        clash = sorted(set(shared) & set(train or {}))
+        if clash:
+            raise ConfigError(f"fit: shared= and the training data both name {clash}")
     gather = sample is None
     n = _num_examples(train) if gather else 0
     batch_size = min(config.batch_size, n) if gather else config.batch_size
@@ -246,6 +256,7 @@ def fit(
     if repl is not None:
         state = jax.device_put(state, repl)
     data = jax.device_put(train, repl) if gather else None
+    shared_dev = None if shared is None else jax.device_put(dict(shared), repl)
     step_obj = make_train_step(nnx_loss(graphdef, loss_fn), tx, stateful=True)
 
     # What a checkpoint holds, flattened: state, best (params, model_state), keys.
@@ -341,7 +352,7 @@ def fit(
                     batch, idx = sample(jax.random.fold_in(data_key, step), step), None
                     if batch_sharding is not None:
                         batch = jax.device_put(batch, batch_sharding)
-                leaves, metrics = step_fn(leaves, batch, idx, np.int32(step), loss_key)
+                leaves, metrics = step_fn(leaves, batch, idx, np.int32(step), loss_key, shared_dev)
                 pending.append(metrics)
                 step += 1
                 if sync_each_step:

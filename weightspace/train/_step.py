@@ -189,9 +189,11 @@ def compile_step(
 ) -> Callable[..., Any]:
     """``step`` jitted on the FLAT leaves of its :class:`TrainState`, as :func:`~weightspace.train.fit` runs it.
 
-    The compiled function is ``run(leaves, data, idx, t, key) -> (leaves, metrics)``: the batch is
-    ``data`` gathered at rows ``idx`` on the device (``idx=None``: ``data`` is the batch), the
-    step's key is ``fold_in(key, t)``, and the input leaves are donated.
+    The compiled function is ``run(leaves, data, idx, t, key, shared=None) -> (leaves, metrics)``:
+    the batch is ``data`` gathered at rows ``idx`` on the device (``idx=None``: ``data`` is the
+    batch) plus the entries of ``shared`` (a dict of arrays every batch carries whole, e.g. text
+    embeddings: arguments, never compile-time constants), the step's key is ``fold_in(key, t)``,
+    and the input leaves are donated.
 
     A flat list of arrays (rather than NNX ``State`` pytrees) keeps each call on JAX's C++ fast
     path: no hashing of graph definitions, no Variable flattening in Python; for small models that
@@ -220,11 +222,13 @@ def compile_step(
         [1.0, 1.0]
     """
 
-    def run(leaves: list[Any], data: PyTree, idx: Any, t: jax.Array, key: jax.Array) -> Any:
+    def run(leaves: list[Any], data: PyTree, idx: Any, t: jax.Array, key: jax.Array, shared: Any = None) -> Any:
         state = jax.tree_util.tree_unflatten(treedef, leaves)
         batch = data if idx is None else jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
         if batch_sharding is not None:
             batch = shard_batch(batch, batch_sharding)
+        if shared is not None:
+            batch = {**batch, **shared}
         state, metrics = step(state, batch, jax.random.fold_in(key, t))
         return jax.tree_util.tree_leaves(state), metrics
 
