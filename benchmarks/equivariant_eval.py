@@ -35,7 +35,13 @@ import numpy as np
 from flax import nnx
 
 from weightspace.equivariant import bucketize
-from weightspace.equivariant._contrastive import Augment, build_encoder, task_labels, train_contrastive
+from weightspace.equivariant._contrastive import (
+    Augment,
+    ContrastiveConfig,
+    build_encoder,
+    task_labels,
+    train_contrastive,
+)
 from weightspace.equivariant._embed import embed_bucket
 from weightspace.equivariant._layout import _zoos_of, layer_specs
 from weightspace.learn import (
@@ -225,6 +231,7 @@ def main() -> int:
                 t = time.time()
                 config = TrainConfig(
                     steps=args.steps,
+                    batch_size=args.batch,
                     learning_rate=args.lr,
                     schedule="cosine",
                     warmup=20,
@@ -239,10 +246,8 @@ def main() -> int:
                     buckets,
                     labels,
                     train=train_sets,
-                    config=config,
-                    batch_size=args.batch,
-                    augmentation=Augment(),
-                    tau=0.1,
+                    config=ContrastiveConfig(augmentation=Augment(), tau=0.1),
+                    train_config=config,
                     optimizer=tx,
                 )
                 emb = embed_all(model.encoder, buckets, n, index)

@@ -87,8 +87,9 @@ def main() -> int:
             buckets,
             [labels_all[[index[r] for r in b.rows]] for b in buckets],
             train=[np.array([i for i, r in enumerate(b.rows) if index[r] in tr]) for b in buckets],
-            config=TrainConfig(
+            train_config=TrainConfig(
                 steps=args.steps,
+                batch_size=args.batch,
                 learning_rate=1e-3,
                 schedule="cosine",
                 warmup=10,
@@ -96,7 +97,6 @@ def main() -> int:
                 seed=seed,
                 grad_clip=1.0,
             ),
-            batch_size=args.batch,
         )
         emb, _ = embed_zoo(enc, zoos)
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)

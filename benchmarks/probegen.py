@@ -85,7 +85,7 @@ def jax_run(case: str, steps: int, repeats: int, mesh: Any = None) -> dict[str, 
     config = ProbeGenConfig(task=task, n_probes=N_PROBES)
     train = dataclasses.replace(DEFAULT_TRAIN, steps=steps, batch_size=BATCH, eval_every=steps)
     for _ in range(repeats):
-        run = train_probegen(ds, config, train=train, mesh=mesh, progress=False)
+        run = train_probegen(ds, config, train_config=train, mesh=mesh, progress=False)
         times.append(run.report.seconds)
         compiles.append(run.report.compile_seconds)
         losses = run.report.losses

@@ -99,7 +99,7 @@ def run_encoder(kind: str, source: Any, ds: Any, task: str, steps: int, seed: in
         grad_clip=1.0,
     )
     run = train_supervised(
-        enc, bucket, y, task=task, train=ds.splits.train, val=ds.splits.val, config=config, progress=False
+        enc, bucket, y, task=task, train=ds.splits.train, val=ds.splits.val, train_config=config, progress=False
     )
     pred = run.predict(bucket.select(ds.splits.test))  # class ids (classify) or values (rank)
     value = Task(task).score(pred, y[ds.splits.test])
@@ -213,7 +213,7 @@ def run_task(
                 extra = {"flops": baseline_flops(spec["baseline"], ds, n_out), "seconds": time.perf_counter() - t}
             else:
                 train = dataclasses.replace(DEFAULT_TRAIN, steps=steps, seed=seed, eval_every=EVAL_EVERY)
-                run = train_probegen(ds, ProbeGenConfig(task=task, **spec), train=train, progress=False)
+                run = train_probegen(ds, ProbeGenConfig(task=task, **spec), train_config=train, progress=False)
                 value = run.test_score
                 extra = {
                     "flops": probing_flops(run),
@@ -249,7 +249,7 @@ def run_curve(recipe: str, size: int, seeds: list[int], steps: int, ns: list[int
     for n in ns:
         for seed in seeds:
             train = dataclasses.replace(DEFAULT_TRAIN, steps=steps, seed=seed, eval_every=EVAL_EVERY)
-            run = train_probegen(ds, ProbeGenConfig(task=task, n_probes=n), train=train, progress=False)
+            run = train_probegen(ds, ProbeGenConfig(task=task, n_probes=n), train_config=train, progress=False)
             table.add(
                 f"probegen n={n}",
                 metric,

@@ -268,15 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         trees = {t: z.select(np.arange(min(args.models, len(z)))) for t, z in trees.items()}
     widths = {"r_u": args.r, "r_v": args.r, "r_t": 4 * args.r}
-    train = {"steps": steps, "eval_every": max(10, steps // 12)}
-    sweep_train = {"steps": max(20, steps // 2), "eval_every": max(10, steps // 12)}
+    train = px.DEFAULT_TRAIN.replace(steps=steps, eval_every=max(10, steps // 12))
+    sweep_train = px.SWEEP_TRAIN.replace(steps=max(20, steps // 2), eval_every=max(10, steps // 12))
     names = list(px.POOL_CLASSES)
     settings = {
         "size": size,
         "fresh_size": fresh_size,
         "seeds": seeds,
         "widths": widths,
-        "train": train,
+        "train": train.to_dict(),
         "models_per_tree": args.models,
     }
     parts = ["trees", "cross", "lora", "report"] if args.part == "all" else [args.part]
@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 class_names=names,
                 seeds=seeds,
                 widths=widths,
-                train=train,
-                sweep_train=sweep_train,
+                train_config=train,
+                sweep_train_config=sweep_train,
                 cross=False,
                 on_stage=save,
                 baselines=[b for b in args.baselines.split(",") if b],
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 class_names=names,
                 seeds=seeds,
                 widths=widths,
-                train=train,
+                train_config=train,
                 fresh=dict(px.trees_from(fresh)),
             )
             _save_part(
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif part == "lora" and args.lora_size:
             lz = build_recipe("fmnist-lora", size=args.lora_size, progress=True)
-            out = run_lora(lz, seeds=seeds, widths=widths, train=train, sweep_train=sweep_train)
+            out = run_lora(lz, seeds=seeds, widths=widths, train_config=train, sweep_train_config=sweep_train)
             _save_part(
                 stem,
                 "lora",

@@ -47,7 +47,7 @@ def test_supervised_learns_held_out_targets_and_stays_invariant(scaled_zoo: Zoo,
         task=task,
         train=tr,
         val=va,
-        config=TrainConfig(steps=120, batch_size=16, learning_rate=3e-3, eval_every=40),
+        train_config=TrainConfig(steps=120, batch_size=16, learning_rate=3e-3, eval_every=40),
         progress=False,
     )
     pred = run.predict(bucket.select(te))

@@ -84,8 +84,8 @@ def test_train_save_load_embed_neighbours(tasks_zoo: Zoo, tmp_path) -> None:
         {"kind": "np", "taps": [1], "width": 8, "depth": 1, "embed_dim": 8, "max_inputs": 2, "max_outputs": 1}, seed=0
     )
     before, _ = embed_zoo(enc, tasks_zoo)
-    cfg = TrainConfig(steps=200, learning_rate=1e-2, schedule="cosine", warmup=10, eval_every=50, seed=0)
-    _, rep = train_contrastive(enc, buckets, labels, config=cfg, batch_size=24)
+    cfg = TrainConfig(steps=200, batch_size=24, learning_rate=1e-2, schedule="cosine", warmup=10, eval_every=50, seed=0)
+    _, rep = train_contrastive(enc, buckets, labels, train_config=cfg)
     assert rep.steps_done == 200
     assert rep.history[-1]["loss"] < rep.history[0]["loss"]
     after, _ = embed_zoo(enc, tasks_zoo)

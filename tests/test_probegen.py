@@ -179,7 +179,7 @@ def trained() -> tuple[Zoo, object, object]:
     run = train_probegen(
         ds,
         ProbeGenConfig(task="classify", n_probes=16, depth=3, width=64),
-        train=TrainConfig(steps=150, batch_size=16, learning_rate=1e-3, schedule="cosine", eval_every=50),
+        train_config=TrainConfig(steps=150, batch_size=16, learning_rate=1e-3, schedule="cosine", eval_every=50),
     )
     return zoo, ds, run
 
@@ -212,7 +212,7 @@ def test_vanilla_and_fixed_probes_train_only_what_they_should() -> None:
         run = train_probegen(
             ds,
             ProbeGenConfig(task="classify", probes=probes, fixed=fixed, n_probes=9, depth=2, width=8),
-            train=_train_cfg(steps=4, batch_size=4, eval_every=2),
+            train_config=_train_cfg(steps=4, batch_size=4, eval_every=2),
         )
         moved = not np.allclose(
             np.asarray(run.model.probes()),
@@ -247,7 +247,7 @@ def test_collection_of_two_architectures_and_regression() -> None:
     run = train_probegen(
         ds,
         ProbeGenConfig(task="rank", n_probes=4, depth=2, width=8),
-        train=_train_cfg(steps=6, batch_size=4, eval_every=3),
+        train_config=_train_cfg(steps=6, batch_size=4, eval_every=3),
     )
     assert run.test_predictions.shape == (len(ds.splits.test),) and np.isfinite(run.test_score)
     ids, pred = predict_zoo(run.model, coll, scale=run.scale)
@@ -295,7 +295,7 @@ def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(
         train_probegen(
             ds,
             ProbeGenConfig(task="classify", probes="vanilla", n_probes=4, depth=2, width=8),
-            train=_train_cfg(steps=40, batch_size=4, eval_every=1, seed=0),
+            train_config=_train_cfg(steps=40, batch_size=4, eval_every=1, seed=0),
             checkpoint_dir=tmp_path / "ckpt",
         )
     assert e.value.checkpoint_step is not None and e.value.checkpoint_step < e.value.step
@@ -347,8 +347,8 @@ def test_sharded_training_equals_unsharded() -> None:
     ds = weight_dataset(_separable_zoo(24), task="classify")
     cfg = ProbeGenConfig(task="classify", n_probes=8, depth=2, width=16)
     train = _train_cfg(steps=6, batch_size=8, learning_rate=1e-3, eval_every=3)
-    a = train_probegen(ds, cfg, train=train)
-    b = train_probegen(ds, cfg, train=train, mesh=make_mesh())
+    a = train_probegen(ds, cfg, train_config=train)
+    b = train_probegen(ds, cfg, train_config=train, mesh=make_mesh())
     assert_tree_allclose(b.report.losses, a.report.losses)
     # predictions after 6 updates of a 2-layer MLP: the per-step float32 differences compound
     assert_tree_allclose(b.test_predictions, a.test_predictions, scale=10.0)

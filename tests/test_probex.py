@@ -20,6 +20,8 @@ from weightspace import ConfigError, InvalidValueError, ShapeError
 from weightspace.learn import mean_average_precision, split_models
 from weightspace.nets import MLP
 from weightspace.probex import (
+    DEFAULT_TRAIN,
+    SWEEP_TRAIN,
     Expert,
     ProbeX,
     ProbeXConfig,
@@ -123,8 +125,8 @@ def test_ensemble_members_differ_and_config_errors():
     m = make_ensemble(ProbeXConfig(d_h=4, d_w=3, n_out=2, r_u=2, r_v=2, r_t=3), 3, seed=0)
     p = np.asarray(m.probes[...])
     assert p.shape == (3, 3, 2) and not np.allclose(p[0], p[1])
-    with pytest.raises(ConfigError, match="task"):
-        ProbeXConfig(d_h=4, d_w=3, n_out=2, task="regress")
+    with pytest.raises(ConfigError, match="readout"):
+        ProbeXConfig(d_h=4, d_w=3, n_out=2, readout="regress")
     with pytest.raises(ConfigError, match="r_u"):
         ProbeXConfig(d_h=4, d_w=3, n_out=2, r_u=0)
 
@@ -142,7 +144,7 @@ def test_train_learns_classes_and_roundtrips(trees, tmp_path):
         val_idx=sp.val,
         layer="layers.1.weight",
         members=2,
-        train={"steps": 150, "eval_every": 50, "learning_rate": 3e-3},
+        train_config=DEFAULT_TRAIN.replace(steps=150, eval_every=50, learning_rate=3e-3),
         **SMALL,
     )
     assert rep.best_step is not None and e.info["train_models"] == len(sp.train)
@@ -153,8 +155,8 @@ def test_train_learns_classes_and_roundtrips(trees, tmp_path):
     e.save(tmp_path / "ex")
     back = Expert.load(tmp_path / "ex")
     np.testing.assert_allclose(back.scores(x[:4]), e.scores(x[:4]), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ConfigError, match="task"):
-        Expert.load(tmp_path / "ex", expect={"task": "zero-shot"})
+    with pytest.raises(ConfigError, match="readout"):
+        Expert.load(tmp_path / "ex", expect={"readout": "zero-shot"})
     with pytest.raises(ShapeError, match=r"expects \[5, 16\]"):
         e.scores(np.zeros((2, 16, 64), np.float32))
 
@@ -169,16 +171,16 @@ def test_zero_shot_scores_unseen_classes(trees):
         y,
         class_names=DIGITS,
         train_idx=sp.train,
-        task="zero-shot",
+        readout="zero-shot",
         held_out=["3", "7"],
         text=text,
-        train={"steps": 20},
+        train_config=DEFAULT_TRAIN.replace(steps=20),
         **SMALL,
     )
     assert z.classes == [c for c in DIGITS if c not in ("3", "7")] and z.config.n_out == 12
     assert z.scores(x[:3], ["3", "7"], text=text[[3, 7]]).shape == (1, 3, 2)
     with pytest.raises(InvalidValueError, match="held-out"):
-        train_expert(x, y, class_names=DIGITS, train_idx=sp.train, task="zero-shot", held_out=["cat"], text=text)
+        train_expert(x, y, class_names=DIGITS, train_idx=sp.train, readout="zero-shot", held_out=["cat"], text=text)
 
 
 def test_bad_layers_and_nan(trees):
@@ -194,7 +196,7 @@ def test_bad_layers_and_nan(trees):
 
 
 def test_layer_sweep_picks_on_validation(trees):
-    rows = layer_sweep(trees["tree-b"], class_names=DIGITS, widths=SMALL, train={"steps": 20})
+    rows = layer_sweep(trees["tree-b"], class_names=DIGITS, widths=SMALL, train_config=SWEEP_TRAIN.replace(steps=20))
     assert [r["layer"] for r in rows] == ["layers.0.weight", "layers.1.weight"]
     best = [r for r in rows if r["best"]]
     assert len(best) == 1 and best[0]["val_map"] == max(r["val_map"] for r in rows)
@@ -319,12 +321,12 @@ SHARDED = textwrap.dedent(
     import os, json
     import numpy as np, jax
     from weightspace.parallel import make_mesh
-    from weightspace.probex import train_expert
+    from weightspace.probex import DEFAULT_TRAIN, train_expert
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6, 5)).astype(np.float32)
     y = (x.mean((1, 2))[:, None] > np.array([-0.1, 0.0, 0.1])).astype(np.float32)
     kw = dict(class_names=["a", "b", "c"], train_idx=np.arange(64), members=2, r_u=4, r_v=4, r_t=8,
-              train={"steps": 15, "batch_size": 32})
+              train_config=DEFAULT_TRAIN.replace(steps=15, batch_size=32))
     e1, _ = train_expert(x, y, **kw)
     e2, _ = train_expert(x, y, mesh=make_mesh(), **kw)
     print(json.dumps({"devices": len(jax.devices()),

@@ -2,6 +2,7 @@
 
 from weightspace.equivariant._contrastive import LOSSES as LOSSES
 from weightspace.equivariant._contrastive import Augment as Augment
+from weightspace.equivariant._contrastive import ContrastiveConfig as ContrastiveConfig
 from weightspace.equivariant._contrastive import ContrastiveModel as ContrastiveModel
 from weightspace.equivariant._contrastive import augment as augment
 from weightspace.equivariant._contrastive import build_encoder as build_encoder
@@ -53,6 +54,7 @@ __all__ = [
     "SYMMETRIES",
     "Augment",
     "Bucket",
+    "ContrastiveConfig",
     "ContrastiveModel",
     "GraphEncoder",
     "LayerSpec",

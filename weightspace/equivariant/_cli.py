@@ -62,7 +62,13 @@ def _train(args: argparse.Namespace) -> int:
     import numpy as np
 
     from weightspace._errors import ConfigError
-    from weightspace.equivariant._contrastive import build_encoder, save_encoder, task_labels, train_contrastive
+    from weightspace.equivariant._contrastive import (
+        ContrastiveConfig,
+        build_encoder,
+        save_encoder,
+        task_labels,
+        train_contrastive,
+    )
     from weightspace.equivariant._layout import bucketize
     from weightspace.learn import TrainConfig
 
@@ -88,6 +94,7 @@ def _train(args: argparse.Namespace) -> int:
     enc = build_encoder(cfg, seed=args.seed)
     config = TrainConfig(
         steps=args.steps,
+        batch_size=args.batch,
         learning_rate=1e-3,
         schedule="cosine",
         warmup=min(10, args.steps // 10),
@@ -95,7 +102,9 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         grad_clip=1.0,
     )
-    _, rep = train_contrastive(enc, buckets, labels, config=config, batch_size=args.batch, tau=args.tau, loss=args.loss)
+    _, rep = train_contrastive(
+        enc, buckets, labels, config=ContrastiveConfig(tau=args.tau, loss=args.loss), train_config=config
+    )
     path = save_encoder(
         enc,
         args.out,

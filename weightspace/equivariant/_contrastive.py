@@ -35,8 +35,12 @@ from weightspace.equivariant._graph import GraphEncoder
 from weightspace.equivariant._layout import ACTIVATION_IDS, Bucket, Layout, WeightFeatures, permute, random_hidden_perms
 from weightspace.equivariant._np import NPEncoder
 from weightspace.nets._base import gelu_tanh
+from weightspace.train import TrainConfig
 
 LOSSES = ("ntxent", "margin")
+
+DEFAULT_TRAIN = TrainConfig(steps=200, batch_size=32)
+"""Contrastive training's optimisation when none is given: 200 steps of 32 models (two views each)."""
 
 _HOMOGENEOUS = np.array([ACTIVATION_IDS[a] for a in ("relu", "leaky_relu", "identity")])
 _ODD = np.array([ACTIVATION_IDS[a] for a in ("tanh", "sin", "identity")])
@@ -63,6 +67,38 @@ class Augment:
     def __post_init__(self) -> None:
         if self.noise < 0 or not 0 <= self.dropout < 1 or self.rescale < 1 or not 0 <= self.flip <= 1:
             raise ConfigError(f"bad augmentation settings {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveConfig:
+    """How contrastive training views and compares models; the optimisation (steps, models per
+    step, learning rate, ...) is a :class:`~weightspace.learn.TrainConfig`.
+
+    Attributes:
+        augmentation: the weight-space augmentations of a positive view (:class:`Augment`).
+        tau: NT-Xent temperature.
+        loss: ``"ntxent"`` or ``"margin"`` (:func:`contrastive_loss`).
+        margin: the margin of ``loss="margin"``.
+        proj_dim: projection head output size.
+
+    Example:
+        >>> ContrastiveConfig(tau=0.2).loss
+        'ntxent'
+    """
+
+    augmentation: Augment = Augment()
+    tau: float = 0.1
+    loss: str = "ntxent"
+    margin: float = 0.5
+    proj_dim: int = 32
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown contrastive loss {self.loss!r}; known: {list(LOSSES)}")
+        if not self.tau > 0:
+            raise ConfigError(f"ContrastiveConfig.tau must be > 0, got {self.tau}")
+        if not isinstance(self.proj_dim, int) or self.proj_dim < 1:
+            raise ConfigError(f"ContrastiveConfig.proj_dim must be an int >= 1, got {self.proj_dim!r}")
 
 
 def augment(x: WeightFeatures, key: Array, aug: Augment) -> WeightFeatures:
@@ -155,11 +191,15 @@ def contrastive_loss(
 class ContrastiveModel(nnx.Module):
     """An encoder plus the projection head the contrastive loss sees (retrieval uses the encoder only)."""
 
-    def __init__(self, encoder: nnx.Module, *, proj_dim: int = 32, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self, encoder: nnx.Module, *, proj_dim: int = 32, config: ContrastiveConfig | None = None, rngs: nnx.Rngs
+    ) -> None:
         self.encoder = encoder
+        # static (graph definition): the training loss reads it, equal configs share one compiled step
+        self.config = config or ContrastiveConfig(proj_dim=proj_dim)
         d = dict(encoder.spec)["embed_dim"]  # type: ignore[attr-defined]
         self.proj1 = nnx.Linear(d, d, rngs=rngs)
-        self.proj2 = nnx.Linear(d, proj_dim, rngs=rngs)
+        self.proj2 = nnx.Linear(d, self.config.proj_dim, rngs=rngs)
 
     def __call__(self, x: WeightFeatures) -> Array:
         return self.proj2(gelu_tanh(self.proj1(self.encoder(x))))
@@ -180,27 +220,19 @@ def build_encoder(config: Mapping[str, Any], *, seed: int = 0) -> nnx.Module:
         raise ConfigError(f"bad {kind} encoder config {config}: {e}") from e
 
 
-@dataclasses.dataclass(frozen=True)
-class _Loss:
-    """The jitted loss: two augmented views per model, concatenated over buckets (hashable for fit)."""
-
-    aug: Augment
-    tau: float
-    loss: str
-    margin: float
-
-    def __call__(self, model: ContrastiveModel, batch: Any, key: Array) -> tuple[Array, dict[str, Array]]:
-        zs, ys = [], []
-        for b, (x, y) in enumerate(zip(batch["x"], batch["y"], strict=True)):
-            n = y.shape[0]
-            keys = jax.random.split(jax.random.fold_in(key, b), 2 * n).reshape(2, n)
-            for v in range(2):
-                xv = jax.vmap(lambda xi, ki: augment(xi, ki, self.aug))(x, keys[v])
-                zs.append(jax.vmap(model)(xv))
-                ys.append(y)
-        z, lab = jnp.concatenate(zs), jnp.concatenate(ys)
-        loss = contrastive_loss(z, lab, tau=self.tau, loss=self.loss, margin=self.margin)
-        return loss, {}
+def _two_view_loss(model: ContrastiveModel, batch: Any, key: Array) -> tuple[Array, dict[str, Array]]:
+    """``fit``'s loss: two augmented views per model, concatenated over buckets."""
+    cfg = model.config
+    zs, ys = [], []
+    for b, (x, y) in enumerate(zip(batch["x"], batch["y"], strict=True)):
+        n = y.shape[0]
+        keys = jax.random.split(jax.random.fold_in(key, b), 2 * n).reshape(2, n)
+        for v in range(2):
+            xv = jax.vmap(lambda xi, ki: augment(xi, ki, cfg.augmentation))(x, keys[v])
+            zs.append(jax.vmap(model)(xv))
+            ys.append(y)
+    z, lab = jnp.concatenate(zs), jnp.concatenate(ys)
+    return contrastive_loss(z, lab, tau=cfg.tau, loss=cfg.loss, margin=cfg.margin), {}
 
 
 def step_compiler_options(encoder: nnx.Module, batches: Sequence[tuple[Layout, int]]) -> dict[str, Any]:
@@ -275,13 +307,8 @@ def train_contrastive(
     labels: Sequence[np.ndarray],
     *,
     train: Sequence[np.ndarray] | None = None,
-    config: Any = None,
-    batch_size: int = 32,
-    augmentation: Augment = Augment(),
-    tau: float = 0.1,
-    loss: str = "ntxent",
-    margin: float = 0.5,
-    proj_dim: int = 32,
+    config: ContrastiveConfig = ContrastiveConfig(),
+    train_config: TrainConfig = DEFAULT_TRAIN,
     val_fn: Callable[[nnx.Module], float] | None = None,
     checkpoint_dir: Any = None,
     progress: bool | None = None,
@@ -294,10 +321,9 @@ def train_contrastive(
         buckets: from :func:`~weightspace.equivariant.bucketize`.
         labels: per bucket, an int task id per model (:func:`task_labels`); same id = positive.
         train: per bucket, the model indices to train on (default all).
-        config: a :class:`weightspace.learn.TrainConfig` (``batch_size`` there is ignored: use ``batch_size``).
-        batch_size: models per step over all buckets (each seen in two views), split by bucket size.
-        augmentation, tau, loss, margin: see :class:`Augment` and :func:`contrastive_loss`.
-        proj_dim: projection head output size.
+        config: a :class:`ContrastiveConfig` (augmentations, temperature, loss, projection size).
+        train_config: the optimisation (default :data:`DEFAULT_TRAIN`); its ``batch_size`` is the
+            models per step over all buckets (each seen in two views), split by bucket size.
         val_fn: ``encoder -> score`` (higher is better) for early stopping / best state.
         checkpoint_dir, progress, optimizer: passed to :func:`weightspace.learn.fit` (pass the same
             optimizer object to several calls and their train steps compile once).
@@ -305,11 +331,13 @@ def train_contrastive(
     Returns:
         ``(ContrastiveModel, FitReport)``; ``model.encoder`` is ``encoder``, trained.
     """
-    from weightspace.learn import TrainConfig, fit
+    from weightspace.learn import fit
 
-    config = config or TrainConfig(steps=200)
-    if loss not in LOSSES:
-        raise ConfigError(f"unknown contrastive loss {loss!r}; known: {list(LOSSES)}")
+    if not isinstance(config, ContrastiveConfig):
+        raise ConfigError(f"train_contrastive: config must be a ContrastiveConfig, got {type(config).__name__}")
+    if not isinstance(train_config, TrainConfig):
+        raise ConfigError(f"train_contrastive: train_config must be a TrainConfig, got {type(train_config).__name__}")
+    batch_size = train_config.batch_size
     if len(labels) != len(buckets):
         raise InvalidValueError(f"{len(labels)} label arrays for {len(buckets)} buckets")
     train = [np.arange(len(b)) for b in buckets] if train is None else [np.asarray(t, np.int64) for t in train]
@@ -320,17 +348,16 @@ def train_contrastive(
     # per-bucket batch shares from the bucket sizes (not the split): other splits/seeds reuse the compiled step
     total = sum(len(b) for b in buckets)
     sizes = [max(2, round(batch_size * len(b) / total)) for b in buckets]
-    model = ContrastiveModel(encoder, proj_dim=proj_dim, rngs=nnx.Rngs(config.seed + 1))
-    fn = _Loss(augmentation, tau, loss, margin)
+    model = ContrastiveModel(encoder, config=config, rngs=nnx.Rngs(train_config.seed + 1))
     wrapped = None if val_fn is None else (lambda m: val_fn(m.encoder))
     report = fit(
         model,
-        fn,
+        _two_view_loss,
         None,
-        config=config,
+        config=train_config,
         val_fn=wrapped,
         checkpoint_dir=checkpoint_dir,
-        sample=_sampler(buckets, labels, train, sizes, config.seed),
+        sample=_sampler(buckets, labels, train, sizes, train_config.seed),
         progress=progress,
         optimizer=optimizer,
         compiler_options=step_compiler_options(encoder, [(b.layout, n) for b, n in zip(buckets, sizes)]),

@@ -20,6 +20,7 @@ from weightspace._errors import InvalidValueError, ShapeError
 from weightspace.equivariant._contrastive import step_compiler_options
 from weightspace.equivariant._layout import Bucket, WeightFeatures
 from weightspace.learn._task import TASK_KINDS, TargetScale, Task, as_task
+from weightspace.train import TrainConfig
 
 SUPERVISED_TASKS = TASK_KINDS
 """Targets :func:`train_supervised` fits: every :class:`~weightspace.learn.Task` kind."""
@@ -85,7 +86,7 @@ def train_supervised(
     train: np.ndarray,
     val: np.ndarray | None = None,
     val_score: Callable[[np.ndarray, np.ndarray], float] | None = None,
-    config: Any = None,
+    train_config: TrainConfig | None = None,
     checkpoint_dir: Any = None,
     progress: bool | None = None,
 ) -> SupervisedRun:
@@ -101,7 +102,7 @@ def train_supervised(
         train, val: model indices into ``bucket``; validation (when given) picks the best state.
         val_score: ``(predictions, targets) -> score`` (higher is better) on ``val``; default
             the task's own :meth:`~weightspace.learn.Task.score`.
-        config: a :class:`weightspace.learn.TrainConfig` (default 300 steps, batch 32, Adam 1e-3).
+        train_config: a :class:`weightspace.learn.TrainConfig` (default 300 steps, batch 32, Adam 1e-3).
         checkpoint_dir, progress: passed to :func:`weightspace.learn.fit`.
 
     Returns:
@@ -117,11 +118,11 @@ def train_supervised(
         >>> zoo = Zoo.init(MLP(in_features=3, hidden=(5,), out_features=2), 8, key=jax.random.key(0))
         >>> enc = NPEncoder(taps=(1,), width=4, depth=1, embed_dim=8, max_inputs=3, rngs=nnx.Rngs(0))
         >>> run = train_supervised(enc, bucketize(zoo)[0], np.arange(8) % 2, task="classify",
-        ...                        train=np.arange(6), config=TrainConfig(steps=3, batch_size=4), progress=False)
+        ...                        train=np.arange(6), train_config=TrainConfig(steps=3, batch_size=4), progress=False)
         >>> run.predict(bucketize(zoo)[0]).shape
         (8,)
     """
-    from weightspace.learn import TrainConfig, fit
+    from weightspace.learn import fit
 
     task = as_task(task)
     n = len(bucket)
@@ -136,7 +137,7 @@ def train_supervised(
     scale = task.scale(y[train])
     yt = task.standardise(y, scale)
     n_out = task.n_out(y)
-    config = config or TrainConfig(steps=300, batch_size=32, learning_rate=1e-3)
+    config = train_config or TrainConfig(steps=300, batch_size=32, learning_rate=1e-3)
     model = SupervisedModel(encoder, n_out, task=task, rngs=nnx.Rngs(config.seed + 1))
 
     val_fn = None

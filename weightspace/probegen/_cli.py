@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
     source = _source(args)
     ds = weight_dataset(source, task=task, target=args.target, seed=args.split_seed)
     run = train_probegen(
-        ds, config, train=train, checkpoint_dir=out / "checkpoints", progress=False if args.no_progress else None
+        ds, config, train_config=train, checkpoint_dir=out / "checkpoints", progress=False if args.no_progress else None
     )
     save_run(run, out)
     with atomic_path(out / "probes.npy") as tmp, open(tmp, "wb") as f:

@@ -379,7 +379,7 @@ def train_probegen(
     dataset: WeightDataset,
     config: ProbeGenConfig,
     *,
-    train: TrainConfig = DEFAULT_TRAIN,
+    train_config: TrainConfig = DEFAULT_TRAIN,
     fixed: np.ndarray | None = None,
     mesh: Mesh | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -387,7 +387,7 @@ def train_probegen(
 ) -> ProbeGenRun:
     """Train ProbeGen (or a probing baseline) on a weight dataset and evaluate it on the test split.
 
-    Through :func:`weightspace.learn.fit` with ``train`` (default :data:`DEFAULT_TRAIN`, the paper's);
+    Through :func:`weightspace.learn.fit` with ``train_config`` (default :data:`DEFAULT_TRAIN`, the paper's);
     the model returned is the one of the best validation score (the task's score, checked every
     ``train.eval_every`` steps); the test split is touched once, at the end. Regression targets are
     standardised on the training split.
@@ -395,7 +395,7 @@ def train_probegen(
     Args:
         dataset: the models (see :func:`weight_dataset`), target ``"y"``.
         config: a :class:`ProbeGenConfig` (task, probe source, sizes).
-        train: the optimisation settings (``seed`` also seeds the initialisation).
+        train_config: the optimisation settings (``seed`` also seeds the initialisation).
         fixed: for ``probes="fixed"``: the probes as an array (instead of ``config.fixed``'s kind).
         mesh: shard each batch's models over this mesh's ``models`` axis.
         checkpoint_dir: orbax checkpoints; a run there is resumed.
@@ -415,14 +415,15 @@ def train_probegen(
         >>> from weightspace.zoo import Zoo
         >>> zoo = Zoo.init(SIREN(), 12, key=jax.random.key(0)).with_meta(label=[i % 2 for i in range(12)])
         >>> run = train_probegen(weight_dataset(zoo, task="classify"), ProbeGenConfig(task="classify", n_probes=8),
-        ...                      train=TrainConfig(steps=4, batch_size=4, eval_every=2))
+        ...                      train_config=TrainConfig(steps=4, batch_size=4, eval_every=2))
         >>> run.test_predictions.shape, run.test_embeddings.shape, run.report.steps_done
         ((2, 2), (2, 256), 4)
     """
     if not isinstance(config, ProbeGenConfig):
         raise ConfigError(f"train_probegen: config must be a ProbeGenConfig, got {type(config).__name__}")
-    if not isinstance(train, TrainConfig):
-        raise ConfigError(f"train_probegen: train must be a TrainConfig, got {type(train).__name__}")
+    if not isinstance(train_config, TrainConfig):
+        raise ConfigError(f"train_probegen: train_config must be a TrainConfig, got {type(train_config).__name__}")
+    train = train_config
     task = config.task_spec
     if "y" not in dataset.targets:
         raise ConfigError(

@@ -1,12 +1,14 @@
 """ProbeX: probing experts that read one layer of a model's weights (Horwitz et al., CVPR 2025).
 
 One expert per model tree, a router that sends a new model to its tree's expert from its weights,
-a multi-label "which classes was it trained on" task and a zero-shot task in the MiniLM text space,
+a multi-label "which classes was it trained on" task read out per class or zero-shot in the MiniLM
+text space,
 a per-layer sweep, Model-J-layout readers, and the ``fmnist-trees`` zoo recipe (a local Model-J),
 registered when this package is imported. See ``docs/probex.md``.
 """
 
 from weightspace.probex._experts import DEFAULT_TRAIN as DEFAULT_TRAIN
+from weightspace.probex._experts import SWEEP_TRAIN as SWEEP_TRAIN
 from weightspace.probex._experts import Expert as Expert
 from weightspace.probex._experts import make_ensemble as make_ensemble
 from weightspace.probex._experts import multi_hot as multi_hot
@@ -16,7 +18,7 @@ from weightspace.probex._layers import check_layer as check_layer
 from weightspace.probex._layers import file_layer as file_layer
 from weightspace.probex._layers import lora_layer as lora_layer
 from weightspace.probex._layers import zoo_layer as zoo_layer
-from weightspace.probex._model import TASKS as TASKS
+from weightspace.probex._model import READOUTS as READOUTS
 from weightspace.probex._model import ProbeX as ProbeX
 from weightspace.probex._model import ProbeXConfig as ProbeXConfig
 from weightspace.probex._model import probex_flops as probex_flops
@@ -51,7 +53,8 @@ __all__ = [
     "DEFAULT_TRAIN",
     "MAX_CLASSES",
     "POOL_CLASSES",
-    "TASKS",
+    "READOUTS",
+    "SWEEP_TRAIN",
     "TREES",
     "Expert",
     "LayerSet",

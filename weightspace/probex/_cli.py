@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from weightspace._argtypes import positive_int
 from weightspace._errors import InvalidValueError, LoadError
 
 
@@ -28,7 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="NAME",
         help="the layer to read: one name for every tree, or TREE=NAME,TREE=NAME (see `probex layers`)",
     )
-    tr.add_argument("--task", choices=["classes", "zero-shot"], default="classes")
+    tr.add_argument(
+        "--readout",
+        "--task",
+        dest="readout",
+        choices=["classes", "zero-shot"],
+        default="classes",
+        help="classes: a logit per class; zero-shot: cosines to class-prompt embeddings (--task: its old name)",
+    )
     tr.add_argument("--out", required=True, metavar="DIR", help="directory to write (replaced atomically)")
     tr.add_argument(
         "--held-out",
@@ -36,11 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="C1,C2",
         help="zero-shot: classes kept out of training (comma-separated names)",
     )
-    tr.add_argument("--members", type=int, default=1, help="seeds trained at once in one vmapped program")
-    tr.add_argument("--steps", type=int, default=None, help="training steps (default 600, early stopping)")
-    tr.add_argument("--r-u", type=int, default=128)
-    tr.add_argument("--r-v", type=int, default=128)
-    tr.add_argument("--r-t", type=int, default=512)
+    tr.add_argument("--members", type=positive_int, default=1, help="seeds trained at once in one vmapped program")
+    tr.add_argument("--steps", type=positive_int, default=None, help="training steps (default 600, early stopping)")
+    tr.add_argument("--r-u", type=positive_int, default=128)
+    tr.add_argument("--r-v", type=positive_int, default=128)
+    tr.add_argument("--r-t", type=positive_int, default=512)
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=_train)
 
@@ -66,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ly = psub.add_parser("layers", help="per-layer sweep: one small expert per layer, best layer on validation")
     _source_args(ly)
     ly.add_argument("--tree", default=None, help="only this tree")
-    ly.add_argument("--steps", type=int, default=300)
+    ly.add_argument("--steps", type=positive_int, default=300)
     ly.add_argument("--r", type=int, default=32, help="r_U = r_V of the small experts (r_T = 4 r)")
     ly.add_argument("--json", action="store_true")
     ly.set_defaults(func=_layers)
@@ -129,6 +138,7 @@ def _layer_arg(text: str) -> str | dict[str, str]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from weightspace.probex._experts import DEFAULT_TRAIN
     from weightspace.probex._trees import train_trees
 
     trees = load_source(args.zoo, size=args.size)
@@ -137,7 +147,7 @@ def _train(args: argparse.Namespace) -> int:
     bad = [c for c in held if c not in names]
     if bad:
         raise InvalidValueError(f"--held-out classes {bad} are not among the classes {names}")
-    train = {"steps": args.steps} if args.steps else None
+    train_config = DEFAULT_TRAIN.replace(steps=args.steps) if args.steps else DEFAULT_TRAIN
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -146,11 +156,12 @@ def _train(args: argparse.Namespace) -> int:
             trees,
             layer=_layer_arg(args.layer),
             class_names=names,
-            task=args.task,
+            readout=args.readout,
             held_out=held,
             members=args.members,
             widths={"r_u": args.r_u, "r_v": args.r_v, "r_t": args.r_t},
-            train=train,
+            train_config=train_config,
+            progress=False if args.no_progress else None,
         )
         experts.info["splits"] = {
             t: {k: getattr(s, k).tolist() for k in ("train", "val", "test")} for t, s in splits.items()
@@ -165,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp)
     summary = {
         "out": str(out),
-        "task": args.task,
+        "readout": args.readout,
         "trees": {
             t: {
                 "layer": e.layer,
@@ -180,7 +191,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
-        print(f"wrote {out} ({args.task}, {len(experts.experts)} expert(s){', router' if experts.router else ''})")
+        print(f"wrote {out} ({args.readout}, {len(experts.experts)} expert(s){', router' if experts.router else ''})")
         for t, s in summary["trees"].items():
             v = s["best_val_map"]
             print(
@@ -230,6 +241,7 @@ def _is_single_model(path: Path) -> bool:
 
 
 def _layers(args: argparse.Namespace) -> int:
+    from weightspace.probex._experts import SWEEP_TRAIN
     from weightspace.probex._trees import layer_sweep
 
     trees = load_source(args.zoo, size=args.size)
@@ -241,7 +253,10 @@ def _layers(args: argparse.Namespace) -> int:
     out = {}
     for t, z in trees.items():
         out[t] = layer_sweep(
-            z, class_names=names, widths={"r_u": args.r, "r_v": args.r, "r_t": 4 * args.r}, train={"steps": args.steps}
+            z,
+            class_names=names,
+            widths={"r_u": args.r, "r_v": args.r, "r_t": 4 * args.r},
+            train_config=SWEEP_TRAIN.replace(steps=args.steps),
         )
     if args.json:
         print(json.dumps(out, indent=1))

@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from weightspace.probex._experts import train_expert
+from weightspace.probex._experts import DEFAULT_TRAIN, train_expert
 from weightspace.probex._layers import zoo_layer
 from weightspace.probex._router import Router, routing_accuracy
 from weightspace.probex._trees import layer_sweep, zoo_targets
+from weightspace.train import TrainConfig
 
 HELD_OUT = ("Sandal", "Bag", "digit 3", "digit 7")
 """Classes kept out of every zero-shot training label (2 Fashion-MNIST classes, 2 digits)."""
@@ -91,8 +92,8 @@ def run_trees(
     class_names: Sequence[str],
     seeds: int = 3,
     widths: Mapping[str, int] | None = None,
-    train: Mapping[str, Any] | None = None,
-    sweep_train: Mapping[str, Any] | None = None,
+    train_config: TrainConfig = DEFAULT_TRAIN,
+    sweep_train_config: TrainConfig = DEFAULT_TRAIN,
     held_out: Sequence[str] = HELD_OUT,
     fresh: Mapping[str, Any] | None = None,
     baselines: Sequence[str] = ("flat-linear", "statnn-mlp", "flat-mlp"),
@@ -122,7 +123,7 @@ def run_trees(
     for t, zoo in trees.items():
         t0 = time.perf_counter()
         rows = layer_sweep(
-            zoo, class_names=class_names, members=1, widths=wd, train=sweep_train or {"steps": 300}, progress=False
+            zoo, class_names=class_names, members=1, widths=wd, train_config=sweep_train_config, progress=False
         )
         out["sweep"][t] = rows
         layer = next(r["layer"] for r in rows if r["best"])
@@ -146,7 +147,7 @@ def run_trees(
             layer=layer,
             tree=t,
             members=seeds,
-            train=train,
+            train_config=train_config,
             progress=False,
             **wd,
         )
@@ -177,10 +178,10 @@ def run_trees(
             val_idx=sp.val,
             layer=layer,
             tree=t,
-            task="zero-shot",
+            readout="zero-shot",
             held_out=held_out,
             members=seeds,
-            train=train,
+            train_config=train_config,
             progress=False,
             **wd,
         )
@@ -220,7 +221,7 @@ def run_trees(
             class_names=class_names,
             seeds=seeds,
             widths=wd,
-            train=train,
+            train_config=train_config,
             fresh=fresh,
             verbose=verbose,
         )
@@ -237,7 +238,7 @@ def run_cross(
     class_names: Sequence[str],
     seeds: int = 3,
     widths: Mapping[str, int] | None = None,
-    train: Mapping[str, Any] | None = None,
+    train_config: TrainConfig = DEFAULT_TRAIN,
     fresh: Mapping[str, Any] | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
@@ -280,7 +281,7 @@ def run_cross(
         val_idx=va_all,
         layer="padded",
         members=seeds,
-        train=train,
+        train_config=train_config,
         progress=False,
         **wd,
     )
@@ -317,12 +318,12 @@ def run_lora(
     *,
     seeds: int = 3,
     widths: Mapping[str, int] | None = None,
-    train: Mapping[str, Any] | None = None,
+    train_config: TrainConfig = DEFAULT_TRAIN,
     held_out: Sequence[str] = ("Sandal", "Bag"),
     layer: str | None = None,
     verbose: bool = True,
     table: Any | None = None,
-    sweep_train: Mapping[str, Any] | None = None,
+    sweep_train_config: TrainConfig = DEFAULT_TRAIN,
 ) -> dict[str, Any]:
     """ProbeX on ``fmnist-lora`` (the layer is ``scale * B @ A``): the LoRA's Fashion-MNIST class
     (single label, 10 classes), downstream k-NN / one-class / retrieval on ``e``, zero-shot on
@@ -353,7 +354,7 @@ def run_lora(
         targets=y,
         members=1,
         widths=wd,
-        train=sweep_train or {"steps": 300},
+        train_config=sweep_train_config,
         progress=False,
     )
     out: dict[str, Any] = {"sweep": [{k: r[k] for k in ("layer", "shape", "val_map")} for r in rows]}
@@ -369,7 +370,7 @@ def run_lora(
         val_idx=sp.val,
         layer=best,
         members=seeds,
-        train=train,
+        train_config=train_config,
         progress=False,
         **wd,
     )
@@ -401,10 +402,10 @@ def run_lora(
             train_idx=sp.train,
             val_idx=sp.val,
             layer=best,
-            task="zero-shot",
+            readout="zero-shot",
             held_out=held_out,
             members=seeds,
-            train=train,
+            train_config=train_config,
             progress=False,
             **wd,
         )

@@ -19,19 +19,16 @@ from jaxtyping import Float
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, InvalidValueError, LoadError, ShapeError
-from weightspace.probex._model import TASKS, ProbeX, ProbeXConfig, zero_shot_logits
+from weightspace.probex._model import READOUTS, ProbeX, ProbeXConfig, zero_shot_logits
+from weightspace.train import TrainConfig
 
 EXPERT_FORMAT = "probex-expert/1"
 
-DEFAULT_TRAIN = {
-    "steps": 600,
-    "batch_size": 128,
-    "learning_rate": 1e-3,
-    "weight_decay": 1e-5,
-    "eval_every": 50,
-    "patience": 6,
-}
+DEFAULT_TRAIN = TrainConfig(steps=600, batch_size=128, learning_rate=1e-3, weight_decay=1e-5, eval_every=50, patience=6)
 """The paper's optimiser (Adam 1e-3, weight decay 1e-5, batch 128) with early stopping on validation."""
+
+SWEEP_TRAIN = DEFAULT_TRAIN.replace(steps=300)
+"""The shorter training of the per-layer experts of a layer sweep."""
 
 
 def multi_hot(class_lists: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
@@ -132,8 +129,8 @@ class Expert:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
-    def task(self) -> str:
-        return self.config.task
+    def readout(self) -> str:
+        return self.config.readout
 
     def _check(self, x: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
         from weightspace.probex._layers import check_layer
@@ -175,7 +172,7 @@ class Expert:
             text: zero-shot: their embeddings ``[classes, d]`` (default: MiniLM prompt embeddings).
         """
         out = self.outputs(x, ids=ids)
-        if self.task == "classes":
+        if self.readout == "classes":
             return out
         if text is None:
             from weightspace.probex._text import class_embeddings
@@ -209,7 +206,7 @@ class Expert:
         """Read an expert written by :meth:`save`.
 
         Args:
-            expect: config fields the expert must have (e.g. ``{"task": "classes"}``); a
+            expect: config fields the expert must have (e.g. ``{"readout": "classes"}``); a
                 checkpoint of another config raises :class:`~weightspace.ConfigError`.
         """
         from weightspace.learn import load_module
@@ -260,7 +257,7 @@ def train_expert(
     class_names: Sequence[str],
     train_idx: np.ndarray,
     val_idx: np.ndarray | None = None,
-    task: str = "classes",
+    readout: str = "classes",
     layer: str = "layer",
     tree: str | None = None,
     members: int = 1,
@@ -269,8 +266,7 @@ def train_expert(
     r_t: int = 512,
     held_out: Sequence[str] = (),
     text: np.ndarray | None = None,
-    train: Mapping[str, Any] | None = None,
-    seed: int = 0,
+    train_config: TrainConfig = DEFAULT_TRAIN,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     mesh: Any | None = None,
@@ -289,24 +285,27 @@ def train_expert(
         y: multi-hot targets ``[models, classes]`` (columns named by ``class_names``).
         class_names: the class of every column.
         train_idx, val_idx: model indices of the training and validation splits.
-        task: ``"classes"`` or ``"zero-shot"``.
+        readout: one of :data:`~weightspace.probex.READOUTS` (``"classes"`` or ``"zero-shot"``).
         layer, tree: recorded in the expert.
         members: seeds trained at once (member ``i`` initialised from seed ``seed``'s ``i``-th split).
         r_u, r_v, r_t: ProbeX widths (paper defaults 128, 128, 512).
         held_out: class names excluded from training (zero-shot evaluation).
         text: ``[classes, d]`` text embeddings of ``class_names`` (default: MiniLM prompts).
-        train: :class:`weightspace.learn.TrainConfig` fields over :data:`DEFAULT_TRAIN`.
-        seed: init seed and the training loop's seed.
+        train_config: the optimisation (default :data:`DEFAULT_TRAIN`, the paper's); its ``seed``
+            seeds the members' initialisation and the batch order.
         checkpoint_dir, progress, mesh: passed to :func:`weightspace.learn.fit`.
 
     Returns:
         ``(expert, fit report)``.
     """
-    from weightspace.learn import TrainConfig, fit, mean_average_precision
+    from weightspace.learn import Task, fit
     from weightspace.probex._layers import check_layer
 
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; tasks: {TASKS}")
+    if readout not in READOUTS:
+        raise ConfigError(f"unknown readout {readout!r}; readouts: {READOUTS}")
+    if not isinstance(train_config, TrainConfig):
+        raise ConfigError(f"train_expert: train_config must be a TrainConfig, got {type(train_config).__name__}")
+    task = Task("multilabel")  # a model's class set, whichever readout
     x = check_layer(x, [str(i) for i in range(len(x))], layer=layer)
     y = np.asarray(y, np.float32)
     class_names = list(class_names)
@@ -319,13 +318,13 @@ def train_expert(
     keep_cols = [i for i, c in enumerate(class_names) if c not in set(held_out)]
     seen = [class_names[i] for i in keep_cols]
     y_seen = y[:, keep_cols]
-    if task == "zero-shot":
+    if readout == "zero-shot":
         train_idx = train_idx[y_seen[train_idx].sum(1) > 0]
     if len(train_idx) < 2:
         raise InvalidValueError(f"only {len(train_idx)} training models (need >= 2)")
     scale = float(x[train_idx].std()) or 1.0
     d_text = 0
-    if task == "zero-shot":
+    if readout == "zero-shot":
         if text is None:
             from weightspace.probex._text import class_embeddings
 
@@ -341,13 +340,13 @@ def train_expert(
         r_u=r_u,
         r_v=r_v,
         r_t=r_t,
-        task=task,
+        readout=readout,
         x_scale=scale,
     )
-    tcfg = TrainConfig(**{**DEFAULT_TRAIN, "seed": int(seed), **dict(train or {})})
-    model = make_ensemble(config, members, seed=seed)
+    tcfg = train_config
+    model = make_ensemble(config, members, seed=tcfg.seed)
     shared = None
-    if task == "classes":
+    if readout == "classes":
         loss_fn: Callable[..., Any] = _classes_loss
     else:
         assert text is not None  # zero-shot always reads text embeddings (checked above)
@@ -358,12 +357,12 @@ def train_expert(
     val_fn = None
     if val_idx is not None and len(val_idx):
         xv, yv = x[np.asarray(val_idx)], y_seen[np.asarray(val_idx)]
-        t_val = None if task == "classes" else t_seen
+        t_val = None if readout == "classes" else t_seen
 
         def val_fn(m: nnx.Module) -> float:
             expert.module = m  # type: ignore[assignment]
             s = expert.scores(xv, text=t_val)
-            return float(np.mean([mean_average_precision(s_i, yv) for s_i in s]))
+            return float(np.mean([task.score(s_i, yv) for s_i in s]))
 
     report = fit(
         model,

@@ -14,21 +14,22 @@ from jaxtyping import Array, Float
 
 from weightspace._errors import ConfigError
 
-TASKS = ("classes", "zero-shot")
-"""``classes``: multi-label "which classes was it trained on" (BCE); ``zero-shot``: the representation
-is mapped into a text-embedding space and scored against class-prompt embeddings."""
+READOUTS = ("classes", "zero-shot")
+"""How an expert reads out its target, which is always a model's class set (the ``multilabel``
+:class:`~weightspace.learn.Task`): ``classes``, one logit per class (BCE); ``zero-shot``, the
+representation is mapped into a text-embedding space and scored against class-prompt embeddings."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeXConfig:
-    """Static shape and task of a ProbeX expert (hashable; saved next to every checkpoint).
+    """Static shape and readout of a ProbeX expert (hashable; saved next to every checkpoint).
 
     Attributes:
         d_h, d_w: the layer's matrix shape ``[d_H, d_W]`` (linear: ``[out, in]``).
         r_u: number of learned probes (``U`` is ``[d_W, r_U]``).
         r_v: width of the shared projection (``V`` is ``[d_H, r_V]``).
         r_t: representation width (``e`` in ``R^{r_T}``).
-        task: one of :data:`TASKS`.
+        readout: one of :data:`READOUTS`.
         n_out: head outputs: classes (``classes``) or the text-embedding width (``zero-shot``).
         temperature: softmax temperature of the zero-shot cosine logits.
         x_scale: inputs are divided by this (the train split's weight std), so trees whose layers
@@ -45,7 +46,7 @@ class ProbeXConfig:
     r_u: int = 128
     r_v: int = 128
     r_t: int = 512
-    task: str = "classes"
+    readout: str = "classes"
     temperature: float = 0.07
     x_scale: float = 1.0
 
@@ -54,8 +55,8 @@ class ProbeXConfig:
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"ProbeXConfig.{k} must be a positive int, got {v!r}")
-        if self.task not in TASKS:
-            raise ConfigError(f"ProbeXConfig.task must be one of {TASKS}, got {self.task!r}")
+        if self.readout not in READOUTS:
+            raise ConfigError(f"ProbeXConfig.readout must be one of {READOUTS}, got {self.readout!r}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"ProbeXConfig.temperature must be > 0, got {self.temperature}")
         if not (self.x_scale > 0 and math.isfinite(self.x_scale)):
@@ -66,6 +67,8 @@ class ProbeXConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ProbeXConfig:
+        if "task" in d and "readout" not in d:  # experts saved before the readout was named so
+            d = {("readout" if k == "task" else k): v for k, v in d.items()}
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:

@@ -13,9 +13,10 @@ import numpy as np
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, InvalidValueError, LoadError
-from weightspace.probex._experts import Expert, multi_hot, train_expert
+from weightspace.probex._experts import DEFAULT_TRAIN, SWEEP_TRAIN, Expert, multi_hot, train_expert
 from weightspace.probex._layers import lora_layer, matrix_layers, zoo_layer
 from weightspace.probex._router import Router
+from weightspace.train import TrainConfig
 
 TREES_FORMAT = "probex-trees/1"
 
@@ -73,11 +74,11 @@ class TreeExperts:
         return list(self.experts)
 
     @property
-    def task(self) -> str:
-        tasks = {e.task for e in self.experts.values()}
-        if len(tasks) != 1:
-            raise ConfigError(f"experts of different tasks: {sorted(tasks)}")
-        return tasks.pop()
+    def readout(self) -> str:
+        readouts = {e.readout for e in self.experts.values()}
+        if len(readouts) != 1:
+            raise ConfigError(f"experts of different readouts: {sorted(readouts)}")
+        return readouts.pop()
 
     def route(self, params: Mapping[str, Any], *, ids: Sequence[str] | None = None) -> list[str]:
         """The tree of every model (``name -> [models, ...]``); the only tree when there is one."""
@@ -111,7 +112,7 @@ class TreeExperts:
             from weightspace.probex._layers import as_matrix, check_layer
 
             x = check_layer(as_matrix(np.asarray(params[e.layer])[idx]), [ids[i] for i in idx], layer=e.layer)
-            if e.task == "classes":
+            if e.readout == "classes":
                 names = e.classes
                 p = 1.0 / (1.0 + np.exp(-e.scores(x, ids=[ids[i] for i in idx]).mean(0)))
                 pred = [[names[j] for j in np.flatnonzero(row > 0.5)] for row in p]
@@ -176,13 +177,12 @@ def train_trees(
     *,
     layer: str | Mapping[str, str],
     class_names: Sequence[str],
-    task: str = "classes",
+    readout: str = "classes",
     held_out: Sequence[str] = (),
     members: int = 1,
     widths: Mapping[str, int] | None = None,
-    train: Mapping[str, Any] | None = None,
+    train_config: TrainConfig = DEFAULT_TRAIN,
     split_seed: int = 0,
-    seed: int = 0,
     progress: bool | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     mesh: Any | None = None,
@@ -209,13 +209,12 @@ def train_trees(
             class_names=class_names,
             train_idx=sp.train,
             val_idx=sp.val,
-            task=task,
+            readout=readout,
             layer=layers[t],
             tree=t,
             members=members,
             held_out=held_out,
-            train=train,
-            seed=seed,
+            train_config=train_config,
             progress=progress,
             checkpoint_dir=ck,
             mesh=mesh,
@@ -226,7 +225,7 @@ def train_trees(
         router = Router.fit(
             {t: {k: np.asarray(v)[splits[t].train] for k, v in z.params.items()} for t, z in trees.items()}
         )
-    return TreeExperts(experts, router, {"layers": layers, "task": task, "held_out": list(held_out)}), splits
+    return TreeExperts(experts, router, {"layers": layers, "readout": readout, "held_out": list(held_out)}), splits
 
 
 def layer_sweep(
@@ -236,9 +235,8 @@ def layer_sweep(
     layers: Sequence[str] | None = None,
     members: int = 1,
     widths: Mapping[str, int] | None = None,
-    train: Mapping[str, Any] | None = None,
+    train_config: TrainConfig = SWEEP_TRAIN,
     split_seed: int = 0,
-    seed: int = 0,
     targets: np.ndarray | None = None,
     progress: bool | None = None,
     mesh: Any | None = None,
@@ -277,8 +275,7 @@ def layer_sweep(
             val_idx=sp.val,
             layer=name,
             members=members,
-            train=train,
-            seed=seed,
+            train_config=train_config,
             progress=progress,
             mesh=mesh,
             **_widths(widths),

@@ -92,6 +92,16 @@ class TrainConfig:
         """The settings as a JSON-serialisable dict."""
         return dataclasses.asdict(self)
 
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` (checked like the constructor's arguments).
+
+        Example:
+            >>> from weightspace.train import TrainConfig
+            >>> TrainConfig(steps=100).replace(steps=20, seed=3).steps
+            20
+        """
+        return dataclasses.replace(self, **changes)
+
 
 @functools.lru_cache(maxsize=128)
 def _make_optimizer(
