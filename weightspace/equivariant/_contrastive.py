@@ -29,8 +29,8 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from weightspace._backend import small_heaps_cpu_options
 from weightspace._errors import ConfigError, InvalidValueError
-from weightspace._xla import small_heaps_cpu_options
 from weightspace.equivariant._graph import GraphEncoder
 from weightspace.equivariant._layout import ACTIVATION_IDS, Bucket, Layout, WeightFeatures, permute, random_hidden_perms
 from weightspace.equivariant._np import NPEncoder
@@ -240,7 +240,7 @@ def step_compiler_options(encoder: nnx.Module, batches: Sequence[tuple[Layout, i
 
     The step's largest intermediates are the per-entry features of the largest weight layer,
     ``[models, rows, cols, max(width, taps)]`` in float32; when they are small, the step's
-    temporary memory is split into heaps that glibc reuses (:func:`weightspace._xla.small_heaps_cpu_options`).
+    temporary memory is split into heaps that glibc reuses (:func:`weightspace._backend.small_heaps_cpu_options`).
 
     Example:
         >>> from flax import nnx

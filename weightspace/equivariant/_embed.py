@@ -12,8 +12,8 @@ from flax import nnx
 from jax.sharding import Mesh
 from jaxtyping import Float
 
+from weightspace._backend import memory_bound_cpu_options
 from weightspace._errors import ConfigError
-from weightspace._xla import memory_bound_cpu_options
 from weightspace.equivariant._layout import Bucket, WeightFeatures, bucketize
 
 
@@ -22,7 +22,7 @@ def encode_fn(encoder: Any) -> Callable[[WeightFeatures], jax.Array]:
 
     NNX modules are split once (graph definition + state, flattened to a list of arrays) and merged
     inside the jitted function, so the compiled function is reused for every chunk of the same
-    shape and no NNX pytree is flattened in Python per call (about 1 ms of a 5 ms SIREN chunk).
+    shape and no NNX pytree is flattened in Python per call (``benchmarks/results/backend.md``).
 
     Example:
         >>> import jax

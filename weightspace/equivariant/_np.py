@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
+from weightspace._backend import channel_mix, lifted_mix
 from weightspace._errors import ConfigError
 from weightspace.equivariant._layout import ACTIVATION_IDS, WeightFeatures, layout_of
 from weightspace.nets._base import gelu_tanh
@@ -24,37 +25,9 @@ from weightspace.nets._base import gelu_tanh
 ROLES = ("first", "mid", "last")
 
 
-@jax.custom_vjp
-def _channel_mix(x: Float[Array, "... c_in"], kernel: Float[Array, "c_in c_out"]) -> Float[Array, "... c_out"]:
-    """``x @ kernel`` over the channel axis of a lifted weight tensor, with a CPU-friendly gradient.
-
-    The kernel's gradient is a contraction over every weight entry (``[rows, cols]`` of every
-    model). As autodiff writes it, a contraction over all leading axes, XLA's CPU backend first
-    transposes both ``x`` and the incoming gradient to channel-major copies of the whole tensor.
-    Here it is one product of the entries flattened to ``[entries, C]``, which runs as a single
-    dot over the tensors as they lie in memory. (NP encoder, contrastive step on 64 models, 2
-    cores: MLP-784 4.5 s as autodiff's contraction, 1.70 s as a fused multiply-reduce, 1.61 s
-    as the flat product; SIRENs 42 -> 38 ms from the multiply-reduce to the flat product.)
-    """
-    return x @ kernel
-
-
-def _channel_mix_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return x @ kernel, (x, kernel)
-
-
-def _channel_mix_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
-    x, kernel = res
-    dk = jnp.einsum("nc,nd->cd", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
-    return g @ kernel.T, dk
-
-
-_channel_mix.defvjp(_channel_mix_fwd, _channel_mix_bwd)
-
-
 def _dense(lin: nnx.Linear, x: Array) -> Array:
-    """``lin(x)`` for the large per-entry tensors (see :func:`_channel_mix`)."""
-    y = _channel_mix(x, lin.kernel[...])
+    """``lin(x)`` for the large per-entry tensors (:func:`weightspace._backend.channel_mix`)."""
+    y = channel_mix(x, lin.kernel[...])
     return y + lin.bias[...] if lin.bias is not None else y
 
 
@@ -75,35 +48,6 @@ class LiftedWeight(NamedTuple):
     const: Float[Array, " channels"]
 
 
-@jax.custom_vjp
-def _outer(u: Float[Array, "... 1"], kernel: Float[Array, "1 c"]) -> Float[Array, "... c"]:
-    """``u @ kernel`` for one input feature: a broadcast product, whose kernel gradient is a dot.
-
-    (As autodiff writes it, the kernel gradient multiplies the incoming gradient by ``u``
-    broadcast to every channel, and XLA's CPU backend writes that broadcast out at full size.)
-    """
-    return u * kernel[0]
-
-
-def _outer_fwd(u: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-    return u * kernel[0], (u, kernel)
-
-
-def _outer_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
-    u, kernel = res
-    lead = tuple(range(u.ndim - 1))
-    du = (g * kernel[0]).sum(-1, keepdims=True)
-    return du, jnp.tensordot(u[..., 0], g, axes=(lead, lead))[None]
-
-
-_outer.defvjp(_outer_fwd, _outer_bwd)
-
-
-def _mix(u: Array, kernel: Array) -> Array:
-    """``u @ kernel`` over the last axis; one input feature is a broadcast product, not a dot."""
-    return _outer(u, kernel) if kernel.shape[0] == 1 else _channel_mix(u, kernel)
-
-
 def _bias(lin: nnx.Linear) -> Array:
     if lin.bias is None:
         raise ConfigError("a linear layer of the NP encoder was built without a bias")
@@ -120,7 +64,8 @@ def _linears(x: Array, *lins: nnx.Linear) -> list[Array]:
 
 
 def _materialize(lw: LiftedWeight, mr: Array, mc: Array) -> Array:
-    return (_mix(lw.u, lw.kernel) + lw.row[:, None] + lw.col[None] + lw.const) * (mr[:, None] * mc[None, :])[..., None]
+    mask = (mr[:, None] * mc[None, :])[..., None]
+    return (lifted_mix(lw.u, lw.kernel) + lw.row[:, None] + lw.col[None] + lw.const) * mask
 
 
 def _lifted_means(lw: LiftedWeight, mr: Array, mc: Array) -> tuple[Array, Array, Array]:
@@ -128,9 +73,9 @@ def _lifted_means(lw: LiftedWeight, mr: Array, mc: Array) -> tuple[Array, Array,
     cr, cc = _count(mr), _count(mc)
     fr, fc = mr.sum() / cr, mc.sum() / cc  # 1 unless a whole neuron layer is padding
     rmean, cmean = (lw.row * mr[:, None]).sum(0) / cr, (lw.col * mc[:, None]).sum(0) / cc
-    row = (_mix(lw.u.sum(0) / cr, lw.kernel) + rmean + fr * (lw.col + lw.const)) * mc[:, None]
-    col = (_mix(lw.u.sum(1) / cc, lw.kernel) + cmean + fc * (lw.row + lw.const)) * mr[:, None]
-    rc = _mix(lw.u.sum((0, 1)) / (cr * cc), lw.kernel) + rmean * fc + cmean * fr + lw.const * (fr * fc)
+    row = (lifted_mix(lw.u.sum(0) / cr, lw.kernel) + rmean + fr * (lw.col + lw.const)) * mc[:, None]
+    col = (lifted_mix(lw.u.sum(1) / cc, lw.kernel) + cmean + fc * (lw.row + lw.const)) * mr[:, None]
+    rc = lifted_mix(lw.u.sum((0, 1)) / (cr * cc), lw.kernel) + rmean * fc + cmean * fr + lw.const * (fr * fc)
     return row, col, rc
 
 

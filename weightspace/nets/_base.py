@@ -27,8 +27,8 @@ def tanh(x: Float[Array, "..."]) -> Float[Array, "..."]:
     """``jnp.tanh`` whose derivative is ``1 - tanh(x)^2`` from the saved output alone.
 
     JAX's own rule, ``g (1 + y)(1 - y)``, leaves XLA two saved tensors per activation (``y`` and
-    ``1 - y``); through a zoo of tanh CNNs that doubles the backward's memory traffic (the
-    ProbeGen step on the Small CNN Zoo: 87 -> 73 ms for the probe engine's gradient on CPU).
+    ``1 - y``); through a zoo of tanh CNNs that doubles the backward's memory traffic
+    (``benchmarks/results/backend.md``).
 
     Example:
         >>> import jax, jax.numpy as jnp

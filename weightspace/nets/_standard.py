@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
+from weightspace._backend import default_formulation, use_fast_sin
 from weightspace._errors import ConfigError
 from weightspace.nets._base import ACTIVATIONS, Architecture, Params, register_architecture, resize_images
 
@@ -198,8 +199,8 @@ class MLP(Architecture):
     per_image_standardization: bool = False
     kind = "mlp"
     # Gradients through a batch of models: the batched contractions beat lax.map on CPU too
-    # (32 MLP-784 x 64 probes: 2.5 vs 6.9 ms; SIREN 1.2 vs 1.9 ms), while the forward-only
-    # engine keeps lax.map, which bounds memory on large chunks.
+    # (benchmarks/results/backend.md), while the forward-only engine keeps lax.map, which bounds
+    # memory on large chunks.
     grad_formulation = "einsum"
 
     def __post_init__(self) -> None:
@@ -275,7 +276,7 @@ class MLP(Architecture):
         """
         form = _check_formulation(formulation)
         if form == "auto":
-            form = "scan" if jax.default_backend() == "cpu" else "einsum"
+            form = default_formulation(self.kind)
         if form in ("vmap", "im2col"):
             return super().apply_many(params, x)
         _check_batch(self, x)
@@ -489,7 +490,7 @@ class CNN(Architecture):
         """
         form = _check_formulation(formulation)
         if form == "auto":
-            form = "im2col" if jax.default_backend() == "cpu" else "vmap"
+            form = default_formulation(self.kind)
         if form == "vmap":
             return super().apply_many(params, x)
         _check_batch(self, x)
@@ -629,11 +630,11 @@ class SIREN(Architecture):
         if sin not in (None, "fast", "exact"):
             raise ConfigError(f"sin must be 'fast', 'exact' or None, got {sin!r}")
         if form == "auto":
-            form = "scan" if jax.default_backend() == "cpu" else "einsum"
+            form = default_formulation(self.kind)
         if form in ("vmap", "im2col"):
             return super().apply_many(params, x)
         _check_batch(self, x)
-        use_fast = sin == "fast" or (sin is None and jax.default_backend() == "cpu")
+        use_fast = sin == "fast" or (sin is None and use_fast_sin())
         sine = fast_sin if use_fast else jnp.sin
         w0 = jnp.float32(self.w0)
         n = len(self.widths) - 1

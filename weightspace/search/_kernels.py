@@ -6,9 +6,8 @@ column blocks. A query touches only its k selected probe rows, so the "gather" k
 accumulator of one block in cache. For large k (or "all" probes) the "dense" kernel rewrites the
 squared L2 / cosine score as matrix products, which is what accelerators are good at.
 
-Measured on the 2-core CPU of ``shared/docs/assets.md`` (see ``benchmarks/results/probelog.md``):
-XLA's generic ``gather`` of 64 rows of a 1M-wide matrix took ~3 s, a ``fori_loop`` of dynamic row
-reads (unrolled 8x) ~25-50 ms; hence the loop below.
+XLA's generic ``gather`` of a few rows of a very wide matrix is orders of magnitude slower on CPU
+than a ``fori_loop`` of dynamic row reads (``benchmarks/results/probelog.md``); hence the loop below.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from weightspace._backend import on_cpu
 from weightspace._errors import ConfigError, ShapeError
 from weightspace.search._descriptors import DISTANCES, Distance, Selection, resolve_k, select_probes
 
@@ -218,7 +218,7 @@ def choose_method(queries: int, k: int, probes: int, itemsize: int, distance: st
     """``"gather"`` or ``"dense"`` by a bandwidth/FLOP cost model (dense always off the CPU for batches)."""
     if distance == "l1":
         return "gather"
-    if jax.default_backend() != "cpu":
+    if not on_cpu():
         return "dense" if queries > 1 or k == probes else "gather"
     gather = k * itemsize / _CPU_BYTES_PER_S
     dense = (2 if k == probes else 4) * probes / _CPU_FLOPS + probes * itemsize / (queries * _CPU_BYTES_PER_S)

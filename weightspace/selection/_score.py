@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from weightspace._backend import on_cpu
 from weightspace._errors import InvalidValueError, ShapeError
 from weightspace.selection import _metrics as M
 from weightspace.selection._logme import _logme_core
@@ -176,7 +177,7 @@ def score_all(
     y, c = as_labels(labels, n, num_classes=num_classes)
     options = dict(options or {})
     if model_batch == "auto":
-        model_batch = 1 if jax.default_backend() == "cpu" else None
+        model_batch = 1 if on_cpu() else None
     if model_batch is not None and (not isinstance(model_batch, int) or model_batch < 1):
         raise InvalidValueError(f"model_batch must be a positive int, None or 'auto', got {model_batch!r}")
     if metrics is None:

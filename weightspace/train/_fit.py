@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from weightspace._backend import sync_each_step
 from weightspace._errors import ConfigError, LoadError, ShapeError, WeightspaceError
 from weightspace.train._checkpoint import Checkpointer, check_resume, from_host, to_host
 from weightspace.train._config import TrainConfig
@@ -188,7 +189,7 @@ def fit(
             (:func:`weightspace.parallel.make_mesh`); state and ``train`` are replicated. The
             batch size is rounded down to a multiple of the device count.
         compiler_options: extra XLA options for the step's ``jax.jit`` (e.g.
-            :func:`weightspace._xla.small_heaps_cpu_options`); they change speed, not results.
+            :func:`weightspace._backend.small_heaps_cpu_options`); they change speed, not results.
         hooks: called with a :class:`FitEvent` after every evaluation, in order (logging,
             custom stopping rules); a hook returning ``True`` stops training at that step.
         shared: arrays every batch carries whole (text embeddings, a frozen base, ...): added to
@@ -329,9 +330,7 @@ def fit(
             compiler_options=tuple(sorted((compiler_options or {}).items())),
         )
         epochs = _Epochs(data_key, n, batch_size) if gather else None
-        # Several sharded steps in flight on a CPU mesh (fake host devices sharing a few cores) can
-        # starve the in-process all-reduce of threads and hang XLA's rendezvous: one at a time there.
-        sync_each_step = mesh is not None and mesh.devices.flat[0].platform == "cpu"
+        sync_steps = sync_each_step(mesh)
         pending: list[dict[str, jax.Array]] = []
         all_losses: list[np.ndarray] = []
         since_entry: list[float] = []
@@ -355,7 +354,7 @@ def fit(
                 leaves, metrics = step_fn(leaves, batch, idx, np.int32(step), loss_key, shared_dev)
                 pending.append(metrics)
                 step += 1
-                if sync_each_step:
+                if sync_steps:
                     jax.block_until_ready(metrics)
                 if step == start + 1:
                     jax.block_until_ready(metrics)

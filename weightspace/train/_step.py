@@ -20,8 +20,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from weightspace._backend import training_cpu_options
 from weightspace._errors import ConfigError, ShapeError
-from weightspace._xla import training_cpu_options
 
 PyTree = Any
 
@@ -198,7 +198,7 @@ def compile_step(
     A flat list of arrays (rather than NNX ``State`` pytrees) keeps each call on JAX's C++ fast
     path: no hashing of graph definitions, no Variable flattening in Python; for small models that
     overhead is as large as the step. On CPU it is compiled with
-    :func:`weightspace._xla.training_cpu_options` plus ``compiler_options``. Equal arguments give
+    :func:`weightspace._backend.training_cpu_options` plus ``compiler_options``. Equal arguments give
     the same compiled function (an LRU cache), so repeated ``fit`` calls compile once.
 
     Args:

@@ -18,6 +18,7 @@ import optax
 from jax import lax
 from jaxtyping import Array, Float, Int
 
+from weightspace._backend import init_cpu_options
 from weightspace._errors import ConfigError
 from weightspace.train._population import (
     HPARAM_DEFAULTS,
@@ -35,15 +36,10 @@ def _init_population_fn(key: Array, seeds: Array, scale: Array, *, arch: Any) ->
     return jax.vmap(lambda s, sc: arch.init(jax.random.fold_in(key, s), scale=sc))(seeds, scale)
 
 
-# Initialisers are threefry bit-twiddling plus a scale, run once per population: on CPU, LLVM -O1
-# compiles them 2.5-5x faster than the default level (e.g. 1000 MLPs 64-16-16-10: 1.2 s instead of
-# 3.7 s) into the same bits (checked on every recipe and benchmark architecture at 1, 3 and 1000
-# models). Other backends keep their default compilation.
-_INIT_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
-_init_population = jax.jit(_init_population_fn, static_argnames=("arch",))
-_init_population_cpu = jax.jit(
-    _init_population_fn, static_argnames=("arch",), compiler_options=_INIT_CPU_COMPILER_OPTIONS
-)
+@functools.cache
+def _init_population(options: tuple[tuple[str, int], ...]) -> Any:
+    # built on first use (jit with options made at import would start a backend to ask which)
+    return jax.jit(_init_population_fn, static_argnames=("arch",), compiler_options=dict(options) or None)
 
 
 def init_population(
@@ -56,8 +52,8 @@ def init_population(
     """Initial parameters of many models: model ``m`` is ``arch.init(fold_in(key, seeds[m]), scale=scale[m])``.
 
     One cached compiled program per architecture (initialisers draw many random tensors, and
-    XLA compiles threefry slowly on CPU, so this is worth reusing); on CPU compiled at LLVM
-    ``-O1``, which gives the same bits as the default compilation in a fraction of the time.
+    XLA compiles threefry slowly on CPU, so this is worth reusing), with
+    :func:`weightspace._backend.init_cpu_options`.
 
     Example:
         >>> import jax
@@ -67,7 +63,7 @@ def init_population(
         (2, 8, 4)
     """
     seeds = jnp.asarray(seeds)
-    init = _init_population_cpu if jax.default_backend() == "cpu" else _init_population
+    init = _init_population(init_cpu_options())
     return init(key, seeds, jnp.broadcast_to(jnp.asarray(scale, jnp.float32), seeds.shape), arch=arch)
 
 
