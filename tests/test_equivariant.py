@@ -263,7 +263,7 @@ def test_encode_fn_compiles_once(encoders: dict) -> None:
 def test_channel_mix_gradient_matches_the_dot() -> None:
     """The NP layers' channel mix has a hand-written gradient (a fused multiply-reduce on CPU);
     it must equal autodiff of the plain dot, also under vmap over models."""
-    from weightspace.equivariant._np import _channel_mix
+    from weightspace._backend import channel_mix as _channel_mix
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(3, 5, 7, 4)).astype(np.float32))

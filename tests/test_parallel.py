@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from weightspace import ConfigError, InvalidValueError, ShapeError
-from weightspace.parallel import initialize_distributed, make_mesh, model_axis_size, pad_models, shard_models
-from weightspace.testing import assert_tree_allclose
+from weightspace.parallel import (
+    chunk_rows,
+    chunk_size,
+    initialize_distributed,
+    make_mesh,
+    map_chunks,
+    model_axis_size,
+    pad_models,
+    shard_models,
+)
+from weightspace.testing import assert_no_recompile, assert_tree_allclose
 
 
 def test_make_mesh() -> None:
@@ -81,3 +90,29 @@ def test_initialize_distributed_validates_and_is_idempotent(monkeypatch: pytest.
     assert calls == [{"coordinator_address": "host:1", "num_processes": 2, "process_id": 1, "local_device_ids": [0]}]
     assert initialize_distributed("host:1", num_processes=2, process_id=1) is False
     assert len(calls) == 1
+
+
+def test_map_chunks_matches_one_call_and_the_last_chunk_does_not_recompile() -> None:
+    """The one pad-and-chunk helper: same result as one call; every chunk (the padded last one too) has one shape."""
+    f = jax.jit(lambda t: {"y": t["a"] * 2 + t["b"][:, :1]})
+    rng = np.random.default_rng(0)
+    tree = {"a": rng.normal(size=(10, 3)).astype(np.float32), "b": rng.normal(size=(10, 2)).astype(np.float32)}
+    want = np.asarray(f(tree)["y"])
+    got = map_chunks(lambda t: f(t)["y"], tree, chunk=4)  # chunks of 4: 4, 4, 2 real rows (the last padded)
+    assert_tree_allclose(got, want)
+    warm = {k: v[:4] for k, v in tree.items()}
+    f(warm)
+    with assert_no_recompile(f):
+        map_chunks(lambda t: f(t)["y"], tree, chunk=4)
+    assert chunk_rows(8, 4, 10).tolist() == [8, 9, 9, 9]
+    assert chunk_size(3, 64) == 4 and chunk_size(1000, 64, multiple=8) == 64
+
+
+def test_map_chunks_output_axis_and_placement() -> None:
+    x = np.arange(12.0, dtype=np.float32).reshape(6, 2)
+    placed = []
+    out = map_chunks(lambda c: np.stack([c, -c]), x, chunk=4, out_axis=1, place=lambda c: placed.append(len(c)) or c)
+    assert out.shape == (2, 6, 2) and placed == [4, 4]
+    assert_tree_allclose(out[1], -x)
+    with pytest.raises(InvalidValueError, match="chunk"):
+        map_chunks(lambda c: c, x, chunk=0)

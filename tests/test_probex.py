@@ -348,3 +348,17 @@ def test_sharded_training_equals_unsharded():
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["devices"] == 8 and got["diff"] < 1e-4
+
+
+def test_expert_inference_last_chunk_does_not_recompile() -> None:
+    """ProbeX inference goes through the one pad-and-chunk helper: a ragged last chunk reuses the program."""
+    from weightspace.probex._experts import _apply, _apply_jit
+    from weightspace.testing import assert_no_recompile
+
+    model = make_ensemble(ProbeXConfig(d_h=4, d_w=3, n_out=2, r_u=2, r_v=2, r_t=3), 2, seed=0)
+    x = np.random.default_rng(0).normal(size=(10, 4, 3)).astype(np.float32)
+    first = _apply(model, x[:4], "represent", chunk=4)
+    with assert_no_recompile(_apply_jit):
+        out = _apply(model, x, "represent", chunk=4)  # 4 + 4 + 2 (padded to 4)
+    assert out.shape == (2, 10, 3)
+    np.testing.assert_allclose(out[:, :4], first, rtol=1e-6)

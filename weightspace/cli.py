@@ -1,4 +1,5 @@
-"""The ``weightspace`` command. Each subpackage contributes its subcommands via ``register``."""
+"""The ``weightspace`` command: one grammar, ``weightspace AREA VERB``. Each subpackage contributes
+its area via ``register``; the spellings of earlier versions still work and print the new one."""
 
 from __future__ import annotations
 
@@ -29,6 +30,55 @@ _COMMAND_MODULES = [
 _RECIPE_PACKAGES = ["weightspace.lora", "weightspace.probex"]
 
 
+# Spellings of earlier versions -> (area, verb); they keep working and print the new spelling.
+_OLD_COMMANDS = {
+    "train-encoder": ("encoder", "train"),
+    "embed": ("encoder", "embed"),
+    "neighbours": ("encoder", "neighbours"),
+    "index": ("search", "index"),
+    "rank": ("selection", "rank"),
+}
+# Areas whose old spelling had no verb: `probe ZOO` is `probe run ZOO`, `search GALLERY` is `search query GALLERY`.
+_OLD_DEFAULT_VERBS = {"probe": "run", "search": "query"}
+
+
+def _area_verbs(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
+    """Every area's verbs, read off the parser (so the aliases cannot drift from the commands)."""
+    out: dict[str, set[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for area, sub in action.choices.items():
+                for a in sub._actions:
+                    if isinstance(a, argparse._SubParsersAction):
+                        out[area] = set(a.choices)
+    return out
+
+
+def new_spelling(argv: Sequence[str], verbs: dict[str, set[str]]) -> tuple[list[str], str | None]:
+    """``argv`` in the ``AREA VERB`` grammar, and a note naming the new spelling when it was an old one.
+
+    Example:
+        >>> new_spelling(["index", "hub/", "--probes", "natural"], {"search": {"index", "query"}})[0]
+        ['search', 'index', 'hub/', '--probes', 'natural']
+        >>> argv, note = new_spelling(["search", "gallery/", "--text", "dog"], {"search": {"index", "query"}})
+        >>> argv
+        ['search', 'query', 'gallery/', '--text', 'dog']
+        >>> note
+        'weightspace: note: `weightspace search` is now `weightspace search query`'
+    """
+    argv = list(argv)
+    if not argv:
+        return argv, None
+    head, rest = argv[0], argv[1:]
+    if head in _OLD_COMMANDS:
+        new = [*_OLD_COMMANDS[head], *rest]
+    elif head in _OLD_DEFAULT_VERBS and rest and rest[0] not in verbs.get(head, set()) | {"-h", "--help"}:
+        new = [head, _OLD_DEFAULT_VERBS[head], *rest]
+    else:
+        return argv, None
+    return new, f"weightspace: note: `weightspace {head}` is now `weightspace {' '.join(new[:2])}`"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weightspace",
@@ -55,6 +105,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv, note = new_spelling(sys.argv[1:] if argv is None else argv, _area_verbs(parser))
+    if note:
+        print(note, file=sys.stderr)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

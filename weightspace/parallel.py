@@ -9,7 +9,7 @@ models compute finite (and discarded) outputs whatever the architecture.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -21,7 +21,16 @@ from weightspace._errors import ConfigError, InvalidValueError, ShapeError
 
 T = TypeVar("T")
 
-__all__ = ["initialize_distributed", "make_mesh", "model_axis_size", "pad_models", "shard_models"]
+__all__ = [
+    "chunk_rows",
+    "chunk_size",
+    "initialize_distributed",
+    "make_mesh",
+    "map_chunks",
+    "model_axis_size",
+    "pad_models",
+    "shard_models",
+]
 
 
 def make_mesh(axis: str = "models", *, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -98,6 +107,85 @@ def pad_models(tree: T, multiple: int) -> T:
         return v[idx] if isinstance(v, np.ndarray) else jnp.asarray(v)[idx]
 
     return jax.tree_util.tree_map(pad, tree)
+
+
+def chunk_rows(start: int, size: int, n: int) -> np.ndarray:
+    """Row indices of the fixed-size chunk ``start .. start+size`` of ``n`` rows; past the end the last
+    row repeats (as :func:`pad_models` pads), so every chunk has the same shape.
+
+    Example:
+        >>> from weightspace.parallel import chunk_rows
+        >>> chunk_rows(4, 4, 6).tolist()
+        [4, 5, 5, 5]
+    """
+    return np.minimum(np.arange(start, start + size), n - 1)
+
+
+def chunk_size(n: int, chunk: int, *, multiple: int = 1) -> int:
+    """The rows per call of :func:`map_chunks` over ``n`` rows: at most ``chunk``; a small ``n`` is
+    padded only to the next power of two (few shapes, little wasted work); a multiple of ``multiple``.
+
+    Example:
+        >>> from weightspace.parallel import chunk_size
+        >>> chunk_size(1000, 256), chunk_size(5, 256), chunk_size(5, 256, multiple=4)
+        (256, 8, 8)
+    """
+    if not isinstance(chunk, int | np.integer) or chunk < 1:
+        raise InvalidValueError(f"chunk must be a positive int, got {chunk!r}")
+    size = max(1, min(int(chunk), 1 << max(0, (n - 1).bit_length())))
+    return -(-size // multiple) * multiple
+
+
+def map_chunks(
+    fn: Callable[[Any], Any],
+    tree: Any,
+    *,
+    chunk: int,
+    multiple: int = 1,
+    out_axis: int = 0,
+    place: Callable[[Any], Any] | None = None,
+) -> np.ndarray:
+    """``fn`` over fixed-shape chunks of the rows (axis 0) of ``tree``, concatenated on the host.
+
+    Every call has the same shape (:func:`chunk_size`; the last chunk is padded with
+    :func:`chunk_rows`), so a jitted ``fn`` compiles once, and the padded rows are dropped from the
+    result. The one pad-and-chunk loop of weightspace (embedding, ProbeX and ProbeGen inference).
+
+    Args:
+        fn: ``chunk of tree -> array`` whose axis ``out_axis`` follows the rows.
+        tree: a pytree of arrays sharing axis 0 (NumPy or JAX).
+        chunk: rows per call at most.
+        multiple: round the chunk up to a multiple of this (a device count).
+        out_axis: the rows' axis in ``fn``'s output (e.g. 1 for ``[members, rows, ...]``).
+        place: applied to each chunk before ``fn`` (e.g. a sharding ``device_put``).
+
+    Returns:
+        The concatenated outputs as a NumPy array.
+
+    Example:
+        >>> import jax, numpy as np
+        >>> from weightspace.parallel import map_chunks
+        >>> f = jax.jit(lambda x: x * 2)
+        >>> map_chunks(f, np.arange(5.0), chunk=2).tolist()
+        [0.0, 2.0, 4.0, 6.0, 8.0]
+    """
+    n = _num_models(tree)
+    size = chunk_size(n, chunk, multiple=multiple)
+    out = []
+    for lo in range(0, n, size):
+        idx = None if lo + size <= n else chunk_rows(lo, size, n)
+
+        def take(a: Any, lo: int = lo, idx: np.ndarray | None = idx) -> Any:
+            if idx is None:
+                return a[lo : lo + size]
+            return a[idx] if isinstance(a, np.ndarray) else jnp.asarray(a)[idx]
+
+        part = jax.tree_util.tree_map(take, tree)
+        if place is not None:
+            part = place(part)
+        y = np.asarray(jax.device_get(fn(part)))
+        out.append(np.take(y, np.arange(min(size, n - lo)), axis=out_axis))
+    return np.concatenate(out, axis=out_axis)
 
 
 def shard_models(tree: T, mesh: Mesh, *, axis: str = "models") -> T:

@@ -1,4 +1,4 @@
-"""``weightspace train-encoder``, ``weightspace embed`` and ``weightspace neighbours``."""
+"""``weightspace encoder train|embed|neighbours``: permutation-equivariant weight encoders."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from weightspace._argtypes import non_negative_int, positive_int
     from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
 
-    tr = sub.add_parser(
-        "train-encoder",
+    area = sub.add_parser("encoder", help="permutation-equivariant weight encoders: train, embed, neighbours")
+    esub = area.add_subparsers(dest="encoder_command", metavar="VERB")
+    area.set_defaults(func=lambda a: area.print_help() or 0)
+    tr = esub.add_parser(
+        "train",
         help="train a permutation-equivariant weight encoder contrastively",
         description="Train an NP or neuron-graph encoder with NT-Xent on the models of ZOO; "
         "models of the same task (--task: a meta column; class lists count as sets) are positives.",
@@ -19,34 +23,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tr.add_argument("zoos", nargs="+", metavar="ZOO", help=ZOO_HELP)
     tr.add_argument("--kind", choices=("np", "graph"), default="np")
     tr.add_argument("--task", default="classes", help="meta column naming each model's task (default: classes)")
-    tr.add_argument("--steps", type=int, default=200)
-    tr.add_argument("--batch", type=int, default=32, help="models per step, each in two views (default 32)")
-    tr.add_argument("--width", type=int, default=16)
-    tr.add_argument("--embed-dim", type=int, default=64)
+    tr.add_argument("--steps", type=positive_int, default=200)
+    tr.add_argument("--batch", type=positive_int, default=32, help="models per step, each in two views (default 32)")
+    tr.add_argument("--width", type=positive_int, default=16)
+    tr.add_argument("--embed-dim", type=positive_int, default=64)
     tr.add_argument("--loss", choices=("ntxent", "margin"), default="ntxent")
     tr.add_argument("--tau", type=float, default=0.1)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=non_negative_int, default=0)
     tr.add_argument("--out", required=True, help="encoder directory (orbax checkpoint + config.json)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--json", action="store_true", help="print a machine-readable summary")
     add_zoo_options(tr)
     tr.set_defaults(func=_train)
 
-    em = sub.add_parser(
+    em = esub.add_parser(
         "embed",
         help="embed every model of zoos into an embedding gallery",
         description="Embed the models of ZOO with a trained encoder and store the embeddings in "
         "the gallery format of `weightspace index` (appends to an existing embedding gallery).",
     )
     em.add_argument("zoos", nargs="+", metavar="ZOO", help=ZOO_HELP)
-    em.add_argument("--encoder", required=True, help="encoder directory from `weightspace train-encoder`")
+    em.add_argument("--encoder", required=True, help="encoder directory from `weightspace encoder train`")
     em.add_argument("--out", required=True, help="gallery directory")
-    em.add_argument("--chunk", type=int, default=256, help="models embedded per call (bounds memory)")
+    em.add_argument("--chunk", type=positive_int, default=256, help="models embedded per call (bounds memory)")
+    em.add_argument("--json", action="store_true", help="print a machine-readable summary")
     add_zoo_options(em)
     em.set_defaults(func=_embed)
 
-    nb = sub.add_parser("neighbours", help="the models nearest to a model in an embedding gallery")
-    nb.add_argument("gallery", help="embedding gallery directory (from `weightspace embed`)")
+    nb = esub.add_parser("neighbours", help="the models nearest to a model in an embedding gallery")
+    nb.add_argument("gallery", help="embedding gallery directory (from `weightspace encoder embed`)")
     nb.add_argument("model", metavar="MODEL", help="a model id in the gallery")
-    nb.add_argument("--top", type=int, default=10)
+    nb.add_argument("--top", type=positive_int, default=10)
     nb.add_argument("--zoo", default=None, help="zoo name, when the id is in several zoos")
     nb.add_argument("--json", action="store_true")
     nb.set_defaults(func=_neighbours)
@@ -103,7 +110,12 @@ def _train(args: argparse.Namespace) -> int:
         grad_clip=1.0,
     )
     _, rep = train_contrastive(
-        enc, buckets, labels, config=ContrastiveConfig(tau=args.tau, loss=args.loss), train_config=config
+        enc,
+        buckets,
+        labels,
+        config=ContrastiveConfig(tau=args.tau, loss=args.loss),
+        train_config=config,
+        progress=False if args.no_progress else None,
     )
     path = save_encoder(
         enc,
@@ -115,10 +127,23 @@ def _train(args: argparse.Namespace) -> int:
             "steps": args.steps,
         },
     )
+    summary = {
+        "encoder": str(path),
+        "kind": args.kind,
+        "models": int(sum(len(b) for b in buckets)),
+        "tasks": len(np.unique(flat)),
+        "steps": rep.steps_done,
+        "seconds": rep.seconds,
+        "compile_seconds": rep.compile_seconds,
+        "final_loss": rep.history[-1]["loss"],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
     print(
-        f"trained {args.kind} encoder on {sum(len(b) for b in buckets)} models ({len(np.unique(flat))} tasks), "
+        f"trained {args.kind} encoder on {summary['models']} models ({summary['tasks']} tasks), "
         f"{rep.steps_done} steps in {rep.seconds:.1f} s (+{rep.compile_seconds:.1f} s compile), final loss "
-        f"{rep.history[-1]['loss']:.4f} -> {path}"
+        f"{summary['final_loss']:.4f} -> {path}"
     )
     return 0
 
@@ -129,6 +154,9 @@ def _embed(args: argparse.Namespace) -> int:
 
     enc = load_encoder(args.encoder)
     g = embed_gallery(enc, _zoos(args), args.out, chunk=args.chunk, source_name=" ".join(args.zoos))
+    if args.json:
+        print(json.dumps({"gallery": str(g.path), "models": len(g), "dim": g.num_probes, "zoos": list(g.zoos)}))
+        return 0
     print(f"{g.path}: {len(g)} model embeddings of dimension {g.num_probes} (zoos: {', '.join(g.zoos)})")
     return 0
 

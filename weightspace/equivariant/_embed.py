@@ -54,15 +54,6 @@ def _jit_merged(gdef: Any, treedef: Any) -> Any:
     return jax.jit(run, compiler_options=dict(memory_bound_cpu_options()) or None)
 
 
-def _pad_rows(tree: Any, n: int) -> Any:
-    """Pad axis 0 to ``n`` rows by repeating the last model (finite, like weightspace.parallel)."""
-    m = int(jax.tree_util.tree_leaves(tree)[0].shape[0])
-    if m == n:
-        return tree
-    idx = np.minimum(np.arange(n), m - 1)
-    return jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree)
-
-
 def embed_bucket(
     encoder: Any,
     bucket: Bucket,
@@ -76,28 +67,13 @@ def embed_bucket(
     With ``mesh``, each chunk is sharded over the mesh's ``models`` axis (``chunk`` is rounded up
     to a multiple of its size); memory is bounded by one chunk of features on the device.
     """
+    from weightspace.parallel import map_chunks, model_axis_size, shard_models
+
     fn = fn or encode_fn(encoder)
-    n = len(bucket)
-    if mesh is not None:
-        from weightspace.parallel import model_axis_size
-
-        k = model_axis_size(mesh)
-        chunk = -(-chunk // k) * k
-    # Pad small inputs to a power of two (not to a full chunk): few shapes, little wasted work.
-    chunk = max(1, min(chunk, 1 << max(0, (n - 1).bit_length())))
-    if mesh is not None:
-        chunk = -(-chunk // k) * k
-    out: list[np.ndarray] = []
-    for lo in range(0, n, chunk):
-        part = jax.tree_util.tree_map(lambda a, lo=lo: np.asarray(a[lo : lo + chunk]), bucket.features)
-        part = _pad_rows(part, chunk)
-        if mesh is not None:
-            from weightspace.parallel import shard_models
-
-            part = shard_models(part, mesh)
-        e = np.asarray(jax.device_get(fn(part)))
-        out.append(e[: min(chunk, n - lo)])
-    return np.concatenate(out)
+    if mesh is None:
+        return map_chunks(fn, bucket.features, chunk=chunk)
+    k = model_axis_size(mesh)
+    return map_chunks(fn, bucket.features, chunk=chunk, multiple=k, place=lambda part: shard_models(part, mesh))
 
 
 def embed_zoo(

@@ -117,6 +117,8 @@ def neighbours(gallery: Any, model_id: str, *, top: int = 10, zoo: str | None = 
 
     g = gallery if isinstance(gallery, Gallery) else open_gallery(gallery)
     if not g.probes.name.startswith("embedding-") or g.normalize:
-        raise ConfigError(f"{g.path} is a ProbeLog gallery, not an embedding gallery (`weightspace embed` makes those)")
+        raise ConfigError(
+            f"{g.path} is a ProbeLog gallery, not an embedding gallery (`weightspace encoder embed` makes those)"
+        )
     res = g.search_logit((model_id, 0), zoo=zoo, top=top, selection="all", distance="l2", k=g.num_probes)
     return list(res.hits)

@@ -366,5 +366,5 @@ register_recipe(
     save=_save_hook,
     load=_load_hook,
     version=RECIPE_VERSION,
-    as_zoos=LoRAZoo.merged,  # `weightspace index`/`probe` of the cache directory probe the fine-tuned models
+    as_zoos=LoRAZoo.merged,  # `weightspace search index`/`probe run` of the cache directory probe the fine-tuned models
 )

@@ -455,11 +455,17 @@ class CNN(Architecture):
                 x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
         return self.head(params, x.mean(axis=(1, 2)))
 
-    def _patches(self, x: Array, *, ones: bool = False) -> Array:
-        """im2col by strided slicing: ``[n, H, W, C] -> [n, H', W', k*k*C]``, ordered ``(kh, kw, C)``.
+    def patches(self, x: Float[Array, "n h w c"], *, ones: bool = False) -> Float[Array, "n ho wo kkc"]:
+        """im2col of one conv layer's input by strided slicing: ``[n, H, W, C] -> [n, H', W', k*k*C]``,
+        ordered ``(kh, kw, C)`` (``ones``: one more constant channel, for a bias folded into the product).
 
         (``lax.conv_general_dilated_patches`` is itself a convolution with a one-hot kernel,
         ``k*k*C`` times the work of the layer; slicing is pure data movement.)
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> CNN(image_shape=(8, 8, 1), channels=(4,)).patches(jnp.ones((2, 8, 8, 1))).shape
+            (2, 4, 4, 9)
         """
         k, s, pad = self.kernel_size, self.strides, self.padding
         _, h, w, _ = x.shape
@@ -502,17 +508,17 @@ class CNN(Architecture):
             return jnp.swapaxes(jnp.swapaxes(w, -3, -2), -2, -1).reshape(*w.shape[:-3], -1)
 
         if form == "einsum":
-            h = jnp.einsum("phwi,moi->mphwo", self._patches(x), flat(params["convs.0.weight"]))
+            h = jnp.einsum("phwi,moi->mphwo", self.patches(x), flat(params["convs.0.weight"]))
             h = act(h + params["convs.0.bias"][:, None, None, None])
             for i in range(1, n_conv):
                 m, p = h.shape[:2]
-                pt = self._patches(h.reshape(m * p, *h.shape[2:]))
+                pt = self.patches(h.reshape(m * p, *h.shape[2:]))
                 pt = pt.reshape(m, p, *pt.shape[1:])
                 h = jnp.einsum("mphwi,moi->mphwo", pt, flat(params[f"convs.{i}.weight"]))
                 h = act(h + params[f"convs.{i}.bias"][:, None, None, None])
             return jax.vmap(self.head)(params, h.mean(axis=(2, 3)))
 
-        patches0 = self._patches(x, ones=True)  # shared by all models (unused, hence dropped, by "scan")
+        patches0 = self.patches(x, ones=True)  # shared by all models (unused, hence dropped, by "scan")
 
         def one(p: Params) -> Array:
             h = x
@@ -520,7 +526,7 @@ class CNN(Architecture):
                 if form == "scan":
                     h = act(self.conv(p, i, h))
                 else:
-                    pt = patches0 if i == 0 else self._patches(h, ones=True)
+                    pt = patches0 if i == 0 else self.patches(h, ones=True)
                     wb = jnp.concatenate([flat(p[f"convs.{i}.weight"]), p[f"convs.{i}.bias"][:, None]], axis=1)
                     h = act(pt @ wb.T)
             return self.head(p, h.mean(axis=(1, 2)))

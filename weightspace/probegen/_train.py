@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from weightspace._errors import ConfigError, InvalidValueError, LoadError, ShapeError
 from weightspace.learn import TargetScale, Task, TrainConfig, WeightDataset, as_task, fit, load_module, save_module
 from weightspace.nets import Architecture, architecture_from_config
+from weightspace.parallel import map_chunks
 from weightspace.probegen._model import ProbeGen, ProbeGenConfig, build_probegen
 from weightspace.zoo import Collection, Zoo
 
@@ -174,23 +175,14 @@ def _run(
     out: np.ndarray | None = None
     for a in np.unique(idx_all):
         rows = np.flatnonzero(idx_all == a)
-        c = min(chunk, len(rows))
-        for lo in range(0, len(rows), c):
-            take = rows[lo : lo + c]
-            pad = np.concatenate([take, np.repeat(take[-1:], c - len(take))])  # fixed shapes: one compile
-            r = np.asarray(
-                _infer(
-                    graphdef,
-                    state,
-                    {k: jnp.asarray(v[pad]) for k, v in params.items()},
-                    arch_index=int(a),
-                    what=what,
-                    mesh=mesh,
-                )
-            )[: len(take)]
-            if out is None:
-                out = np.zeros((n, *r.shape[1:]), np.float32)
-            out[take] = r
+
+        def run(part: Any, a: int = int(a)) -> jax.Array:
+            return _infer(graphdef, state, jax.tree.map(jnp.asarray, part), arch_index=a, what=what, mesh=mesh)
+
+        r = map_chunks(run, {k: v[rows] for k, v in params.items()}, chunk=chunk)
+        if out is None:
+            out = np.zeros((n, *r.shape[1:]), np.float32)
+        out[rows] = r
     assert out is not None
     return out
 

@@ -98,11 +98,11 @@ def _apply_jit(graphdef: Any, state: Any, x: jax.Array, *, fn: str) -> jax.Array
 
 
 def _apply(model: ProbeX, x: np.ndarray, fn: str, chunk: int = 512) -> np.ndarray:
+    from weightspace.parallel import map_chunks
+
     graphdef, state = nnx.split(model)
-    out = [
-        np.asarray(_apply_jit(graphdef, state, jnp.asarray(x[i : i + chunk]), fn=fn)) for i in range(0, len(x), chunk)
-    ]
-    return np.concatenate(out, axis=1)
+    # [members, models, ...]: the models are axis 1 of the output; every chunk has one shape
+    return map_chunks(lambda part: _apply_jit(graphdef, state, jnp.asarray(part), fn=fn), x, chunk=chunk, out_axis=1)
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""``weightspace probe ZOO --probes NAME --out FILE``: responses of a zoo to a probe set."""
+"""``weightspace probe run ZOO --probes NAME --out FILE``: responses of a zoo to a probe set."""
 
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ from weightspace._errors import ConfigError, LoadError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "probe",
+    from weightspace._argtypes import non_negative_int, positive_int
+
+    area = sub.add_parser("probe", help="the probe engine: responses of every model of a zoo to a probe set")
+    psub = area.add_subparsers(dest="probe_command", metavar="VERB")
+    area.set_defaults(func=lambda a: area.print_help() or 0)
+    p = psub.add_parser(
+        "run",
         help="probe every model of a zoo with a probe set",
         description="Write the [models, probes, outputs] float32 responses of a zoo to FILE (.npy, streamed "
         "through a memory map, or .safetensors under the name 'responses') and a FILE.json sidecar with the "
@@ -31,17 +36,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="probe kind for weightspace.data.make_probes (natural, dead-leaves, uniform, fashion-mnist, "
         "mnist-5k, digits) or a .npy file of probes [n, ...]",
     )
-    p.add_argument("--n", type=int, default=1000, help="number of probes to make (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="probe seed (default 0)")
+    p.add_argument("--n", type=positive_int, default=1000, help="number of probes to make (default 1000)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="probe seed (default 0)")
     p.add_argument(
         "--shape",
         default="28x28x1",
         help="shape of each named probe: HxWxC for images (default 28x28x1), e.g. 2 for uniform coordinates",
     )
     p.add_argument("--out", required=True, help="output .npy or .safetensors file")
-    p.add_argument("--model-chunk", type=int, default=None, help="models per kernel call (default: from memory)")
-    p.add_argument("--probe-chunk", type=int, default=None, help="probes per kernel call (default: from memory)")
+    p.add_argument(
+        "--model-chunk", type=positive_int, default=None, help="models per kernel call (default: from memory)"
+    )
+    p.add_argument(
+        "--probe-chunk", type=positive_int, default=None, help="probes per kernel call (default: from memory)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     add_zoo_options(p)
     p.set_defaults(func=_probe)
 
@@ -120,6 +130,13 @@ def _probe(args: argparse.Namespace) -> int:
         sidecar["zoos"] = parts
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=1))
+    if args.json:
+        print(
+            json.dumps(
+                {"out": str(out), "sidecar": str(out.with_suffix(".json")), "shapes": [p["shape"] for p in parts]}
+            )
+        )
+        return 0
     shapes = ", ".join(str(tuple(r.shape)) for r in resps)
     print(f"wrote {out} {shapes} and {out.with_suffix('.json')}")
     return 0

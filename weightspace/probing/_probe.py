@@ -26,7 +26,7 @@ from jaxtyping import Array, Float
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, InvalidValueError, ShapeError, WeightspaceError
 from weightspace.nets import Architecture, Params
-from weightspace.parallel import make_mesh, model_axis_size
+from weightspace.parallel import chunk_rows, make_mesh, model_axis_size
 from weightspace.zoo import Collection, Zoo
 
 MODELS_AXIS = "models"
@@ -332,10 +332,10 @@ def _param_count(params: Params) -> int:
 
 
 def _chunk_of(params: Params, start: int, size: int, n: int) -> Params:
-    """Models ``start .. start+size`` (the last model repeated past ``n``)."""
+    """Models ``start .. start+size`` (the last model repeated past ``n``: :func:`~weightspace.parallel.chunk_rows`)."""
     if start + size <= n:
         return {k: v[start : start + size] for k, v in params.items()}
-    idx = np.minimum(np.arange(start, start + size), n - 1)
+    idx = chunk_rows(start, size, n)
     return {k: v[idx] if isinstance(v, np.ndarray) else jnp.asarray(v)[idx] for k, v in params.items()}
 
 

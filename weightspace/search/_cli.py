@@ -1,4 +1,4 @@
-"""``weightspace index`` (build/resume/append a ProbeLog gallery) and ``weightspace search``."""
+"""``weightspace search index`` (build/resume/append a ProbeLog gallery) and ``weightspace search query``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from weightspace._errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    ix = sub.add_parser(
+    from weightspace._argtypes import non_negative_int, positive_int
+
+    area = sub.add_parser("search", help="ProbeLog: index zoos into a gallery, query it by text, logit or model")
+    ssub = area.add_subparsers(dest="search_command", metavar="VERB")
+    area.set_defaults(func=lambda a: area.print_help() or 0)
+    ix = ssub.add_parser(
         "index",
         help="index zoos into a ProbeLog gallery (resumable; appends to an existing gallery)",
         description="Probe every model of the zoos on one ordered probe set and store each logit's normalised "
@@ -26,18 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         required=True,
         help="probe kind for weightspace.data.make_probes (fashion-mnist, natural, dead-leaves, ...)",
     )
-    ix.add_argument("--n", type=int, default=1000, help="number of probes (default 1000)")
-    ix.add_argument("--seed", type=int, default=0, help="probe seed (default 0)")
+    ix.add_argument("--n", type=positive_int, default=1000, help="number of probes (default 1000)")
+    ix.add_argument("--seed", type=non_negative_int, default=0, help="probe seed (default 0)")
     ix.add_argument("--shape", default="28x28x1", help="probe image shape HxWxC (default 28x28x1)")
     ix.add_argument("--out", required=True, help="gallery directory")
     ix.add_argument("--dtype", choices=("float16", "float32"), default="float16")
-    ix.add_argument("--models-per-shard", type=int, default=None)
+    ix.add_argument("--models-per-shard", type=positive_int, default=None)
     ix.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ix.add_argument("--json", action="store_true", help="print a machine-readable summary")
     add_zoo_options(ix)
     ix.set_defaults(func=_index)
 
-    se = sub.add_parser("search", help="search a ProbeLog gallery by text, by logit or by model")
-    se.add_argument("gallery", help="gallery directory (from `weightspace index`)")
+    se = ssub.add_parser("query", help="search a ProbeLog gallery by text, by logit or by model")
+    se.add_argument("gallery", help="gallery directory (from `weightspace search index`)")
     q = se.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", action="append", help="a concept, e.g. 'sandal' (repeatable)")
     q.add_argument("--logit", action="append", metavar="MODEL:IDX", help="a gallery logit (repeatable)")
@@ -46,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="ZOO",
         help="search with each logit of each model of ZOO (any zoo path or recipe name `weightspace index` takes)",
     )
-    se.add_argument("--top", type=int, default=10, help="hits per query (default 10)")
+    se.add_argument("--top", type=positive_int, default=10, help="hits per query (default 10)")
     se.add_argument(
-        "--k", type=int, default=None, help="probes compared per query (default: weightspace.search.DEFAULT_K)"
+        "--k", type=positive_int, default=None, help="probes compared per query (default: weightspace.search.DEFAULT_K)"
     )
     se.add_argument(
         "--clip",
@@ -66,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     se.add_argument(
         "--conse-top",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="T",
         help="ImageNet classes mixed per probe by the conse aligner (default 10)",
@@ -97,6 +103,10 @@ def _index(args: argparse.Namespace) -> int:
     g = build_gallery(
         zoos, probes, args.out, dtype=args.dtype, models_per_shard=args.models_per_shard, progress=progress
     )
+    if args.json:
+        summary = {"gallery": str(g.path), "logits": g.num_logits, "probes": g.num_probes, "probe_set": probes.name}
+        print(json.dumps({**summary, "zoos": list(g.zoos)}, indent=1))
+        return 0
     print(f"gallery {g.path}: {g.num_logits} logits x {g.num_probes} probes ({probes.name}), zoos {g.zoos}")
     return 0
 
@@ -106,7 +116,7 @@ def _search(args: argparse.Namespace) -> int:
 
     g = open_gallery(args.gallery)
     if not g.complete:
-        print(f"warning: {g.path} is partly built; re-run `weightspace index` to finish it", file=sys.stderr)
+        print(f"warning: {g.path} is partly built; re-run `weightspace search index` to finish it", file=sys.stderr)
     kw = {"top": args.top, "k": args.k}
     if args.text:
         from weightspace.search._conse import _cli_aligner

@@ -122,7 +122,7 @@ class ConSEAligner:
     every comma-separated synonym of a name (``"tabby, tabby cat"``) is a prompt of its own.
     Probe logits (the expensive part) and class-name embeddings are cached in memory and, with
     ``cache=True``, on disk under ``cache_dir("conse")``, keyed by the probe set's fingerprint and
-    the models' weights, so a second ``weightspace search`` on the same gallery costs one text
+    the models' weights, so a second ``weightspace search query`` on the same gallery costs one text
     encoding.
 
     Args:
@@ -349,7 +349,7 @@ def default_aligner(probes: Any) -> Any:
 
 
 def _cli_aligner(kind: str, probes: Any, *, top: int | None = None, clip: str | None = None) -> Any:
-    """The aligner that ``weightspace search --text`` asks for with ``--aligner``/``--conse-top``/``--clip``."""
+    """The aligner that ``weightspace search query --text`` asks for with ``--aligner``/``--conse-top``/``--clip``."""
     if clip is not None:
         from weightspace.nets import load_clip
         from weightspace.search._text import CLIPAligner

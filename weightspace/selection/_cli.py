@@ -1,4 +1,4 @@
-"""``weightspace rank``: rank the models of a zoo for a target dataset with every metric."""
+"""``weightspace selection rank``: rank the models of a zoo for a target dataset with every metric."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from weightspace._errors import InvalidValueError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("rank", help="rank the models of a zoo for a target task with transferability metrics")
+    from weightspace._argtypes import non_negative_int
+
+    area = sub.add_parser("selection", help="model selection: rank a zoo's models for a target task")
+    ssub = area.add_subparsers(dest="selection_command", metavar="VERB")
+    area.set_defaults(func=lambda a: area.print_help() or 0)
+    p = ssub.add_parser("rank", help="rank the models of a zoo for a target task with transferability metrics")
     from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
 
     p.add_argument(
@@ -19,11 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--task", required=True, metavar="DATA", help="target dataset: fashion-mnist, mnist-5k or digits")
     p.add_argument("--split", default="train", help="dataset split (train, test, all)")
-    p.add_argument("--limit", type=int, default=2000, help="use this many examples (seeded random subset; 0 = all)")
+    p.add_argument(
+        "--limit", type=non_negative_int, default=2000, help="use this many examples (seeded random subset; 0 = all)"
+    )
     p.add_argument("--metrics", nargs="+", default=None, help="metrics to compute (default: all but OTCE)")
     p.add_argument("--sort-by", default=None, help="metric that orders the table (default: logme, else the first)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of N-LEEP's mixture")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the subset and of N-LEEP's mixture")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_zoo_options(p)
     p.set_defaults(func=_rank)
 
@@ -42,7 +50,7 @@ def _rank(args: argparse.Namespace) -> int:
     sort_by = args.sort_by or ("logme" if "logme" in metrics else metrics[0])
     if sort_by not in metrics:
         raise InvalidValueError(f"--sort-by {sort_by!r} is not among the computed metrics {metrics}")
-    zoos = load_zoo_specs([args.models], args)
+    zoos = load_zoo_specs([args.models], args, progress=False if args.no_progress else None)
     ds = load_dataset(args.task, args.split)
     idx = np.arange(len(ds))
     if args.limit and args.limit < len(ds):

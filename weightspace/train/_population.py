@@ -28,6 +28,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int
 
 from weightspace._errors import ConfigError, ShapeError
+from weightspace.parallel import chunk_rows
 from weightspace.train._checkpoint import Checkpointer, check_resume, from_host, to_host
 from weightspace.train._step import TrainState, make_train_step
 
@@ -559,8 +560,8 @@ def fit_population(
     try:
         for c in range(n_chunks):
             lo, hi = c * chunk, min((c + 1) * chunk, n)
-            # Pad the last chunk with copies of its first model (0 steps) so every chunk reuses one program.
-            pos = np.concatenate([np.arange(lo, hi), np.full(chunk - (hi - lo), lo)]).astype(np.int64)
+            # The last chunk is padded (copies of the last model, 0 steps): every chunk reuses one program.
+            pos = chunk_rows(lo, chunk, n).astype(np.int64)
             live = hi - lo
             steps_c = steps_col[pos].copy()
             steps_c[live:] = 0

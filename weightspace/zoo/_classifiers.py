@@ -20,6 +20,7 @@ from jaxtyping import Array, Float, Int
 
 from weightspace._backend import init_cpu_options
 from weightspace._errors import ConfigError
+from weightspace.parallel import chunk_rows
 from weightspace.train._population import (
     HPARAM_DEFAULTS,
     _as_table,
@@ -118,15 +119,8 @@ def cnn_forward_im2col(
             total += x.shape[0] * h * w * ch
         keep_all = jax.random.uniform(key, (total,)) < 1.0 - dropout
     for i in range(len(arch.channels)):
-        _, h, w, c = x.shape
-        ho, wo = (h + 2 * pad - k) // st + 1, (w + 2 * pad - k) // st + 1
-        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        cols = [
-            xp[:, di : di + st * (ho - 1) + 1 : st, dj : dj + st * (wo - 1) + 1 : st, :]
-            for di in range(k)
-            for dj in range(k)
-        ]
-        patches = jnp.concatenate(cols, axis=-1)  # [b, ho, wo, k*k*c], ordered (di, dj, channel)
+        c = x.shape[-1]
+        patches = arch.patches(x)  # [b, ho, wo, k*k*c], ordered (kh, kw, channel): the CNN's own im2col
         wmat = jnp.transpose(params[f"convs.{i}.weight"], (2, 3, 1, 0)).reshape(k * k * c, -1)
         x = act(patches @ wmat + params[f"convs.{i}.bias"])
         if keep_all is not None:
@@ -287,8 +281,7 @@ def evaluate_population(
         n_out = np.full((n,), arch.num_outputs, np.int32)
     accs, ces = [], []
     for lo in range(0, n, chunk):
-        pos = np.arange(lo, lo + chunk)
-        pos = np.minimum(pos, n - 1)  # pad the last chunk: one program for every chunk
+        pos = chunk_rows(lo, chunk, n)  # the last chunk padded: one program for every chunk
         a, c = _evaluate_chunk(
             _slice(params, pos),
             images_d,

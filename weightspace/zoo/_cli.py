@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from weightspace._argtypes import non_negative_int, positive_int
 from weightspace.zoo._io import read_header
 
 ZOO_HELP = (
@@ -97,8 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     info.set_defaults(func=_info)
     build = zsub.add_parser("build", help="build (or load from the cache) a named zoo recipe")
     build.add_argument("name", help="recipe name (see `weightspace zoo recipes`)")
-    build.add_argument("--size", type=int, default=None, help="number of models/images (default: full size)")
-    build.add_argument("--seed", type=int, default=0, help="recipe seed (default 0)")
+    build.add_argument("--size", type=positive_int, default=None, help="number of models/images (default: full size)")
+    build.add_argument("--seed", type=non_negative_int, default=0, help="recipe seed (default 0)")
     build.add_argument(
         "--out",
         default=None,
@@ -107,6 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     build.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     build.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
     recipes = zsub.add_parser("recipes", help="list the named zoo recipes")
     recipes.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -182,7 +184,8 @@ def _build(args: argparse.Namespace) -> int:
     from weightspace.zoo._zoo import Collection, Zoo
 
     t0 = time.perf_counter()
-    result = build_recipe(args.name, size=args.size, seed=args.seed, progress=None, cache=not args.no_cache)
+    progress = False if args.no_progress else None
+    result = build_recipe(args.name, size=args.size, seed=args.seed, progress=progress, cache=not args.no_cache)
     seconds = time.perf_counter() - t0
     recipe = RECIPES[args.name]
     size = recipe.default_size if args.size is None else args.size

@@ -53,7 +53,7 @@ class Recipe:
         version: part of the cache key; bump when the recipe changes what it builds.
         as_zoos: ``as_zoos(result) -> Zoo | Collection``: the models to probe of a result that is
             not a Zoo or Collection (e.g. a LoRA zoo's merged models), so its cache directory
-            reads with :func:`~weightspace.zoo.load_collection` and ``weightspace index``/``probe``.
+            reads with :func:`~weightspace.zoo.load_collection` and ``weightspace search index``/``probe run``.
     """
 
     name: str
@@ -103,7 +103,7 @@ def register_recipe(
         load: ``load(directory, file names) -> result`` (required unless Zoo/Collection).
         version: part of the cache key; bump when the recipe changes what it builds.
         as_zoos: ``as_zoos(result) -> Zoo | Collection`` for results of another type: the models
-            that ``load_collection(cache dir)`` and ``weightspace index``/``probe`` read.
+            that ``load_collection(cache dir)`` and ``weightspace search index``/``probe run`` read.
 
     Returns:
         The registered :class:`Recipe`.
