@@ -108,7 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, note = new_spelling(sys.argv[1:] if argv is None else argv, _area_verbs(parser))
     if note:
         print(note, file=sys.stderr)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed): the exit code, as a return
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
