@@ -246,6 +246,16 @@ def test_bad_input_errors(encoders: dict) -> None:
         )
 
 
+def test_flops_of_an_encoder_with_compiler_options(encoders: dict) -> None:
+    """encode_fn jits with per-program compiler options; flops_per_model lowers that program itself
+    (wrapping it in another jax.jit is refused by JAX)."""
+    from weightspace.learn import flops_per_model
+
+    f = features_of(_zoo("mlp-relu", n=4))
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), f)
+    assert flops_per_model(encode_fn(encoders["np"]), shapes, models=4) > 0
+
+
 def test_encode_fn_compiles_once(encoders: dict) -> None:
     from weightspace.testing import assert_no_recompile
 

@@ -38,11 +38,27 @@ def encode_fn(encoder: Any) -> Callable[[WeightFeatures], jax.Array]:
     if isinstance(encoder, nnx.Module):
         gdef, state = nnx.split(encoder)
         leaves, treedef = jax.tree_util.tree_flatten(state)
-        run = _jit_merged(gdef, treedef)
-        return lambda x: run(leaves, x)
+        return _Encode(_jit_merged(gdef, treedef), leaves)
     if not callable(encoder):
         raise ConfigError(f"encoder must be an NNX module or a callable, got {type(encoder).__name__}")
     return jax.jit(jax.vmap(encoder), compiler_options=dict(memory_bound_cpu_options()) or None)
+
+
+class _Encode:
+    """``encode_fn``'s result for an NNX encoder: the jitted program bound to the encoder's arrays.
+
+    ``lower(x)`` lowers that program itself (with its compiler options), so
+    :func:`weightspace.learn.flops_per_model` can count it (a ``jax.jit`` around it could not:
+    JAX refuses compiler options on a nested jit)."""
+
+    def __init__(self, run: Any, leaves: list[jax.Array]) -> None:
+        self.run, self.leaves = run, leaves
+
+    def __call__(self, x: WeightFeatures) -> jax.Array:
+        return self.run(self.leaves, x)
+
+    def lower(self, x: Any) -> Any:
+        return self.run.lower(self.leaves, x)
 
 
 @functools.lru_cache(maxsize=16)

@@ -49,5 +49,8 @@ def flops_per_model(fn: Callable[..., Any], *args: Any, models: int) -> float:
     """
     if not isinstance(models, int) or isinstance(models, bool) or models < 1:
         raise InvalidValueError(f"flops_per_model: models must be a positive int, got {models!r}")
-    compiled = jax.jit(fn).lower(*args).compile()
+    # A function that lowers itself (a jax.jit, or weightspace.equivariant.encode_fn's result) keeps
+    # its own compiler options; a jax.jit around it would be refused for them.
+    lower = fn.lower if callable(getattr(fn, "lower", None)) else jax.jit(fn).lower  # type: ignore[attr-defined]
+    compiled = lower(*args).compile()
     return _flops_of(compiled.cost_analysis()) / models
