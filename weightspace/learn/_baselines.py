@@ -105,12 +105,12 @@ def _predictor_loss(model: _Predictor, batch: dict[str, jax.Array], key: jax.Arr
     return model.task.loss(model(batch["x"]), batch["y"])
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnums=0)
 def _eval_loss(graphdef: Any, state: Any, batch: dict[str, jax.Array]) -> jax.Array:
     return _predictor_loss(nnx.merge(graphdef, state), batch, jax.random.key(0))[0]
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnums=0)
 def _forward(graphdef: Any, state: Any, x: jax.Array) -> jax.Array:
     return nnx.merge(graphdef, state)(x)
 

@@ -394,7 +394,8 @@ def fit(
                         entry[k] = float(np.mean([a[k] for a in aux_since]))
                     since_entry, aux_since = [], []
                     t_host = time.perf_counter()
-                    current = nnx.merge(graphdef, state.params, state.model_state)
+                    # the module at this step, for val_fn and hooks only (merging costs host time)
+                    current = nnx.merge(graphdef, state.params, state.model_state) if val_fn or hooks else None
                     if val_fn is not None:
                         score = float(val_fn(current))
                         entry["val"] = score
@@ -407,6 +408,7 @@ def fit(
                                 stop = True
                     history.append(entry)
                     for hook in hooks:
+                        assert current is not None
                         if hook(FitEvent(step, config.steps, dict(entry), current)) is True:
                             stop = True
                     t0 += time.perf_counter() - t_host  # validation and hooks are not training time
