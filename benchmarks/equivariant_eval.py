@@ -39,6 +39,7 @@ from weightspace.equivariant._contrastive import (
     Augment,
     ContrastiveConfig,
     build_encoder,
+    encoder_config,
     task_labels,
     train_contrastive,
 )
@@ -215,15 +216,16 @@ def main() -> int:
             ]
             labels = [contrast[[index[r] for r in b.rows]] for b in buckets]
             for kind in args.encoders.split(","):
-                cfg = {
-                    "kind": kind,
-                    "taps": taps,
-                    "width": args.width,
-                    "embed_dim": 64,
-                    "max_inputs": max_in,
-                    "max_outputs": max_out,
-                }
-                cfg.update({"depth": 2} if kind == "np" else {"rounds": 2})
+                cfg = encoder_config(
+                    {
+                        "kind": kind,
+                        "taps": taps,
+                        "width": args.width,
+                        "embed_dim": 64,
+                        "max_inputs": max_in,
+                        "max_outputs": max_out,
+                    }
+                )  # depth 2 / rounds 2: the configs' defaults
                 enc = build_encoder(cfg, seed=seed)
                 t = time.time()
                 emb0 = embed_all(enc, buckets, n, index)

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from weightspace.data import load_dataset
-from weightspace.equivariant import bucketize, build_encoder, embed_zoo, task_labels, train_contrastive
+from weightspace.equivariant import bucketize, build_encoder, embed_zoo, encoder_config, task_labels, train_contrastive
 from weightspace.learn import ResultsTable, TrainConfig, split_models
 from weightspace.zoo import ClassifierLoss, build_recipe, evaluate_population, fit_population, init_population
 
@@ -72,15 +72,16 @@ def main() -> int:
     for seed in range(args.seeds):
         splits = split_models(len(rows), seed=seed)
         tr = set(splits.train.tolist())
-        cfg = {
-            "kind": args.encoder,
-            "taps": sorted({t for b in buckets for t in b.layout.taps}),
-            "width": args.width,
-            "embed_dim": 64,
-            "max_inputs": 784,
-            "max_outputs": 10,
-        }
-        cfg.update({"depth": 2} if args.encoder == "np" else {"rounds": 2})
+        cfg = encoder_config(
+            {
+                "kind": args.encoder,
+                "taps": sorted({t for b in buckets for t in b.layout.taps}),
+                "width": args.width,
+                "embed_dim": 64,
+                "max_inputs": 784,
+                "max_outputs": 10,
+            }
+        )  # depth 2 / rounds 2: the configs' defaults
         enc = build_encoder(cfg, seed=seed)
         train_contrastive(
             enc,

@@ -69,7 +69,7 @@ def _score(task: str, pred: np.ndarray, y: np.ndarray) -> float:
 def run_encoder(kind: str, source: Any, ds: Any, task: str, steps: int, seed: int) -> tuple[float, dict]:
     """The equivariant encoder (``np`` | ``graph``) + a linear head trained end to end on the task,
     on the same splits and with the same validation rule (best validation step) as ProbeGen."""
-    from weightspace.equivariant import bucketize, build_encoder, train_supervised
+    from weightspace.equivariant import bucketize, build_encoder, encoder_config, train_supervised
     from weightspace.equivariant._embed import encode_fn
     from weightspace.learn import Task, TrainConfig, flops_per_model
 
@@ -78,15 +78,16 @@ def run_encoder(kind: str, source: Any, ds: Any, task: str, steps: int, seed: in
         raise SystemExit(f"{kind}-encoder: expected the zoo in one bucket of {len(ds)} models")
     bucket = buckets[0]
     lay = bucket.layout
-    cfg: dict[str, Any] = {
-        "kind": kind,
-        "taps": sorted(set(lay.taps)),
-        "width": ENCODER_WIDTH,
-        "embed_dim": 64,
-        "max_inputs": lay.widths[0],
-        "max_outputs": lay.widths[-1],
-    }
-    cfg.update({"depth": 2} if kind == "np" else {"rounds": 2})
+    cfg = encoder_config(
+        {
+            "kind": kind,
+            "taps": sorted(set(lay.taps)),
+            "width": ENCODER_WIDTH,
+            "embed_dim": 64,
+            "max_inputs": lay.widths[0],
+            "max_outputs": lay.widths[-1],
+        }
+    )  # depth 2 / rounds 2: the configs' defaults
     enc = build_encoder(cfg, seed=seed)
     y = ds.targets["y"]
     config = TrainConfig(

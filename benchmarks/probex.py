@@ -54,7 +54,7 @@ def _layer(n: int, d_h: int, d_w: int) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def bench_jax(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict:
-    from weightspace.probex import DEFAULT_TRAIN, train_expert
+    from weightspace.probex import DEFAULT_TRAIN, ProbeXConfig, train_expert
 
     names = [f"c{i}" for i in range(y.shape[1])]
     runs = []
@@ -64,9 +64,7 @@ def bench_jax(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict:
             y,
             class_names=names,
             train_idx=np.arange(len(x)),
-            r_u=args.r_u,
-            r_v=args.r_v,
-            r_t=args.r_t,
+            config=ProbeXConfig(r_u=args.r_u, r_v=args.r_v, r_t=args.r_t),
             train_config=DEFAULT_TRAIN.replace(
                 steps=args.steps, batch_size=args.batch, patience=None, eval_every=args.steps
             ),

@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     trees = dict(px.trees_from(built))
     if args.models:
         trees = {t: z.select(np.arange(min(args.models, len(z)))) for t, z in trees.items()}
-    widths = {"r_u": args.r, "r_v": args.r, "r_t": 4 * args.r}
+    config = px.ProbeXConfig(r_u=args.r, r_v=args.r, r_t=4 * args.r)
+    widths = {"r_u": config.r_u, "r_v": config.r_v, "r_t": config.r_t}
     train = px.DEFAULT_TRAIN.replace(steps=steps, eval_every=max(10, steps // 12))
     sweep_train = px.SWEEP_TRAIN.replace(steps=max(20, steps // 2), eval_every=max(10, steps // 12))
     names = list(px.POOL_CLASSES)
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 {t: trees[t] for t in chosen},
                 class_names=names,
                 seeds=seeds,
-                widths=widths,
+                config=config,
                 train_config=train,
                 sweep_train_config=sweep_train,
                 cross=False,
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 experts,
                 class_names=names,
                 seeds=seeds,
-                widths=widths,
+                config=config,
                 train_config=train,
                 fresh=dict(px.trees_from(fresh)),
             )
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif part == "lora" and args.lora_size:
             lz = build_recipe("fmnist-lora", size=args.lora_size, progress=True)
-            out = run_lora(lz, seeds=seeds, widths=widths, train_config=train, sweep_train_config=sweep_train)
+            out = run_lora(lz, seeds=seeds, config=config, train_config=train, sweep_train_config=sweep_train)
             _save_part(
                 stem,
                 "lora",

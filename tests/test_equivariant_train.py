@@ -142,3 +142,24 @@ def test_cli_embed_and_bad_gallery(tasks_zoo: Zoo, tmp_path, capsys) -> None:
     )
     with pytest.raises(ConfigError, match="not an embedding gallery"):
         neighbours(tmp_path / "probelog", "a")
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"kind": "mlp"}, "unknown encoder kind 'mlp'"),
+        ({"taps": [1]}, "unknown encoder kind None"),
+        ({"kind": "np", "rounds": 2}, r"unknown fields \['rounds'\]"),
+        ({"kind": "graph", "width": 0}, "GraphEncoderConfig.width must be a positive int"),
+        ({"kind": "np", "taps": []}, "NPEncoderConfig.taps must be a non-empty tuple"),
+    ],
+    ids=["bad-kind", "no-kind", "field-of-other-kind", "zero-width", "no-taps"],
+)
+def test_encoder_configs_are_frozen_and_checked(cfg, match) -> None:
+    from weightspace.equivariant import GraphEncoderConfig, NPEncoderConfig, encoder_config
+
+    with pytest.raises(ConfigError, match=match):
+        build_encoder(cfg)
+    for c in (NPEncoderConfig(taps=(1,), width=4, embed_dim=8), GraphEncoderConfig(taps=(1, 9), rounds=1)):
+        assert encoder_config(c.to_dict()) == c and hash(c) == hash(encoder_config(c.to_dict()))
+        assert build_encoder(c).config == c  # the module keeps its frozen config (static graph data)

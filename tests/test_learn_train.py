@@ -11,6 +11,7 @@ from flax import nnx
 from weightspace import ConfigError, LoadError
 from weightspace.learn import FitReport, TrainConfig, TrainingDivergedError, fit, load_module, save_module
 from weightspace.parallel import make_mesh
+from weightspace.train import Checkpointing, Hook, Progress, Validation
 
 _TRACES = {"n": 0}
 
@@ -202,6 +203,67 @@ def test_early_stopping_ends_at_best_state(data):
     assert r.best_step == 6 and r.best_score == 0 and r.steps_done == 10 and len(seen) == 5
     assert [h["val"] for h in r.history] == [-2, -1, 0, -1, -2]
     jax.tree.map(np.testing.assert_array_equal, _params(model), seen[2])
+
+
+class _EvalCounter(Hook):
+    """A stateful user hook: counts evaluations and keeps a running array; resumes with the run."""
+
+    every = 3  # also asks for boundaries every 3 steps
+
+    def __init__(self):
+        self.evals, self.boundaries, self.total = 0, [], jnp.zeros(())
+
+    def evaluate(self, event):
+        self.evals += 1
+        self.total = self.total + event.entry["loss"]
+        event.entry["evals"] = self.evals
+
+    def boundary(self, run, *, stop):
+        self.boundaries.append(run.step)
+
+    def state_dict(self):
+        return {"evals": self.evals}
+
+    def load_state_dict(self, state):
+        self.evals = state["evals"]
+
+    def arrays(self, run):
+        return self.total
+
+    def load_arrays(self, tree):
+        self.total = tree
+
+
+def test_hooks_as_objects_resume_with_the_run(data, tmp_path):
+    train = {"x": data["x"], "y": data["y"]}
+    cfg = TrainConfig(steps=12, batch_size=16, eval_every=4, seed=2)
+
+    def val(model):
+        return -float(jnp.mean((model(train["x"]) - train["y"]) ** 2))
+
+    # val_fn= is shorthand for a Validation hook: same history, same best state
+    a, b = Net(5, rngs=nnx.Rngs(0)), Net(5, rngs=nnx.Rngs(0))
+    ra = fit(a, mse, train, config=cfg, val_fn=val)
+    rb = fit(b, mse, train, config=cfg, hooks=[Validation(val), Progress(False)])
+    assert ra.history == rb.history and (ra.best_step, ra.best_score) == (rb.best_step, rb.best_score)
+    jax.tree.map(np.testing.assert_array_equal, _params(a), _params(b))
+
+    full_hook = _EvalCounter()
+    r_full = fit(Net(5, rngs=nnx.Rngs(0)), mse, train, config=cfg, hooks=[full_hook])
+    assert full_hook.boundaries == [3, 4, 6, 8, 9, 12] and [h["evals"] for h in r_full.history] == [1, 2, 3]
+
+    first = _EvalCounter()
+    fit(Net(5, rngs=nnx.Rngs(0)), mse, train, config=cfg.replace(steps=8), hooks=[first, Checkpointing(tmp_path)])
+    second = _EvalCounter()
+    r = fit(Net(5, rngs=nnx.Rngs(0)), mse, train, config=cfg, hooks=[second], checkpoint_dir=tmp_path)
+    assert r.resumed_from == 8 and second.evals == 3 and r.history == r_full.history
+    np.testing.assert_array_equal(second.total, full_hook.total)
+    with pytest.raises(ConfigError, match=r"cannot resume.*stateful hooks"):
+        fit(Net(5, rngs=nnx.Rngs(0)), mse, train, config=cfg, checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="more than one validation"):
+        fit(Net(5, rngs=nnx.Rngs(0)), mse, train, config=cfg, val_fn=val, hooks=[Validation(val)])
+    with pytest.raises(ConfigError, match="every hook must be"):
+        fit(Net(5, rngs=nnx.Rngs(0)), mse, train, config=cfg, hooks=[3])
 
 
 def test_divergence_names_step_and_keeps_last_good_checkpoint(data, tmp_path):

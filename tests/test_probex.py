@@ -25,6 +25,7 @@ from weightspace.probex import (
     Expert,
     ProbeX,
     ProbeXConfig,
+    ProbeXSpec,
     Router,
     check_layer,
     layer_sweep,
@@ -42,7 +43,7 @@ from weightspace.probex import (
 from weightspace.zoo import Zoo, concat, save_zoo, train_population
 
 DIGITS = [str(d) for d in range(10)]
-SMALL = {"r_u": 8, "r_v": 8, "r_t": 16}
+SMALL = ProbeXConfig(r_u=8, r_v=8, r_t=16)
 
 
 def _tree(name: str, n: int, seed: int) -> Zoo:
@@ -95,7 +96,7 @@ def trees() -> dict[str, Zoo]:
 
 
 def test_module_matches_numpy_oracle():
-    cfg = ProbeXConfig(d_h=6, d_w=5, n_out=3, r_u=4, r_v=3, r_t=7, x_scale=2.0)
+    cfg = ProbeXSpec(d_h=6, d_w=5, n_out=3, method=ProbeXConfig(r_u=4, r_v=3, r_t=7), x_scale=2.0)
     m = ProbeX(cfg, rngs=nnx.Rngs(0))
     x = np.random.default_rng(0).normal(size=(2, 6, 5)).astype(np.float32)
     u, v = np.asarray(m.probes[...]), np.asarray(m.proj[...])
@@ -122,13 +123,13 @@ def test_zero_shot_logits_oracle():
 
 
 def test_ensemble_members_differ_and_config_errors():
-    m = make_ensemble(ProbeXConfig(d_h=4, d_w=3, n_out=2, r_u=2, r_v=2, r_t=3), 3, seed=0)
+    m = make_ensemble(ProbeXSpec(4, 3, 2, ProbeXConfig(r_u=2, r_v=2, r_t=3)), 3, seed=0)
     p = np.asarray(m.probes[...])
     assert p.shape == (3, 3, 2) and not np.allclose(p[0], p[1])
     with pytest.raises(ConfigError, match="readout"):
-        ProbeXConfig(d_h=4, d_w=3, n_out=2, readout="regress")
+        ProbeXConfig(readout="regress")
     with pytest.raises(ConfigError, match="r_u"):
-        ProbeXConfig(d_h=4, d_w=3, n_out=2, r_u=0)
+        ProbeXConfig(r_u=0)
 
 
 def test_train_learns_classes_and_roundtrips(trees, tmp_path):
@@ -145,7 +146,7 @@ def test_train_learns_classes_and_roundtrips(trees, tmp_path):
         layer="layers.1.weight",
         members=2,
         train_config=DEFAULT_TRAIN.replace(steps=150, eval_every=50, learning_rate=3e-3),
-        **SMALL,
+        config=SMALL,
     )
     assert rep.best_step is not None and e.info["train_models"] == len(sp.train)
     s = e.scores(x[sp.train])
@@ -171,16 +172,23 @@ def test_zero_shot_scores_unseen_classes(trees):
         y,
         class_names=DIGITS,
         train_idx=sp.train,
-        readout="zero-shot",
+        config=SMALL.replace(readout="zero-shot"),
         held_out=["3", "7"],
         text=text,
         train_config=DEFAULT_TRAIN.replace(steps=20),
-        **SMALL,
     )
-    assert z.classes == [c for c in DIGITS if c not in ("3", "7")] and z.config.n_out == 12
+    assert z.classes == [c for c in DIGITS if c not in ("3", "7")] and z.spec.n_out == 12
     assert z.scores(x[:3], ["3", "7"], text=text[[3, 7]]).shape == (1, 3, 2)
     with pytest.raises(InvalidValueError, match="held-out"):
-        train_expert(x, y, class_names=DIGITS, train_idx=sp.train, readout="zero-shot", held_out=["cat"], text=text)
+        train_expert(
+            x,
+            y,
+            class_names=DIGITS,
+            train_idx=sp.train,
+            config=SMALL.replace(readout="zero-shot"),
+            held_out=["cat"],
+            text=text,
+        )
 
 
 def test_bad_layers_and_nan(trees):
@@ -196,7 +204,7 @@ def test_bad_layers_and_nan(trees):
 
 
 def test_layer_sweep_picks_on_validation(trees):
-    rows = layer_sweep(trees["tree-b"], class_names=DIGITS, widths=SMALL, train_config=SWEEP_TRAIN.replace(steps=20))
+    rows = layer_sweep(trees["tree-b"], class_names=DIGITS, config=SMALL, train_config=SWEEP_TRAIN.replace(steps=20))
     assert [r["layer"] for r in rows] == ["layers.0.weight", "layers.1.weight"]
     best = [r for r in rows if r["best"]]
     assert len(best) == 1 and best[0]["val_map"] == max(r["val_map"] for r in rows)
@@ -321,11 +329,11 @@ SHARDED = textwrap.dedent(
     import os, json
     import numpy as np, jax
     from weightspace.parallel import make_mesh
-    from weightspace.probex import DEFAULT_TRAIN, train_expert
+    from weightspace.probex import DEFAULT_TRAIN, ProbeXConfig, train_expert
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6, 5)).astype(np.float32)
     y = (x.mean((1, 2))[:, None] > np.array([-0.1, 0.0, 0.1])).astype(np.float32)
-    kw = dict(class_names=["a", "b", "c"], train_idx=np.arange(64), members=2, r_u=4, r_v=4, r_t=8,
+    kw = dict(class_names=["a", "b", "c"], train_idx=np.arange(64), members=2, config=ProbeXConfig(r_u=4, r_v=4, r_t=8),
               train_config=DEFAULT_TRAIN.replace(steps=15, batch_size=32))
     e1, _ = train_expert(x, y, **kw)
     e2, _ = train_expert(x, y, mesh=make_mesh(), **kw)
@@ -355,7 +363,7 @@ def test_expert_inference_last_chunk_does_not_recompile() -> None:
     from weightspace.probex._experts import _apply, _apply_jit
     from weightspace.testing import assert_no_recompile
 
-    model = make_ensemble(ProbeXConfig(d_h=4, d_w=3, n_out=2, r_u=2, r_v=2, r_t=3), 2, seed=0)
+    model = make_ensemble(ProbeXSpec(4, 3, 2, ProbeXConfig(r_u=2, r_v=2, r_t=3)), 2, seed=0)
     x = np.random.default_rng(0).normal(size=(10, 4, 3)).astype(np.float32)
     first = _apply(model, x[:4], "represent", chunk=4)
     with assert_no_recompile(_apply_jit):

@@ -4,9 +4,11 @@ from weightspace.equivariant._contrastive import LOSSES as LOSSES
 from weightspace.equivariant._contrastive import Augment as Augment
 from weightspace.equivariant._contrastive import ContrastiveConfig as ContrastiveConfig
 from weightspace.equivariant._contrastive import ContrastiveModel as ContrastiveModel
+from weightspace.equivariant._contrastive import EncoderConfig as EncoderConfig
 from weightspace.equivariant._contrastive import augment as augment
 from weightspace.equivariant._contrastive import build_encoder as build_encoder
 from weightspace.equivariant._contrastive import contrastive_loss as contrastive_loss
+from weightspace.equivariant._contrastive import encoder_config as encoder_config
 from weightspace.equivariant._contrastive import load_encoder as load_encoder
 from weightspace.equivariant._contrastive import save_encoder as save_encoder
 from weightspace.equivariant._contrastive import task_labels as task_labels
@@ -18,6 +20,7 @@ from weightspace.equivariant._gallery import embed_gallery as embed_gallery
 from weightspace.equivariant._gallery import encoder_fingerprint as encoder_fingerprint
 from weightspace.equivariant._gallery import neighbours as neighbours
 from weightspace.equivariant._graph import GraphEncoder as GraphEncoder
+from weightspace.equivariant._graph import GraphEncoderConfig as GraphEncoderConfig
 from weightspace.equivariant._graph import MessagePassing as MessagePassing
 from weightspace.equivariant._layout import ACTIVATION_IDS as ACTIVATION_IDS
 from weightspace.equivariant._layout import COVERED as COVERED
@@ -33,6 +36,7 @@ from weightspace.equivariant._layout import layout_of as layout_of
 from weightspace.equivariant._layout import permute as permute
 from weightspace.equivariant._layout import random_hidden_perms as random_hidden_perms
 from weightspace.equivariant._np import NPEncoder as NPEncoder
+from weightspace.equivariant._np import NPEncoderConfig as NPEncoderConfig
 from weightspace.equivariant._np import NPLayer as NPLayer
 from weightspace.equivariant._supervised import SUPERVISED_TASKS as SUPERVISED_TASKS
 from weightspace.equivariant._supervised import SupervisedModel as SupervisedModel
@@ -56,11 +60,14 @@ __all__ = [
     "Bucket",
     "ContrastiveConfig",
     "ContrastiveModel",
+    "EncoderConfig",
     "GraphEncoder",
+    "GraphEncoderConfig",
     "LayerSpec",
     "Layout",
     "MessagePassing",
     "NPEncoder",
+    "NPEncoderConfig",
     "NPLayer",
     "NeuronGraph",
     "SupervisedModel",
@@ -75,6 +82,7 @@ __all__ = [
     "embed_gallery",
     "embed_zoo",
     "encode_fn",
+    "encoder_config",
     "encoder_fingerprint",
     "features_of",
     "flip_hidden",

@@ -71,6 +71,8 @@ def _train(args: argparse.Namespace) -> int:
     from weightspace._errors import ConfigError
     from weightspace.equivariant._contrastive import (
         ContrastiveConfig,
+        GraphEncoderConfig,
+        NPEncoderConfig,
         build_encoder,
         save_encoder,
         task_labels,
@@ -90,14 +92,14 @@ def _train(args: argparse.Namespace) -> int:
     for b in buckets:
         labels.append(flat[lo : lo + len(b)])
         lo += len(b)
-    cfg = {
-        "kind": args.kind,
-        "taps": sorted({t for b in buckets for t in b.layout.taps}),
-        "width": args.width,
-        "embed_dim": args.embed_dim,
-        "max_inputs": max(b.layout.widths[0] for b in buckets),
-        "max_outputs": max(b.layout.widths[-1] for b in buckets),
-    }
+    kind = NPEncoderConfig if args.kind == "np" else GraphEncoderConfig
+    cfg = kind(
+        taps=tuple(sorted({t for b in buckets for t in b.layout.taps})),
+        width=args.width,
+        embed_dim=args.embed_dim,
+        max_inputs=max(b.layout.widths[0] for b in buckets),
+        max_outputs=max(b.layout.widths[-1] for b in buckets),
+    )
     enc = build_encoder(cfg, seed=args.seed)
     config = TrainConfig(
         steps=args.steps,

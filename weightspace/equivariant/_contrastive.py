@@ -31,9 +31,9 @@ from jaxtyping import Array, Float, Int
 
 from weightspace._backend import small_heaps_cpu_options
 from weightspace._errors import ConfigError, InvalidValueError
-from weightspace.equivariant._graph import GraphEncoder
+from weightspace.equivariant._graph import GraphEncoderConfig
 from weightspace.equivariant._layout import ACTIVATION_IDS, Bucket, Layout, WeightFeatures, permute, random_hidden_perms
-from weightspace.equivariant._np import NPEncoder
+from weightspace.equivariant._np import NPEncoderConfig
 from weightspace.nets._base import gelu_tanh
 from weightspace.train import TrainConfig
 
@@ -197,7 +197,7 @@ class ContrastiveModel(nnx.Module):
         self.encoder = encoder
         # static (graph definition): the training loss reads it, equal configs share one compiled step
         self.config = config or ContrastiveConfig(proj_dim=proj_dim)
-        d = dict(encoder.spec)["embed_dim"]  # type: ignore[attr-defined]
+        d = encoder.config.embed_dim  # type: ignore[attr-defined]
         self.proj1 = nnx.Linear(d, d, rngs=rngs)
         self.proj2 = nnx.Linear(d, self.config.proj_dim, rngs=rngs)
 
@@ -205,19 +205,47 @@ class ContrastiveModel(nnx.Module):
         return self.proj2(gelu_tanh(self.proj1(self.encoder(x))))
 
 
-def build_encoder(config: Mapping[str, Any], *, seed: int = 0) -> nnx.Module:
-    """An :class:`NPEncoder` or :class:`GraphEncoder` from its ``config`` (``kind`` = ``np`` | ``graph``)."""
-    cfg = dict(config)
+EncoderConfig = NPEncoderConfig | GraphEncoderConfig
+"""The frozen settings of an encoder: :class:`NPEncoderConfig` or :class:`GraphEncoderConfig`."""
+
+_ENCODER_CONFIGS: dict[str, type[NPEncoderConfig] | type[GraphEncoderConfig]] = {
+    "np": NPEncoderConfig,
+    "graph": GraphEncoderConfig,
+}
+
+
+def encoder_config(d: Mapping[str, Any]) -> EncoderConfig:
+    """An :data:`EncoderConfig` from its JSON form (``to_dict()``: a ``kind``, ``np`` or ``graph``,
+    and the fields).
+
+    Example:
+        >>> encoder_config({"kind": "graph", "taps": [1], "rounds": 1})
+        GraphEncoderConfig(taps=(1,), width=32, rounds=1, embed_dim=64, max_inputs=784, max_outputs=10, max_depth=8)
+    """
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"an encoder config must be a mapping with a 'kind', got {type(d).__name__}")
+    cfg = dict(d)
     kind = cfg.pop("kind", None)
-    if "taps" in cfg:
-        cfg["taps"] = tuple(cfg["taps"])
-    builders: dict[str, Callable[..., nnx.Module]] = {"np": NPEncoder, "graph": GraphEncoder}
-    if kind not in builders:
-        raise ConfigError(f"unknown encoder kind {kind!r}; known: {sorted(builders)}")
-    try:
-        return builders[kind](**cfg, rngs=nnx.Rngs(seed))
-    except TypeError as e:
-        raise ConfigError(f"bad {kind} encoder config {config}: {e}") from e
+    if kind not in _ENCODER_CONFIGS:
+        raise ConfigError(f"unknown encoder kind {kind!r}; known: {sorted(_ENCODER_CONFIGS)}")
+    cls = _ENCODER_CONFIGS[kind]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ConfigError(f"bad {kind} encoder config: unknown fields {unknown}; known: {sorted(known)}")
+    return cls(**cfg)
+
+
+def build_encoder(config: EncoderConfig | Mapping[str, Any], *, seed: int = 0) -> nnx.Module:
+    """An :class:`NPEncoder` or :class:`GraphEncoder` from its config (an :data:`EncoderConfig`, or
+    its JSON form as saved next to checkpoints), initialised from ``nnx.Rngs(seed)``.
+
+    Example:
+        >>> build_encoder(NPEncoderConfig(taps=(1,), width=8, embed_dim=16)).config.embed_dim
+        16
+    """
+    cfg = config if isinstance(config, NPEncoderConfig | GraphEncoderConfig) else encoder_config(config)
+    return cfg.build(seed=seed)
 
 
 def _two_view_loss(model: ContrastiveModel, batch: Any, key: Array) -> tuple[Array, dict[str, Array]]:
@@ -253,7 +281,7 @@ def step_compiler_options(encoder: nnx.Module, batches: Sequence[tuple[Layout, i
         >>> step_compiler_options(enc, [(Layout((784, 64, 10), (1, 1)), 64)])  # 205 MB: MLP-784
         {}
     """
-    width = int(encoder.config["width"])  # type: ignore[attr-defined]
+    width = int(encoder.config.width)  # type: ignore[attr-defined]
     largest = max(
         n * max(a * b for a, b in zip(lay.widths, lay.widths[1:], strict=False)) * max(width, *lay.taps) * 4
         for lay, n in batches
@@ -369,7 +397,7 @@ def save_encoder(encoder: nnx.Module, path: Any, *, extra: Mapping[str, Any] | N
     """Save an encoder (orbax, via :func:`weightspace.learn.save_module`) with its config."""
     from weightspace.learn import save_module
 
-    cfg = {"encoder": encoder.config, **(dict(extra) if extra else {})}  # type: ignore[attr-defined]
+    cfg = {"encoder": encoder.config.to_dict(), **(dict(extra) if extra else {})}  # type: ignore[attr-defined]
     json.dumps(cfg)  # fail early on non-JSON extras
     return save_module(encoder, path, config=cfg)
 

@@ -12,12 +12,15 @@ permutation of hidden neurons, and the mean-pooled readout is invariant (NG-GNN,
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, ClassVar
+
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
 from weightspace.equivariant._layout import NeuronGraph, WeightFeatures, layout_of
-from weightspace.equivariant._np import Lift, role_context
+from weightspace.equivariant._np import Lift, _check_fields, role_context
 from weightspace.nets._base import gelu_tanh
 
 
@@ -65,6 +68,40 @@ class MessagePassing(nnx.Module):
         return NeuronGraph(tuple(nodes), tuple(edges), g.masks)
 
 
+@dataclasses.dataclass(frozen=True)
+class GraphEncoderConfig:
+    """The frozen settings of a :class:`GraphEncoder` (see its arguments); ``build`` makes one.
+
+    Example:
+        >>> GraphEncoderConfig(taps=(1,), rounds=1).build().config.rounds
+        1
+    """
+
+    taps: tuple[int, ...] = (1, 9)
+    width: int = 32
+    rounds: int = 2
+    embed_dim: int = 64
+    max_inputs: int = 784
+    max_outputs: int = 10
+    max_depth: int = 8
+    kind: ClassVar[str] = "graph"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "taps", tuple(int(t) for t in self.taps))
+        _check_fields(self, ("width", "rounds", "embed_dim", "max_inputs", "max_outputs", "max_depth"))
+
+    def build(self, *, seed: int = 0) -> GraphEncoder:
+        """A freshly initialised encoder (parameters from ``nnx.Rngs(seed)``)."""
+        return GraphEncoder(**dataclasses.asdict(self), rngs=nnx.Rngs(seed))
+
+    def replace(self, **changes: Any) -> GraphEncoderConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, with its ``kind`` (as saved next to checkpoints)."""
+        return {"kind": self.kind, **dataclasses.asdict(self), "taps": list(self.taps)}
+
+
 class GraphEncoder(nnx.Module):
     """Invariant embedding of ONE model by message passing on its neuron graph; vmap it over models.
 
@@ -99,18 +136,8 @@ class GraphEncoder(nnx.Module):
         max_depth: int = 8,
         rngs: nnx.Rngs,
     ) -> None:
-        self.spec = tuple(
-            {
-                "kind": "graph",
-                "taps": tuple(int(t) for t in taps),
-                "width": width,
-                "rounds": rounds,
-                "embed_dim": embed_dim,
-                "max_inputs": max_inputs,
-                "max_outputs": max_outputs,
-                "max_depth": max_depth,
-            }.items()
-        )
+        # static (graph definition): hashable, so equal encoders share compiled programs
+        self.config = GraphEncoderConfig(taps, width, rounds, embed_dim, max_inputs, max_outputs, max_depth)
         self.lift = Lift(
             width, taps=taps, max_inputs=max_inputs, max_outputs=max_outputs, in_embed=False, out_embed=False, rngs=rngs
         )
@@ -143,11 +170,6 @@ class GraphEncoder(nnx.Module):
             p = pos[-1] + self.out_pos[...][: lay.widths[-1]] if last else pos[min(i + 1, self.max_depth)]
             nodes.append((b + p) * x.masks[i + 1][:, None])
         return NeuronGraph(tuple(nodes), h.weights, x.masks), logs
-
-    @property
-    def config(self) -> dict:
-        """The constructor arguments (JSON-able), as saved next to checkpoints."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.spec}
 
     def __call__(self, x: WeightFeatures) -> Float[Array, " embed"]:
         g, logs = self.graph(x)

@@ -9,7 +9,8 @@ All means are masked, so padded neurons never leak into real ones.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, cast
+import dataclasses
+from typing import Any, ClassVar, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -278,6 +279,52 @@ class Lift(nnx.Module):
         return WeightFeatures(tuple(ws), tuple(bs), x.masks, x.activation), role_context(logs, lay.depth)
 
 
+def _check_fields(cfg: Any, ints: tuple[str, ...]) -> None:
+    name = type(cfg).__name__
+    taps = cfg.taps
+    if not isinstance(taps, tuple) or not taps or any(not isinstance(t, int) or t < 1 for t in taps):
+        raise ConfigError(f"{name}.taps must be a non-empty tuple of positive ints, got {taps!r}")
+    for k in ints:
+        v = getattr(cfg, k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{name}.{k} must be a positive int, got {v!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NPEncoderConfig:
+    """The frozen settings of an :class:`NPEncoder` (see its arguments); ``build`` makes one.
+
+    Example:
+        >>> NPEncoderConfig(taps=(1,), width=8).to_dict()["kind"]
+        'np'
+    """
+
+    taps: tuple[int, ...] = (1, 9)
+    width: int = 16
+    depth: int = 2
+    embed_dim: int = 64
+    max_inputs: int = 784
+    max_outputs: int = 10
+    in_embed: bool = True
+    out_embed: bool = False
+    kind: ClassVar[str] = "np"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "taps", tuple(int(t) for t in self.taps))
+        _check_fields(self, ("width", "depth", "embed_dim", "max_inputs", "max_outputs"))
+
+    def build(self, *, seed: int = 0) -> NPEncoder:
+        """A freshly initialised encoder (parameters from ``nnx.Rngs(seed)``)."""
+        return NPEncoder(**dataclasses.asdict(self), rngs=nnx.Rngs(seed))
+
+    def replace(self, **changes: Any) -> NPEncoderConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, with its ``kind`` (as saved next to checkpoints)."""
+        return {"kind": self.kind, **dataclasses.asdict(self), "taps": list(self.taps)}
+
+
 class NPEncoder(nnx.Module):
     """Invariant embedding of ONE model: lift, NP layers with ReLU, masked mean pooling per role, MLP.
 
@@ -316,19 +363,8 @@ class NPEncoder(nnx.Module):
         out_embed: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
-        self.spec = tuple(
-            {
-                "kind": "np",
-                "taps": tuple(int(t) for t in taps),
-                "width": width,
-                "depth": depth,
-                "embed_dim": embed_dim,
-                "max_inputs": max_inputs,
-                "max_outputs": max_outputs,
-                "in_embed": in_embed,
-                "out_embed": out_embed,
-            }.items()
-        )
+        # static (graph definition): hashable, so equal encoders share compiled programs
+        self.config = NPEncoderConfig(taps, width, depth, embed_dim, max_inputs, max_outputs, in_embed, out_embed)
         self.lift = Lift(
             width,
             taps=taps,
@@ -347,11 +383,6 @@ class NPEncoder(nnx.Module):
         self.norm = nnx.LayerNorm(6 * width, rngs=rngs)
         self.head1 = nnx.Linear(6 * width + 3, 2 * embed_dim, rngs=rngs)
         self.head2 = nnx.Linear(2 * embed_dim, embed_dim, rngs=rngs)
-
-    @property
-    def config(self) -> dict:
-        """The constructor arguments (JSON-able), as saved next to checkpoints."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.spec}
 
     def __call__(self, x: WeightFeatures) -> Float[Array, " embed"]:
         h, logs = self.lift.factored(x)  # the first NP layer composes with the (linear) lift

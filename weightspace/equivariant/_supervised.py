@@ -43,7 +43,7 @@ class SupervisedModel(nnx.Module):
 
     def __init__(self, encoder: nnx.Module, n_out: int, *, task: Task | str = "classify", rngs: nnx.Rngs) -> None:
         self.encoder = encoder
-        self.head = nnx.Linear(int(dict(encoder.spec)["embed_dim"]), int(n_out), rngs=rngs)  # type: ignore[attr-defined]
+        self.head = nnx.Linear(int(encoder.config.embed_dim), int(n_out), rngs=rngs)  # type: ignore[attr-defined]
         self.task = as_task(task)  # static: the loss reads it, equal tasks share one compiled step
 
     def __call__(self, x: WeightFeatures) -> Float[Array, " n_out"]:

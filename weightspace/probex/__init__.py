@@ -7,6 +7,7 @@ a per-layer sweep, Model-J-layout readers, and the ``fmnist-trees`` zoo recipe (
 registered when this package is imported. See ``docs/probex.md``.
 """
 
+from weightspace.probex._experts import DEFAULT_CONFIG as DEFAULT_CONFIG
 from weightspace.probex._experts import DEFAULT_TRAIN as DEFAULT_TRAIN
 from weightspace.probex._experts import SWEEP_TRAIN as SWEEP_TRAIN
 from weightspace.probex._experts import Expert as Expert
@@ -21,6 +22,7 @@ from weightspace.probex._layers import zoo_layer as zoo_layer
 from weightspace.probex._model import READOUTS as READOUTS
 from weightspace.probex._model import ProbeX as ProbeX
 from weightspace.probex._model import ProbeXConfig as ProbeXConfig
+from weightspace.probex._model import ProbeXSpec as ProbeXSpec
 from weightspace.probex._model import probex_flops as probex_flops
 from weightspace.probex._model import zero_shot_logits as zero_shot_logits
 from weightspace.probex._modelj import LayerSet as LayerSet
@@ -50,6 +52,7 @@ from weightspace.probex._trees import train_trees as train_trees
 from weightspace.probex._trees import zoo_targets as zoo_targets
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "DEFAULT_TRAIN",
     "MAX_CLASSES",
     "POOL_CLASSES",
@@ -61,6 +64,7 @@ __all__ = [
     "ModelTrees",
     "ProbeX",
     "ProbeXConfig",
+    "ProbeXSpec",
     "Router",
     "TreeExperts",
     "TreeSpec",

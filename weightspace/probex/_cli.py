@@ -139,6 +139,7 @@ def _layer_arg(text: str) -> str | dict[str, str]:
 
 def _train(args: argparse.Namespace) -> int:
     from weightspace.probex._experts import DEFAULT_TRAIN
+    from weightspace.probex._model import ProbeXConfig
     from weightspace.probex._trees import train_trees
 
     trees = load_source(args.zoo, size=args.size)
@@ -156,10 +157,9 @@ def _train(args: argparse.Namespace) -> int:
             trees,
             layer=_layer_arg(args.layer),
             class_names=names,
-            readout=args.readout,
+            config=ProbeXConfig(r_u=args.r_u, r_v=args.r_v, r_t=args.r_t, readout=args.readout),
             held_out=held,
             members=args.members,
-            widths={"r_u": args.r_u, "r_v": args.r_v, "r_t": args.r_t},
             train_config=train_config,
             progress=False if args.no_progress else None,
         )
@@ -180,7 +180,7 @@ def _train(args: argparse.Namespace) -> int:
         "trees": {
             t: {
                 "layer": e.layer,
-                "shape": [e.config.d_h, e.config.d_w],
+                "shape": [e.spec.d_h, e.spec.d_w],
                 "train_models": e.info["train_models"],
                 "best_val_map": e.info["best_val_map"],
                 "steps": e.info["steps_done"],
@@ -242,6 +242,7 @@ def _is_single_model(path: Path) -> bool:
 
 def _layers(args: argparse.Namespace) -> int:
     from weightspace.probex._experts import SWEEP_TRAIN
+    from weightspace.probex._model import ProbeXConfig
     from weightspace.probex._trees import layer_sweep
 
     trees = load_source(args.zoo, size=args.size)
@@ -255,7 +256,7 @@ def _layers(args: argparse.Namespace) -> int:
         out[t] = layer_sweep(
             z,
             class_names=names,
-            widths={"r_u": args.r, "r_v": args.r, "r_t": 4 * args.r},
+            config=ProbeXConfig(r_u=args.r, r_v=args.r, r_t=4 * args.r),
             train_config=SWEEP_TRAIN.replace(steps=args.steps),
         )
     if args.json:

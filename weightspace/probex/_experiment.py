@@ -11,9 +11,13 @@ import numpy as np
 
 from weightspace.probex._experts import DEFAULT_TRAIN, train_expert
 from weightspace.probex._layers import zoo_layer
+from weightspace.probex._model import ProbeXConfig
 from weightspace.probex._router import Router, routing_accuracy
 from weightspace.probex._trees import layer_sweep, zoo_targets
 from weightspace.train import TrainConfig
+
+REDUCED = ProbeXConfig(r_u=32, r_v=32, r_t=128)
+"""The experiments' default widths, a quarter of the paper's (``ProbeXConfig()``): the 2-core machine's budget."""
 
 HELD_OUT = ("Sandal", "Bag", "digit 3", "digit 7")
 """Classes kept out of every zero-shot training label (2 Fashion-MNIST classes, 2 digits)."""
@@ -91,7 +95,7 @@ def run_trees(
     *,
     class_names: Sequence[str],
     seeds: int = 3,
-    widths: Mapping[str, int] | None = None,
+    config: ProbeXConfig = REDUCED,
     train_config: TrainConfig = DEFAULT_TRAIN,
     sweep_train_config: TrainConfig = DEFAULT_TRAIN,
     held_out: Sequence[str] = HELD_OUT,
@@ -115,7 +119,6 @@ def run_trees(
         split_models,
     )
 
-    wd: dict[str, Any] = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
     table = ResultsTable()
     out: dict[str, Any] = {"sweep": {}, "layers": {}, "timings": {}, "zero_shot": {}}
     held_idx = [list(class_names).index(c) for c in held_out]
@@ -123,7 +126,7 @@ def run_trees(
     for t, zoo in trees.items():
         t0 = time.perf_counter()
         rows = layer_sweep(
-            zoo, class_names=class_names, members=1, widths=wd, train_config=sweep_train_config, progress=False
+            zoo, class_names=class_names, members=1, config=config, train_config=sweep_train_config, progress=False
         )
         out["sweep"][t] = rows
         layer = next(r["layer"] for r in rows if r["best"])
@@ -149,7 +152,7 @@ def run_trees(
             members=seeds,
             train_config=train_config,
             progress=False,
-            **wd,
+            config=config,
         )
         experts[t] = e
         out["timings"][f"{t}/probex"] = time.perf_counter() - t0
@@ -178,12 +181,11 @@ def run_trees(
             val_idx=sp.val,
             layer=layer,
             tree=t,
-            readout="zero-shot",
+            config=config.replace(readout="zero-shot"),
             held_out=held_out,
             members=seeds,
             train_config=train_config,
             progress=False,
-            **wd,
         )
         from weightspace.probex._text import class_embeddings
 
@@ -220,7 +222,7 @@ def run_trees(
             experts,
             class_names=class_names,
             seeds=seeds,
-            widths=wd,
+            config=config,
             train_config=train_config,
             fresh=fresh,
             verbose=verbose,
@@ -237,7 +239,7 @@ def run_cross(
     *,
     class_names: Sequence[str],
     seeds: int = 3,
-    widths: Mapping[str, int] | None = None,
+    config: ProbeXConfig = REDUCED,
     train_config: TrainConfig = DEFAULT_TRAIN,
     fresh: Mapping[str, Any] | None = None,
     verbose: bool = True,
@@ -246,7 +248,6 @@ def run_cross(
     trees (every tree's chosen layer zero-padded to one shape)."""
     from weightspace.learn import ResultsTable, exact_set_accuracy, mean_average_precision, split_models
 
-    wd: dict[str, Any] = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
     table = ResultsTable()
     out: dict[str, Any] = {"timings": {}}
     splits = {t: split_models(len(z), seed=0) for t, z in trees.items()}
@@ -283,7 +284,7 @@ def run_cross(
         members=seeds,
         train_config=train_config,
         progress=False,
-        **wd,
+        config=config,
     )
     out["timings"]["one-for-all"] = time.perf_counter() - t0
     s_one = one.scores(x_all[te_all])
@@ -298,7 +299,7 @@ def run_cross(
             from weightspace.probex._layers import as_matrix
 
             xm = as_matrix(test_params[layer][idx]) if layer in test_params else None
-            if xm is None or xm.shape[1:] != (experts[r_tree].config.d_h, experts[r_tree].config.d_w):
+            if xm is None or xm.shape[1:] != (experts[r_tree].spec.d_h, experts[r_tree].spec.d_w):
                 routed_scores[:, pos + idx] = 0.0  # routed to a tree of another shape: no usable expert
                 continue
             routed_scores[:, pos + idx] = experts[r_tree].scores(xm)
@@ -317,7 +318,7 @@ def run_lora(
     lora_zoo: Any,
     *,
     seeds: int = 3,
-    widths: Mapping[str, int] | None = None,
+    config: ProbeXConfig = REDUCED,
     train_config: TrainConfig = DEFAULT_TRAIN,
     held_out: Sequence[str] = ("Sandal", "Bag"),
     layer: str | None = None,
@@ -339,7 +340,6 @@ def run_lora(
     from weightspace.probex._layers import lora_layer
     from weightspace.probex._recipe import _FASHION
 
-    wd: dict[str, Any] = dict(widths or {"r_u": 32, "r_v": 32, "r_t": 128})
     table = table if table is not None else ResultsTable()
     names = list(_FASHION)
     labels = np.array([names.index(c) for c in lora_zoo.meta["class_name"]])
@@ -353,7 +353,7 @@ def run_lora(
         layers=None if layer is None else [layer],
         targets=y,
         members=1,
-        widths=wd,
+        config=config,
         train_config=sweep_train_config,
         progress=False,
     )
@@ -372,7 +372,7 @@ def run_lora(
         members=seeds,
         train_config=train_config,
         progress=False,
-        **wd,
+        config=config,
     )
     st = e.scores(x[sp.test])
     emb_tr, emb_te = e.represent(x[sp.train]), e.represent(x[sp.test])
@@ -402,12 +402,11 @@ def run_lora(
             train_idx=sp.train,
             val_idx=sp.val,
             layer=best,
-            readout="zero-shot",
+            config=config.replace(readout="zero-shot"),
             held_out=held_out,
             members=seeds,
             train_config=train_config,
             progress=False,
-            **wd,
         )
         from weightspace.probex._text import class_embeddings
 

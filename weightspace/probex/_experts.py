@@ -19,10 +19,13 @@ from jaxtyping import Float
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, InvalidValueError, LoadError, ShapeError
-from weightspace.probex._model import READOUTS, ProbeX, ProbeXConfig, zero_shot_logits
+from weightspace.probex._model import ProbeX, ProbeXConfig, ProbeXSpec, zero_shot_logits
 from weightspace.train import TrainConfig
 
 EXPERT_FORMAT = "probex-expert/1"
+
+DEFAULT_CONFIG = ProbeXConfig()
+"""The paper's method: r_U = r_V = 128, r_T = 512, the ``classes`` readout."""
 
 DEFAULT_TRAIN = TrainConfig(steps=600, batch_size=128, learning_rate=1e-3, weight_decay=1e-5, eval_every=50, patience=6)
 """The paper's optimiser (Adam 1e-3, weight decay 1e-5, batch 128) with early stopping on validation."""
@@ -47,12 +50,12 @@ def multi_hot(class_lists: Sequence[Sequence[int]], n_classes: int) -> np.ndarra
     return y
 
 
-def make_ensemble(config: ProbeXConfig, members: int, *, seed: int = 0) -> ProbeX:
+def make_ensemble(config: ProbeXSpec, members: int, *, seed: int = 0) -> ProbeX:
     """``members`` ProbeX experts stacked on a leading axis (one vmapped module), member ``i``
     initialised from ``split(key(seed), members)[i]``.
 
     Example:
-        >>> m = make_ensemble(ProbeXConfig(d_h=8, d_w=6, n_out=3, r_u=4, r_v=5, r_t=7), 3)
+        >>> m = make_ensemble(ProbeXSpec(8, 6, 3, ProbeXConfig(r_u=4, r_v=5, r_t=7)), 3)
         >>> m.probes[...].shape
         (3, 6, 4)
     """
@@ -86,7 +89,7 @@ def _classes_loss(model: ProbeX, batch: Mapping[str, jax.Array], key: jax.Array)
 def _zero_shot_loss(model: ProbeX, batch: Mapping[str, jax.Array], key: jax.Array) -> tuple[jax.Array, dict]:
     # batch["text"]: the training classes' text embeddings, shared by every batch (fit's shared=).
     out = _members(model, batch["x"], "__call__")  # [members, b, d_text]
-    logits = zero_shot_logits(out, batch["text"], temperature=model.config.temperature)
+    logits = zero_shot_logits(out, batch["text"], temperature=model.spec.temperature)
     target = batch["y"] / jnp.maximum(batch["y"].sum(-1, keepdims=True), 1.0)
     per = optax.softmax_cross_entropy(logits, target[None]).mean(axis=1)
     return per.sum(), {"ce": per.mean()}
@@ -111,7 +114,7 @@ class Expert:
 
     Attributes:
         module: the (vmapped) :class:`ProbeX` ensemble.
-        config: its :class:`ProbeXConfig`.
+        spec: its :class:`ProbeXSpec` (the method's :class:`ProbeXConfig` on the layer's shape).
         layer: the layer it reads.
         classes: names of the classes it was trained on (``classes``: its outputs, in order;
             ``zero-shot``: the training classes whose prompts it was aligned with).
@@ -121,7 +124,7 @@ class Expert:
     """
 
     module: ProbeX
-    config: ProbeXConfig
+    spec: ProbeXSpec
     layer: str
     classes: list[str]
     members: int
@@ -130,7 +133,7 @@ class Expert:
 
     @property
     def readout(self) -> str:
-        return self.config.readout
+        return self.spec.readout
 
     def _check(self, x: np.ndarray, ids: Sequence[str] | None = None) -> np.ndarray:
         from weightspace.probex._layers import check_layer
@@ -141,7 +144,7 @@ class Expert:
             x,
             ids,
             layer=self.layer,
-            expect=(self.config.d_h, self.config.d_w),
+            expect=(self.spec.d_h, self.spec.d_w),
             where=f"expert for {self.tree or 'all trees'}",
         )
 
@@ -179,7 +182,7 @@ class Expert:
 
             text = class_embeddings(list(class_names) if class_names is not None else self.classes)
         return np.asarray(
-            zero_shot_logits(jnp.asarray(out), jnp.asarray(text, jnp.float32), temperature=self.config.temperature)
+            zero_shot_logits(jnp.asarray(out), jnp.asarray(text, jnp.float32), temperature=self.spec.temperature)
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -187,10 +190,10 @@ class Expert:
         from weightspace.learn import save_module
 
         path = Path(path)
-        save_module(self.module, path / "module", config={"probex": self.config.to_dict(), "members": self.members})
+        save_module(self.module, path / "module", config={"probex": self.spec.to_dict(), "members": self.members})
         meta = {
             "weightspace": EXPERT_FORMAT,
-            "config": self.config.to_dict(),
+            "config": self.spec.to_dict(),
             "layer": self.layer,
             "classes": self.classes,
             "members": self.members,
@@ -218,22 +221,22 @@ class Expert:
             raise LoadError(f"{path}: not a ProbeX expert directory (expert.json unreadable: {e})") from e
         if meta.get("weightspace") != EXPERT_FORMAT:
             raise LoadError(f"{path}/expert.json: not a ProbeX expert (format {meta.get('weightspace')!r})")
-        config = ProbeXConfig.from_dict(meta["config"])
+        spec = ProbeXSpec.from_dict(meta["config"])
         for k, v in (expect or {}).items():
-            if getattr(config, k) != v:
-                raise ConfigError(f"{path}: the checkpoint has {k}={getattr(config, k)!r}, expected {v!r}")
+            if getattr(spec, k) != v:
+                raise ConfigError(f"{path}: the checkpoint has {k}={getattr(spec, k)!r}, expected {v!r}")
         members = int(meta["members"])
 
         def build(c: dict[str, Any]) -> nnx.Module:
-            cfg = ProbeXConfig.from_dict(c["probex"])
-            if cfg != config or int(c["members"]) != members:
-                raise ConfigError(f"{path}: module config {c} does not match expert.json ({config}, {members})")
+            cfg = ProbeXSpec.from_dict(c["probex"])
+            if cfg != spec or int(c["members"]) != members:
+                raise ConfigError(f"{path}: module config {c} does not match expert.json ({spec}, {members})")
             return make_ensemble(cfg, int(c["members"]))
 
         module = cast(ProbeX, load_module(path / "module", build))
         return cls(
             module,
-            config,
+            spec,
             meta["layer"],
             list(meta["classes"]),
             members,
@@ -257,13 +260,10 @@ def train_expert(
     class_names: Sequence[str],
     train_idx: np.ndarray,
     val_idx: np.ndarray | None = None,
-    readout: str = "classes",
+    config: ProbeXConfig = DEFAULT_CONFIG,
     layer: str = "layer",
     tree: str | None = None,
     members: int = 1,
-    r_u: int = 128,
-    r_v: int = 128,
-    r_t: int = 512,
     held_out: Sequence[str] = (),
     text: np.ndarray | None = None,
     train_config: TrainConfig = DEFAULT_TRAIN,
@@ -285,10 +285,10 @@ def train_expert(
         y: multi-hot targets ``[models, classes]`` (columns named by ``class_names``).
         class_names: the class of every column.
         train_idx, val_idx: model indices of the training and validation splits.
-        readout: one of :data:`~weightspace.probex.READOUTS` (``"classes"`` or ``"zero-shot"``).
+        config: the method (:class:`~weightspace.probex.ProbeXConfig`: the widths r_U, r_V, r_T,
+            paper defaults 128, 128, 512, and the readout, ``"classes"`` or ``"zero-shot"``).
         layer, tree: recorded in the expert.
         members: seeds trained at once (member ``i`` initialised from seed ``seed``'s ``i``-th split).
-        r_u, r_v, r_t: ProbeX widths (paper defaults 128, 128, 512).
         held_out: class names excluded from training (zero-shot evaluation).
         text: ``[classes, d]`` text embeddings of ``class_names`` (default: MiniLM prompts).
         train_config: the optimisation (default :data:`DEFAULT_TRAIN`, the paper's); its ``seed``
@@ -301,8 +301,9 @@ def train_expert(
     from weightspace.learn import Task, fit
     from weightspace.probex._layers import check_layer
 
-    if readout not in READOUTS:
-        raise ConfigError(f"unknown readout {readout!r}; readouts: {READOUTS}")
+    if not isinstance(config, ProbeXConfig):
+        raise ConfigError(f"train_expert: config must be a ProbeXConfig, got {type(config).__name__}")
+    readout = config.readout
     if not isinstance(train_config, TrainConfig):
         raise ConfigError(f"train_expert: train_config must be a TrainConfig, got {type(train_config).__name__}")
     task = Task("multilabel")  # a model's class set, whichever readout
@@ -333,18 +334,9 @@ def train_expert(
         if text.shape[0] != len(class_names):
             raise ShapeError(f"text embeddings are {text.shape}, expected one row per class ({len(class_names)})")
         d_text = text.shape[1]
-    config = ProbeXConfig(
-        d_h=int(x.shape[1]),
-        d_w=int(x.shape[2]),
-        n_out=d_text or len(seen),
-        r_u=r_u,
-        r_v=r_v,
-        r_t=r_t,
-        readout=readout,
-        x_scale=scale,
-    )
+    spec = ProbeXSpec(d_h=int(x.shape[1]), d_w=int(x.shape[2]), n_out=d_text or len(seen), method=config, x_scale=scale)
     tcfg = train_config
-    model = make_ensemble(config, members, seed=tcfg.seed)
+    model = make_ensemble(spec, members, seed=tcfg.seed)
     shared = None
     if readout == "classes":
         loss_fn: Callable[..., Any] = _classes_loss
@@ -352,7 +344,7 @@ def train_expert(
         assert text is not None  # zero-shot always reads text embeddings (checked above)
         t_seen = np.ascontiguousarray(text[keep_cols])
         loss_fn, shared = _zero_shot_loss, {"text": t_seen}
-    expert = Expert(model, config, layer, seen, members, tree)
+    expert = Expert(model, spec, layer, seen, members, tree)
 
     val_fn = None
     if val_idx is not None and len(val_idx):

@@ -13,8 +13,9 @@ import numpy as np
 
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError, InvalidValueError, LoadError
-from weightspace.probex._experts import DEFAULT_TRAIN, SWEEP_TRAIN, Expert, multi_hot, train_expert
+from weightspace.probex._experts import DEFAULT_CONFIG, DEFAULT_TRAIN, SWEEP_TRAIN, Expert, multi_hot, train_expert
 from weightspace.probex._layers import lora_layer, matrix_layers, zoo_layer
+from weightspace.probex._model import ProbeXConfig
 from weightspace.probex._router import Router
 from weightspace.train import TrainConfig
 
@@ -164,10 +165,6 @@ class TreeExperts:
         return cls(experts, router, meta.get("info", {}))
 
 
-def _widths(widths: Mapping[str, int] | None) -> dict[str, Any]:
-    return dict(widths or {})
-
-
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -177,10 +174,9 @@ def train_trees(
     *,
     layer: str | Mapping[str, str],
     class_names: Sequence[str],
-    readout: str = "classes",
+    config: ProbeXConfig = DEFAULT_CONFIG,
     held_out: Sequence[str] = (),
     members: int = 1,
-    widths: Mapping[str, int] | None = None,
     train_config: TrainConfig = DEFAULT_TRAIN,
     split_seed: int = 0,
     progress: bool | None = None,
@@ -188,7 +184,8 @@ def train_trees(
     mesh: Any | None = None,
 ) -> tuple[TreeExperts, dict[str, Any]]:
     """Train one expert per tree (train split of :func:`weightspace.learn.split_models`, seed
-    ``split_seed``) and fit a router on the training models of every tree.
+    ``split_seed``) with the method ``config`` (:class:`ProbeXConfig`: widths and readout) and fit
+    a router on the training models of every tree.
 
     Returns:
         ``(experts, splits)`` with ``splits[tree]`` the :class:`weightspace.learn.Splits`.
@@ -209,7 +206,7 @@ def train_trees(
             class_names=class_names,
             train_idx=sp.train,
             val_idx=sp.val,
-            readout=readout,
+            config=config,
             layer=layers[t],
             tree=t,
             members=members,
@@ -218,14 +215,14 @@ def train_trees(
             progress=progress,
             checkpoint_dir=ck,
             mesh=mesh,
-            **_widths(widths),
         )
     router = None
     if len(trees) > 1:
         router = Router.fit(
             {t: {k: np.asarray(v)[splits[t].train] for k, v in z.params.items()} for t, z in trees.items()}
         )
-    return TreeExperts(experts, router, {"layers": layers, "readout": readout, "held_out": list(held_out)}), splits
+    info = {"layers": layers, "readout": config.readout, "held_out": list(held_out)}
+    return TreeExperts(experts, router, info), splits
 
 
 def layer_sweep(
@@ -234,16 +231,17 @@ def layer_sweep(
     class_names: Sequence[str],
     layers: Sequence[str] | None = None,
     members: int = 1,
-    widths: Mapping[str, int] | None = None,
+    config: ProbeXConfig = DEFAULT_CONFIG,
     train_config: TrainConfig = SWEEP_TRAIN,
     split_seed: int = 0,
     targets: np.ndarray | None = None,
     progress: bool | None = None,
     mesh: Any | None = None,
 ) -> list[dict[str, Any]]:
-    """Train one small ``classes`` expert per layer (``members`` seeds in one vmapped program each)
-    and score it; the best layer is picked on the VALIDATION split, never on test. ``mesh`` shards
-    every expert's batches over a device mesh (:func:`weightspace.parallel.make_mesh`).
+    """Train one small ``classes`` expert per layer (``members`` seeds in one vmapped program each,
+    the widths of ``config``; its readout is taken as ``classes``) and score it; the best layer is
+    picked on the VALIDATION split, never on test. ``mesh`` shards every expert's batches over a
+    device mesh (:func:`weightspace.parallel.make_mesh`).
 
     ``zoo`` is a :class:`~weightspace.zoo.Zoo` (layers: its weight matrices) or a
     :class:`weightspace.lora.LoRAZoo` (layers: its adapted weights, read as ``scale * B @ A``).
@@ -275,10 +273,10 @@ def layer_sweep(
             val_idx=sp.val,
             layer=name,
             members=members,
+            config=config.replace(readout="classes"),
             train_config=train_config,
             progress=progress,
             mesh=mesh,
-            **_widths(widths),
         )
         sv, st = e.scores(x[sp.val]), e.scores(x[sp.test])
         rows.append(

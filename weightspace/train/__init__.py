@@ -2,8 +2,10 @@
 
 - :func:`make_train_step` -> ``step(state, batch, key) -> (state, metrics)`` over a
   :class:`TrainState` pytree; pure, so ``jax.jit`` runs it for one model and ``jax.vmap`` for many.
-- :func:`fit`: the driver for one NNX module (shuffled epochs, validation and early stopping,
-  checkpoints and resume, progress, hooks); :func:`compile_step` is the compiled form it runs.
+- :func:`fit`: the driver for one NNX module (shuffled epochs); validation and early stopping
+  (:class:`Validation`), checkpoints and resume (:class:`Checkpointing`), progress
+  (:class:`Progress`) and logging are :class:`Hook` objects on it; :func:`compile_step` is the
+  compiled form of the step it runs.
 - :func:`fit_population`: ``jit(vmap(scan(step)))`` of the same step over a population, with
   per-model optimizers and hyper-parameters held in ``optax.inject_hyperparams`` state.
 - :class:`Checkpointer` and :func:`check_resume` serve both drivers.
@@ -17,11 +19,16 @@ from weightspace.train._checkpoint import check_resume as check_resume
 from weightspace.train._checkpoint import load_module as load_module
 from weightspace.train._checkpoint import save_module as save_module
 from weightspace.train._config import TrainConfig as TrainConfig
-from weightspace.train._fit import FitEvent as FitEvent
 from weightspace.train._fit import FitHook as FitHook
 from weightspace.train._fit import FitReport as FitReport
 from weightspace.train._fit import TrainingDivergedError as TrainingDivergedError
 from weightspace.train._fit import fit as fit
+from weightspace.train._hooks import Checkpointing as Checkpointing
+from weightspace.train._hooks import FitEvent as FitEvent
+from weightspace.train._hooks import FitRun as FitRun
+from weightspace.train._hooks import Hook as Hook
+from weightspace.train._hooks import Progress as Progress
+from weightspace.train._hooks import Validation as Validation
 from weightspace.train._population import HPARAM_DEFAULTS as HPARAM_DEFAULTS
 from weightspace.train._population import OPTIMIZERS as OPTIMIZERS
 from weightspace.train._population import FitProgress as FitProgress
@@ -44,17 +51,22 @@ __all__ = [
     "HPARAM_DEFAULTS",
     "OPTIMIZERS",
     "Checkpointer",
+    "Checkpointing",
     "FitEvent",
     "FitHook",
     "FitProgress",
     "FitReport",
     "FitResult",
+    "FitRun",
+    "Hook",
     "MenuState",
     "NNXLoss",
+    "Progress",
     "TrainConfig",
     "TrainState",
     "TrainStep",
     "TrainingDivergedError",
+    "Validation",
     "batch_rows",
     "check_resume",
     "compile_step",

@@ -1,5 +1,6 @@
 """The driver for one model: :func:`fit` runs :func:`~weightspace.train.make_train_step` on an NNX
-module, with validation, early stopping, checkpoints, progress and user hooks.
+module; validation, early stopping, checkpoints, progress and logging are its hooks
+(:mod:`weightspace.train._hooks`).
 
 Every encoder in weightspace (ProbeX, ProbeGen, the equivariant encoders, Model Spider, the MLP
 baseline) trains through :func:`fit`. The module is split once with ``nnx.split`` into parameters
@@ -10,35 +11,36 @@ function of ``(seed, step)``, so a run resumed from a checkpoint continues exact
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from weightspace._backend import sync_each_step
-from weightspace._errors import ConfigError, LoadError, ShapeError, WeightspaceError
-from weightspace.train._checkpoint import Checkpointer, check_resume, from_host, to_host
+from weightspace._errors import ConfigError, ShapeError, WeightspaceError
 from weightspace.train._config import TrainConfig
+from weightspace.train._hooks import (
+    Checkpointing,
+    FitEvent,
+    FitRun,
+    Hook,
+    Progress,
+    Validation,
+    _copy_tree,
+    _FunctionHook,
+)
 from weightspace.train._step import TrainState, compile_step, make_train_step, nnx_loss
 
 PathLike = str | os.PathLike[str]
 # (model, batch, key) -> (loss, metrics) or loss; Any-typed so losses of Module subclasses fit.
 LossFn = Callable[[Any, Any, jax.Array], Any]
-
-_CKPT_FORMAT = "weightspace.train.fit/2"
-# Config fields that may change between a run and its resumption without changing its meaning.
-_RESUMABLE_FIELDS = ("steps", "eval_every", "patience", "checkpoint_every")
 
 
 class TrainingDivergedError(WeightspaceError, FloatingPointError):
@@ -76,25 +78,9 @@ class FitReport(NamedTuple):
     losses: np.ndarray = np.zeros(0, np.float32)
 
 
-@dataclasses.dataclass(frozen=True)
-class FitEvent:
-    """What a :func:`fit` hook sees after every evaluation (every ``eval_every`` steps and at the end).
-
-    Attributes:
-        step: optimizer steps done.
-        total: ``config.steps``.
-        entry: the history entry just written (``step``, ``loss``, metrics, ``val``).
-        model: the module at this step (read it; do not keep it: its buffers are reused).
-    """
-
-    step: int
-    total: int
-    entry: dict[str, Any]
-    model: nnx.Module
-
-
-FitHook = Callable[[FitEvent], Any]
-"""A hook of :func:`fit`: called with a :class:`FitEvent`; returning ``True`` stops training there."""
+FitHook = Hook | Callable[[FitEvent], Any]
+"""A hook of :func:`fit`: a :class:`~weightspace.train.Hook`, or a function ``(FitEvent) -> stop?``
+called at every evaluation (returning ``True`` stops training there)."""
 
 
 class _Epochs:
@@ -135,8 +121,34 @@ def _num_examples(train: Any) -> int:
     return n
 
 
-def _copy_tree(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+def _assemble_hooks(
+    hooks: Sequence[FitHook],
+    *,
+    val_fn: Callable[[Any], float] | None,
+    patience: int | None,
+    checkpoint_dir: PathLike | None,
+    progress: bool | None,
+) -> list[Hook]:
+    """fit's hooks in call order: the checkpoint (it resumes at start) first, then validation
+    (so the others see ``val``), the progress bar, and the user's hooks in their order."""
+    if any(not callable(h) and not isinstance(h, Hook) for h in hooks):
+        raise ConfigError("fit: every hook must be a weightspace.train.Hook or a function (FitEvent) -> stop?")
+    user = [h if isinstance(h, Hook) else _FunctionHook(h) for h in hooks]
+    ckpts = [h for h in user if isinstance(h, Checkpointing)]
+    vals = [h for h in user if isinstance(h, Validation)]
+    if checkpoint_dir is not None:
+        ckpts.append(Checkpointing(checkpoint_dir))
+    if val_fn is not None:
+        vals.append(Validation(val_fn, patience=patience))
+    if len(ckpts) > 1:
+        raise ConfigError("fit: more than one checkpoint (checkpoint_dir= and a Checkpointing hook): give one")
+    if len(vals) > 1:
+        raise ConfigError("fit: more than one validation (val_fn= and a Validation hook): give one")
+    if not any(isinstance(h, Progress) for h in user):
+        user.insert(0, Progress(progress))
+    rest = [h for h in user if not isinstance(h, Checkpointing | Validation | Progress)]
+    bars = [h for h in user if isinstance(h, Progress)]
+    return [*ckpts, *vals, *bars, *rest]
 
 
 def fit(
@@ -178,20 +190,25 @@ def fit(
         config: :class:`~weightspace.train.TrainConfig`.
         val_fn: ``model -> score`` (higher is better), run on the host every ``eval_every``
             steps and at the end; drives early stopping (``config.patience``) and the best state.
-        checkpoint_dir: orbax checkpoints (model state, optimizer state, step, RNG keys, best
-            state and score, history, config) every ``checkpoint_every`` steps and at the end;
-            an existing checkpoint there is resumed from its latest step.
+            Shorthand for the hook ``Validation(val_fn, patience=config.patience)``.
+        checkpoint_dir: orbax checkpoints (model state, optimizer state, step, RNG keys, history,
+            config and every hook's resumable state, such as the best state and score) every
+            ``checkpoint_every`` steps and at the end; an existing checkpoint there is resumed
+            from its latest step. Shorthand for the hook ``Checkpointing(checkpoint_dir)``.
         optimizer: overrides ``config.optimizer()``.
         sample: custom sampler ``(key, step) -> batch`` (host side, fixed batch shapes) used
             instead of shuffled epochs over ``train``.
-        progress: show a tqdm bar (``None``: when stderr is a terminal).
+        progress: show a tqdm bar (``None``: when stderr is a terminal); the hook ``Progress(progress)``.
         mesh: shard each batch's leading axis over the mesh's ``"models"`` axis
             (:func:`weightspace.parallel.make_mesh`); state and ``train`` are replicated. The
             batch size is rounded down to a multiple of the device count.
         compiler_options: extra XLA options for the step's ``jax.jit`` (e.g.
             :func:`weightspace._backend.small_heaps_cpu_options`); they change speed, not results.
-        hooks: called with a :class:`FitEvent` after every evaluation, in order (logging,
-            custom stopping rules); a hook returning ``True`` stops training at that step.
+        hooks: :class:`~weightspace.train.Hook` objects (``Validation``, ``Checkpointing``,
+            ``Progress`` or your own: logging, custom stopping rules, schedules of evaluation),
+            or functions called with a :class:`~weightspace.train.FitEvent` at every evaluation;
+            an evaluation returning ``True`` stops training at that step. Called in order, after
+            the built-in checkpoint, validation and progress hooks.
         shared: arrays every batch carries whole (text embeddings, a frozen base, ...): added to
             each batch dict under their own keys. They are arguments of the compiled step, so
             new values reuse it; the batches (``train`` or ``sample``'s) must then be dicts.
@@ -226,8 +243,9 @@ def fit(
         raise ConfigError("fit: loss_fn must be callable (model, batch, key) -> (loss, metrics)")
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"fit: config must be a TrainConfig, got {type(config).__name__}")
-    if any(not callable(h) for h in hooks):
-        raise ConfigError("fit: every hook must be callable (FitEvent) -> stop?")
+    hook_list = _assemble_hooks(
+        hooks, val_fn=val_fn, patience=config.patience, checkpoint_dir=checkpoint_dir, progress=progress
+    )
     if shared is not None:
         if not isinstance(shared, Mapping) or (train is not None and not isinstance(train, Mapping)):
             raise ConfigError("fit: shared= needs a dict of arrays and dict batches (it is merged into each batch)")
@@ -252,77 +270,19 @@ def fit(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params, rest = _copy_tree((params, rest))  # donated below: never hand the user's own buffers to XLA
     state = TrainState(params, tx.init(params), rest)
-    root = jax.random.key(config.seed)
-    data_key, loss_key = jax.random.split(root)
     if repl is not None:
         state = jax.device_put(state, repl)
     data = jax.device_put(train, repl) if gather else None
     shared_dev = None if shared is None else jax.device_put(dict(shared), repl)
     step_obj = make_train_step(nnx_loss(graphdef, loss_fn), tx, stateful=True)
-
-    # What a checkpoint holds, flattened: state, best (params, model_state), keys.
-    def pack(best: Any) -> tuple[list[Any], Any]:
-        return jax.tree_util.tree_flatten((state, best, (data_key, loss_key)))
-
-    def weights(s: TrainState) -> tuple[Any, Any]:
-        return s.params, s.model_state
-
-    leaf_paths = [
-        jax.tree_util.keystr(p)
-        for p, _ in jax.tree_util.tree_leaves_with_path((state, weights(state), (data_key, loss_key)))
-    ]
-
-    start = 0
-    best_state: Any = None
-    best_step: int | None = None
-    best_score: float | None = None
-    bad_evals = 0
-    history: list[dict[str, Any]] = []
-    resumed_from: int | None = None
-    ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
-    ckpt_every = config.checkpoint_every or config.eval_every
+    data_key, loss_key = jax.random.split(jax.random.key(config.seed))
+    run = FitRun(config, graphdef, state, (data_key, loss_key), hooks=hook_list)
     try:
-        if ckpt is not None and (last := ckpt.latest()) is not None:
-            meta = ckpt.meta(last)
-            where = f"{ckpt.dir} (step {last})"
-            if meta.get("format") != _CKPT_FORMAT:
-                raise LoadError(f"{where}: not a weightspace.train.fit checkpoint (format {meta.get('format')!r})")
-            check_resume(meta["config"], config.to_dict(), where, may_differ=_RESUMABLE_FIELDS)
-            like, treedef = pack(weights(state))
-            saved = ckpt.arrays(last, to_host(like))
-            leaves = from_host(saved, like, leaf_paths, where)
-            state, best_state, (data_key, loss_key) = jax.tree_util.tree_unflatten(treedef, leaves)
-            if repl is not None:
-                state, best_state = jax.device_put((state, best_state), repl)
-            start = resumed_from = int(meta["step"])
-            best_step, best_score = meta["best_step"], meta["best_score"]
-            bad_evals = int(meta["bad_evals"])
-            history = list(meta["history"])
-            if best_step is None:
-                best_state = None
-
-        def save(step: int) -> None:
-            assert ckpt is not None
-            leaves, _ = pack(best_state if best_state is not None else weights(state))
-            ckpt.save(
-                step,
-                to_host(leaves),
-                {
-                    "format": _CKPT_FORMAT,
-                    "step": step,
-                    "best_step": best_step,
-                    "best_score": best_score,
-                    "bad_evals": bad_evals,
-                    "history": history,
-                    "config": config.to_dict(),
-                },
-            )
-
-        show = sys.stderr.isatty() if progress is None else bool(progress)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, initial=start, disable=not show, desc="fit", leave=False)
-        leaves, treedef = jax.tree_util.tree_flatten(state)
+        for hook in hook_list:
+            hook.start(run)  # the checkpoint hook comes first and may resume the run
+        data_key, loss_key = run.keys
+        every = {config.eval_every, *(h.every for h in hook_list if h.every)}
+        leaves, treedef = jax.tree_util.tree_flatten(run.state)
         step_fn = compile_step(
             step_obj,
             treedef,
@@ -338,7 +298,7 @@ def fit(
         compile_s = 0.0
         t_steps = 0.0
         stop = False
-        step = start
+        start = step = run.step
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
             t0 = time.perf_counter()
@@ -354,79 +314,74 @@ def fit(
                 leaves, metrics = step_fn(leaves, batch, idx, np.int32(step), loss_key, shared_dev)
                 pending.append(metrics)
                 step += 1
+                run.step = step
                 if sync_steps:
                     jax.block_until_ready(metrics)
                 if step == start + 1:
                     jax.block_until_ready(metrics)
                     compile_s = time.perf_counter() - t0
                     t0 = time.perf_counter()
+                for hook in hook_list:
+                    hook.after_step(run)
                 is_eval = step % config.eval_every == 0 or step == config.steps
-                is_ckpt = ckpt is not None and (step % ckpt_every == 0 or step == config.steps)
-                bar.update(1)
-                if not (is_eval or is_ckpt):
+                if not (is_eval or any(step % e == 0 for e in every)):
                     continue
-                state = jax.tree_util.tree_unflatten(treedef, leaves)  # valid until the next step
+                run.state = jax.tree_util.tree_unflatten(treedef, leaves)  # valid until the next step
                 # Host sync only at boundaries: check every pending loss, then record.
                 host_metrics = jax.device_get(pending)
                 host = np.asarray([m["loss"] for m in host_metrics], np.float32)
                 bad = np.flatnonzero(~np.isfinite(host))
                 if bad.size:
                     s = step - len(host) + int(bad[0]) + 1
-                    last_good = ckpt.latest() if ckpt is not None else None
                     raise TrainingDivergedError(
                         f"fit: training diverged: the loss of step {s} (of {config.steps}) is {host[bad[0]]}"
                         + (
-                            f"; the last good checkpoint is step {last_good} in {ckpt.dir}"
-                            if ckpt is not None and last_good is not None
+                            f"; the last good checkpoint is step {run.last_checkpoint} in {run.checkpoint_dir}"
+                            if run.last_checkpoint is not None
                             else "; no checkpoint was written"
                         )
                         + ". Lower the learning rate, clip gradients (grad_clip) or check the inputs for NaN/Inf.",
                         step=s,
-                        checkpoint_step=last_good,
+                        checkpoint_step=run.last_checkpoint,
                     )
                 all_losses.append(host)
                 since_entry.extend(host.tolist())
                 aux_since.extend({k: float(v) for k, v in m.items() if k != "loss"} for m in host_metrics)
                 pending = []
+                t_host = time.perf_counter()
                 if is_eval:
                     entry: dict[str, Any] = {"step": step, "loss": float(np.mean(since_entry))}
                     for k in aux_since[0] if aux_since else ():
                         entry[k] = float(np.mean([a[k] for a in aux_since]))
                     since_entry, aux_since = [], []
-                    t_host = time.perf_counter()
-                    # the module at this step, for val_fn and hooks only (merging costs host time)
-                    current = nnx.merge(graphdef, state.params, state.model_state) if val_fn or hooks else None
-                    if val_fn is not None:
-                        score = float(val_fn(current))
-                        entry["val"] = score
-                        if math.isfinite(score) and (best_score is None or score > best_score):
-                            best_score, best_step, bad_evals = score, step, 0
-                            best_state = _copy_tree(weights(state))
-                        else:
-                            bad_evals += 1
-                            if config.patience is not None and bad_evals >= config.patience:
-                                stop = True
-                    history.append(entry)
-                    for hook in hooks:
-                        assert current is not None
-                        if hook(FitEvent(step, config.steps, dict(entry), current)) is True:
+                    event = FitEvent(step, config.steps, entry, run)
+                    for hook in hook_list:
+                        if hook.evaluate(event) is True:
                             stop = True
-                    t0 += time.perf_counter() - t_host  # validation and hooks are not training time
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k != "step"}, refresh=False)
-                if ckpt is not None and (is_ckpt or stop):
-                    save(step)
+                    run.history.append(entry)
+                for hook in hook_list:
+                    hook.boundary(run, stop=stop)
+                t0 += time.perf_counter() - t_host  # evaluations and checkpoints are not training time
                 # val_fn may have advanced RNG counters in state (Variables shared with its model).
-                leaves = jax.tree_util.tree_leaves(state)
-            state = jax.tree_util.tree_unflatten(treedef, leaves)
-            jax.block_until_ready(state)
+                leaves = jax.tree_util.tree_leaves(run.state)
+            run.state = jax.tree_util.tree_unflatten(treedef, leaves)
+            jax.block_until_ready(run.state)
             t_steps = time.perf_counter() - t0
-        bar.close()
-        if ckpt is not None and start < config.steps and ckpt.latest() != step:
-            save(step)
-        final = best_state if (val_fn is not None and best_state is not None) else weights(state)
-        nnx.update(model, final[0], final[1])
+        nnx.update(model, *run.weights)
+        for hook in hook_list:
+            hook.end(run, model)  # a Validation hook puts the best weights back
+        val = next((h for h in hook_list if isinstance(h, Validation)), None)
         losses = np.concatenate(all_losses) if all_losses else np.zeros(0, np.float32)
-        return FitReport(step, best_step, best_score, history, t_steps, compile_s, resumed_from, losses)
+        return FitReport(
+            step,
+            val.best_step if val else None,
+            val.best_score if val else None,
+            run.history,
+            t_steps,
+            compile_s,
+            start if start > 0 else None,
+            losses,
+        )
     finally:
-        if ckpt is not None:
-            ckpt.close()
+        for hook in hook_list:
+            hook.close()
