@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from weightspace._argtypes import non_negative_int, positive_int
 from weightspace._cache import cache_dir
 
 # Text query -> the Fashion-MNIST classes a right answer may be. Only "sandal" names a class
@@ -28,10 +29,10 @@ LOGIT_QUERIES = ("Trouser", "Bag", "Sneaker")
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="build a real Fashion-MNIST hub, index it, and search it by text and logit")
-    p.add_argument("--size", type=int, default=200, help="classifier runs in the hub (default 200)")
-    p.add_argument("--probes", type=int, default=500, help="in-distribution probes (default 500)")
-    p.add_argument("--top", type=int, default=10, help="hits shown per query (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=positive_int, default=200, help="classifier runs in the hub (default 200)")
+    p.add_argument("--probes", type=positive_int, default=500, help="in-distribution probes (default 500)")
+    p.add_argument("--top", type=positive_int, default=10, help="hits shown per query (default 10)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default=None, help="gallery directory (default: the cache)")
     p.set_defaults(func=run)
 

@@ -8,6 +8,7 @@ import importlib
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from weightspace._errors import GuessWarning, WeightspaceError
 
@@ -79,14 +80,25 @@ def new_spelling(argv: Sequence[str], verbs: dict[str, set[str]]) -> tuple[list[
     return new, f"weightspace: note: `weightspace {head}` is now `weightspace {' '.join(new[:2])}`"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``weightspace AREA VERB: error: ... (see --help)``);
+    every sub-command's parser is one too (``add_subparsers`` makes its parsers of this class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="weightspace",
         description="Learning on the weights of neural networks: build zoos, probe them, search them.",
     )
     from weightspace import __version__
 
     parser.add_argument("--version", action="version", version=f"weightspace {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (anywhere on the command line)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _RECIPE_PACKAGES:
         importlib.import_module(name)
@@ -103,9 +115,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_error(e: OSError) -> str:
+    """An OS error as the path and the cause (``PermissionError: [Errno 13] ...`` reads as neither)."""
+    where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    cause = e.strerror or type(e).__name__
+    return f"{where}: {cause}" if where else _one_line(str(e)) or cause
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``weightspace`` command; returns its exit code.
+
+    Exit codes: 0 success; 2 bad input (a usage error, a ``weightspace`` error naming the file,
+    tensor or argument at fault, or a file-system error naming the path); 1 a bug (any other
+    exception: one line, and ``--debug`` for the traceback to report); 130 interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    argv, note = new_spelling(sys.argv[1:] if argv is None else argv, _area_verbs(parser))
+    argv, note = new_spelling(argv, _area_verbs(parser))
     if note:
         print(note, file=sys.stderr)
     try:
@@ -119,12 +151,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
-    except WeightspaceError as e:
-        print(f"weightspace: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("weightspace: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            raise
+        if isinstance(e, WeightspaceError):
+            print(f"weightspace: error: {_one_line(str(e))}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):
+            print(f"weightspace: error: {_os_error(e)}", file=sys.stderr)
+            return 2
+        print(
+            f"weightspace: internal error: {type(e).__name__}: {_one_line(str(e))[:500]} "
+            "(a bug: re-run with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

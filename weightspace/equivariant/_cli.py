@@ -8,7 +8,7 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from weightspace._argtypes import non_negative_int, positive_int
+    from weightspace._argtypes import non_negative_int, positive_float, positive_int
     from weightspace.zoo._cli import ZOO_HELP, add_zoo_options
 
     area = sub.add_parser("encoder", help="permutation-equivariant weight encoders: train, embed, neighbours")
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tr.add_argument("--width", type=positive_int, default=16)
     tr.add_argument("--embed-dim", type=positive_int, default=64)
     tr.add_argument("--loss", choices=("ntxent", "margin"), default="ntxent")
-    tr.add_argument("--tau", type=float, default=0.1)
+    tr.add_argument("--tau", type=positive_float, default=0.1)
     tr.add_argument("--seed", type=non_negative_int, default=0)
     tr.add_argument("--out", required=True, help="encoder directory (orbax checkpoint + config.json)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")

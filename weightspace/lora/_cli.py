@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from weightspace._argtypes import positive_int
 from weightspace._errors import LoadError
 from weightspace._safetensors import write_safetensors
 from weightspace.lora._dsire import dsire_votes, fit_dsire, lora_features, vote
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="REF",
         help="LoRA-WiSE rows (or LoRA zoo) file of reference LoRAs with known sizes (same layers, rank)",
     )
-    size.add_argument("--top-k", type=int, default=None, help="singular values per tensor (default: the rank)")
+    size.add_argument("--top-k", type=positive_int, default=None, help="singular values per tensor (default: the rank)")
     size.add_argument("--json", action="store_true", help="print machine-readable JSON")
     size.set_defaults(func=_size)
 
@@ -43,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="LORA_FILES",
         help="safetensors files of fine-tuned models (LoRA merged in), all with the same tensors",
     )
-    det.add_argument("--rank", type=int, required=True, help="the LoRA rank (final rank of the scheduler)")
+    det.add_argument("--rank", type=positive_int, required=True, help="the LoRA rank (final rank of the scheduler)")
     det.add_argument("--out", required=True, metavar="BASE.safetensors", help="where to write the recovered weights")
-    det.add_argument("--iters", type=int, default=300, help="iterations (default 300)")
+    det.add_argument("--iters", type=positive_int, default=300, help="iterations (default 300)")
     det.add_argument("--svd", default="auto", choices=["auto", "full", "randomized"])
     det.add_argument("--json", action="store_true", help="print the report as JSON")
     det.set_defaults(func=_detune)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from weightspace._argtypes import non_negative_int, positive_int
+from weightspace._argtypes import non_negative_int, positive_float, positive_int
 from weightspace._atomic import atomic_path
 from weightspace._errors import ConfigError
 
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--nonlinear", action="store_true", help="non-linear generator (ablation)")
     t.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
     t.add_argument("--batch-size", type=positive_int, default=32, help="models per step (default 32)")
-    t.add_argument("--lr", type=float, default=3e-4, help="peak learning rate, cosine decay (default 3e-4)")
+    t.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate, cosine decay (default 3e-4)")
     t.add_argument("--eval-every", type=positive_int, default=100, help="steps between validations (default 100)")
     t.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
     t.add_argument("--split-seed", type=non_negative_int, default=0, help="train/val/test split seed (default 0)")

@@ -99,19 +99,23 @@ def weight_dataset(
             )
         if any(v is None for v in z.meta[column]):
             raise InvalidValueError(f"zoo {z.name!r}: meta column {column!r} is empty (None) for some models")
-    names = sorted(zoos[0].params)
+    shapes0 = {k: tuple(v.shape[1:]) for k, v in zoos[0].params.items()}
     for z in zoos[1:]:
-        if sorted(z.params) != names or any(z.params[k].shape[1:] != zoos[0].params[k].shape[1:] for k in names):
+        shapes = {k: tuple(v.shape[1:]) for k, v in z.params.items()}
+        if shapes != shapes0:
+            diff = sorted(k for k in {*shapes, *shapes0} if shapes.get(k) != shapes0.get(k))[:3]
+            detail = ", ".join(f"{k}: {shapes0.get(k)} vs {shapes.get(k)}" for k in diff)
             raise ConfigError(
-                f"zoos {zoos[0].name!r} and {z.name!r} have different tensors; ProbeGen reads "
-                f"zoos of one input/output shape and parameter layout"
+                f"zoos {zoos[0].name!r} ({zoos[0].arch.signature}) and {z.name!r} ({z.arch.signature}) have "
+                f"different tensors ({detail}); ProbeGen trains on models of one parameter layout: train one "
+                "run per architecture (pass one zoo file of the hub)"
             )
     if group == "auto":
         group = next((g for g in GROUP_COLUMNS if all(g in z.meta for z in zoos)), None)
     if len(zoos) == 1:
         ds = WeightDataset.from_zoo(zoos[0], targets={"y": column}, seed=seed, fractions=fractions, group=group)
         return ds
-    params = {k: np.concatenate([np.asarray(z.params[k], np.float32) for z in zoos]) for k in names}
+    params = {k: np.concatenate([np.asarray(z.params[k], np.float32) for z in zoos]) for k in sorted(shapes0)}
     keys = list(dict.fromkeys(k for z in zoos for k in z.meta))
     meta = {k: [x for z in zoos for x in z.meta.get(k, [None] * len(z))] for k in keys}
     meta[ARCH_COLUMN] = [z.arch.signature for z in zoos for _ in range(len(z))]

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from weightspace._argtypes import positive_int
+from weightspace._atomic import atomic_dir
 from weightspace._errors import InvalidValueError, LoadError
 
 
@@ -60,15 +57,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="ZOO_OR_MODEL",
         help="a model .safetensors file, a zoo file/directory, an fmnist-trees build, or a recipe name",
     )
-    pr.add_argument("--size", type=int, default=None, help="recipe size when SOURCE is a recipe name")
+    pr.add_argument("--size", type=positive_int, default=None, help="recipe size when SOURCE is a recipe name")
     pr.add_argument(
         "--classes",
         default=None,
         metavar="C1,C2",
         help="zero-shot: candidate classes (default: the training + held-out classes)",
     )
-    pr.add_argument("--top-k", type=int, default=5)
-    pr.add_argument("--limit", type=int, default=20, help="print at most this many models (text output)")
+    pr.add_argument("--top-k", type=positive_int, default=5)
+    pr.add_argument("--limit", type=positive_int, default=20, help="print at most this many models (text output)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=_predict)
 
@@ -76,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _source_args(ly)
     ly.add_argument("--tree", default=None, help="only this tree")
     ly.add_argument("--steps", type=positive_int, default=300)
-    ly.add_argument("--r", type=int, default=32, help="r_U = r_V of the small experts (r_T = 4 r)")
+    ly.add_argument("--r", type=positive_int, default=32, help="r_U = r_V of the small experts (r_T = 4 r)")
     ly.add_argument("--json", action="store_true")
     ly.set_defaults(func=_layers)
     px.set_defaults(func=lambda a: px.print_help() or 0)
@@ -88,7 +85,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
         metavar="ZOO",
         help="a recipe name (e.g. fmnist-trees), an fmnist-trees build directory, or a zoo file/directory",
     )
-    p.add_argument("--size", type=int, default=None, help="recipe size when ZOO is a recipe name")
+    p.add_argument("--size", type=positive_int, default=None, help="recipe size when ZOO is a recipe name")
 
 
 def load_source(spec: str, *, size: int | None = None) -> dict[str, Any]:
@@ -150,30 +147,22 @@ def _train(args: argparse.Namespace) -> int:
         raise InvalidValueError(f"--held-out classes {bad} are not among the classes {names}")
     train_config = DEFAULT_TRAIN.replace(steps=args.steps) if args.steps else DEFAULT_TRAIN
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        experts, splits = train_trees(
-            trees,
-            layer=_layer_arg(args.layer),
-            class_names=names,
-            config=ProbeXConfig(r_u=args.r_u, r_v=args.r_v, r_t=args.r_t, readout=args.readout),
-            held_out=held,
-            members=args.members,
-            train_config=train_config,
-            progress=False if args.no_progress else None,
-        )
-        experts.info["splits"] = {
-            t: {k: getattr(s, k).tolist() for k in ("train", "val", "test")} for t, s in splits.items()
-        }
-        experts.info["source"] = args.zoo
+    experts, splits = train_trees(
+        trees,
+        layer=_layer_arg(args.layer),
+        class_names=names,
+        config=ProbeXConfig(r_u=args.r_u, r_v=args.r_v, r_t=args.r_t, readout=args.readout),
+        held_out=held,
+        members=args.members,
+        train_config=train_config,
+        progress=False if args.no_progress else None,
+    )
+    experts.info["splits"] = {
+        t: {k: getattr(s, k).tolist() for k in ("train", "val", "test")} for t, s in splits.items()
+    }
+    experts.info["source"] = args.zoo
+    with atomic_dir(out) as tmp:  # all or nothing: an existing --out is replaced only when complete
         experts.save(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
     summary = {
         "out": str(out),
         "readout": args.readout,

@@ -105,11 +105,11 @@ def _probe(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = {"model_chunk": args.model_chunk, "probe_chunk": args.probe_chunk, "progress": progress}
     parts = []
     if out.suffix == ".npy":
-        resps = [probe(zoos[0], probes, out=out, **kw)]
+        resps = [probe(zoos[0], probes, out=out, finite=True, **kw)]
     else:
         from weightspace._safetensors import write_safetensors
 
-        resps = [np.asarray(probe(z, probes, **kw)) for z in zoos]
+        resps = [np.asarray(probe(z, probes, finite=True, **kw)) for z in zoos]
         names = ["responses"] if len(zoos) == 1 else [f"responses.{i:03d}" for i in range(len(zoos))]
         write_safetensors(out, dict(zip(names, resps, strict=True)), {"probes": json.dumps(info)})
     for i, (zoo, resp) in enumerate(zip(zoos, resps, strict=True)):

@@ -371,6 +371,7 @@ def probe(
     out: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     memory_budget: int | None = None,
+    finite: bool = False,
 ) -> Float[np.ndarray, "models probes logits"]:
     """Responses of every model of ``zoo`` to every probe: ``R[m, i, j] = f_m(x_i)_j``.
 
@@ -390,6 +391,8 @@ def probe(
             name then renamed) and return it opened read-only; for results larger than RAM.
         progress: show a progress bar; ``None`` turns it on for long jobs.
         memory_budget: working-memory bytes per device (see :func:`chunk_sizes`).
+        finite: refuse NaN/Inf responses (an :class:`~weightspace.InvalidValueError` naming the
+            models; nothing is written to ``out``), as every command that stores responses does.
 
     Returns:
         ``[models, probes, logits]`` float32 (a read-only ``np.memmap`` when ``out`` is given).
@@ -410,6 +413,13 @@ def probe(
     _check_chunk("probe_chunk", probe_chunk)
     data, _ = _probe_array(probes)
     arch = zoo.arch
+    try:  # before any work: one probe tells whether they fit the input
+        arch.adapt(jnp.asarray(data[:1], jnp.float32))
+    except ShapeError as e:
+        raise ShapeError(
+            f"zoo {zoo.name!r}: probes of shape {tuple(data.shape[1:])} do not fit its {type(arch).__name__}'s "
+            f"input of shape {arch.input_shape} (on the command line, --shape sets the probes' shape)"
+        ) from e
     mesh_ = _resolve_mesh(mesh)
     n_dev = model_axis_size(mesh_, MODELS_AXIS) if mesh_ is not None else 1
     n_models, n_probes, n_out = len(zoo), int(data.shape[0]), arch.num_outputs
@@ -462,6 +472,8 @@ def probe(
     if out is None:
         result = np.empty((n_models, n_probes, n_out), np.float32)
         fill(result)
+        if finite:
+            check_finite_responses(result, zoo.ids, zoo.name)
         return result
     path = Path(out)
     if path.suffix != ".npy":
@@ -469,9 +481,35 @@ def probe(
     with atomic_path(path) as tmp:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_models, n_probes, n_out))
         fill(mm)
+        if finite:
+            check_finite_responses(mm, zoo.ids, zoo.name)
         mm.flush()
         del mm
     return np.load(path, mmap_mode="r")
+
+
+def check_finite_responses(
+    responses: Float[np.ndarray, "models probes logits"], ids: Sequence[str], name: str, *, chunk: int = 256
+) -> None:
+    """Raise :class:`~weightspace.InvalidValueError` naming the models whose responses hold NaN/Inf
+    (read ``chunk`` models at a time, so a memory map is never loaded whole).
+
+    Example:
+        >>> r = np.zeros((3, 2, 1), np.float32); r[1, 0, 0] = np.inf
+        >>> check_finite_responses(r, ["a", "b", "c"], "toy")
+        Traceback (most recent call last):
+        ...
+        weightspace._errors.InvalidValueError: zoo 'toy': NaN/Inf responses from 1 of 3 models (['b']): ...
+    """
+    bad: list[str] = []
+    for a in range(0, len(responses), chunk):
+        rows = ~np.isfinite(np.asarray(responses[a : a + chunk])).all(axis=tuple(range(1, responses.ndim)))
+        bad.extend(str(ids[a + int(i)]) for i in np.flatnonzero(rows))
+    if bad:
+        raise InvalidValueError(
+            f"zoo {name!r}: NaN/Inf responses from {len(bad)} of {len(responses)} models ({bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''}): their weights overflow on these probes; they cannot be stored"
+        )
 
 
 def _store(result: np.ndarray, tile: tuple[int, int, Array], n_models: int, n_probes: int) -> None:

@@ -16,11 +16,13 @@ unrecorded shard and ends byte-identical to an uninterrupted one.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import shutil
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -242,7 +244,72 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise LoadError(f"{path / MANIFEST}: not valid JSON ({e})") from e
     if not isinstance(m, dict) or m.get("weightspace") != FORMAT:
         raise LoadError(f"{path / MANIFEST}: not a {FORMAT} manifest")
+    _check_manifest(m, path / MANIFEST)
     return m
+
+
+# What every manifest entry must be: key -> type(s). A manifest edited by hand or cut short is a
+# LoadError naming the key, never a KeyError deep in a search.
+_MANIFEST_KEYS: dict[str, Any] = {"dtype": str, "normalize": bool, "zoos": list, "probes": dict}
+_PROBES_KEYS: dict[str, Any] = {"name": str, "n": int, "shape": list, "fingerprint": str, "labels": bool, "file": str}
+_ZOO_KEYS: dict[str, Any] = {
+    "name": str,
+    "fingerprint": str,
+    "models": int,
+    "logits_per_model": int,
+    "models_per_shard": int,
+    "shards": list,
+    "complete": bool,
+}
+_SHARD_KEYS: dict[str, Any] = {"file": str, "models": list, "sha256": str}
+
+
+def _check_keys(obj: Any, keys: Mapping[str, Any], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise LoadError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    for k, t in keys.items():
+        if k not in obj:
+            raise LoadError(
+                f"{where}: missing key {k!r}; the gallery manifest is damaged (re-index into a new gallery)"
+            )
+        v = obj[k]
+        if not isinstance(v, t) or (t is int and isinstance(v, bool)):
+            raise LoadError(f"{where}: key {k!r} must be a {t.__name__}, found {type(v).__name__} {v!r:.60}")
+
+
+def _check_manifest(m: dict[str, Any], where: Path) -> None:
+    _check_keys(m, _MANIFEST_KEYS, str(where))
+    if m["dtype"] not in _DTYPES:
+        raise LoadError(f"{where}: key 'dtype' must be one of {sorted(_DTYPES)}, found {m['dtype']!r}")
+    _check_keys(m["probes"], _PROBES_KEYS, f"{where} (probes)")
+    for i, z in enumerate(m["zoos"]):
+        _check_keys(z, _ZOO_KEYS, f"{where} (zoos[{i}])")
+        for j, s in enumerate(z["shards"]):
+            _check_keys(s, _SHARD_KEYS, f"{where} (zoos[{i}].shards[{j}])")
+            if len(s["models"]) != 2 or not all(isinstance(v, int) for v in s["models"]):
+                raise LoadError(f"{where} (zoos[{i}].shards[{j}]): 'models' must be [first, end], found {s['models']}")
+
+
+_GALLERY_FILES = {MANIFEST, PROBES_FILE, "shards"}
+
+
+def _check_out_dir(path: Path) -> None:
+    """A gallery is written into a new directory, an empty one, or an existing gallery: never over
+    other files (a folder that holds models, a file)."""
+    if not path.exists():
+        if path.is_symlink():
+            raise InvalidValueError(f"{path}: a broken symbolic link, not a gallery directory")
+        return
+    if not path.is_dir():
+        raise InvalidValueError(f"{path} is a file, not a gallery directory; choose a new or empty directory")
+    if (path / MANIFEST).exists():
+        return
+    other = sorted(p.name for p in path.iterdir() if p.name not in _GALLERY_FILES and not p.name.startswith("."))
+    if other:
+        raise InvalidValueError(
+            f"{path} is not a gallery (no {MANIFEST}; it holds {other[:5]}{' ...' if len(other) > 5 else ''}); "
+            "index into a new or empty directory"
+        )
 
 
 def _write_manifest(path: Path, m: Mapping[str, Any]) -> None:
@@ -295,11 +362,24 @@ def build_gallery(
     """
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if models_per_shard is not None and (not isinstance(models_per_shard, int) or models_per_shard < 1):
+        raise ConfigError(f"models_per_shard must be a positive int or None, got {models_per_shard!r}")
     path = Path(out)
+    _check_out_dir(path)
     p = as_probe_set(probes)
     fp = probes_fingerprint(p)
     srcs = _sources(source, p)
-    if (path / MANIFEST).exists():
+    first: dict[str, str] = {}
+    for s in srcs:  # the same zoo given twice would be indexed twice (every hit doubled)
+        prev = first.setdefault(s.fingerprint(), s.name)
+        if prev != s.name:
+            raise InvalidValueError(
+                f"zoos {prev!r} and {s.name!r} are the same models (same architecture, ids and classes) given "
+                "twice; give each zoo once"
+            )
+    created_dir = not path.exists()
+    new_gallery = not (path / MANIFEST).exists()
+    if not new_gallery:
         m = _read_manifest(path)
         have = m["probes"]["fingerprint"]
         if have != fp:
@@ -314,8 +394,6 @@ def build_gallery(
                 f"got dtype={dtype}, normalize={normalize}"
             )
     else:
-        path.mkdir(parents=True, exist_ok=True)
-        _write_probes(path / PROBES_FILE, p)
         m = {
             "weightspace": FORMAT,
             "dtype": dtype,
@@ -330,8 +408,6 @@ def build_gallery(
                 "file": PROBES_FILE,
             },
         }
-        _write_manifest(path, m)
-    (path / "shards").mkdir(exist_ok=True)
 
     plan = []
     for s in srcs:
@@ -355,12 +431,16 @@ def build_gallery(
                 f"{path}: a different zoo named {s.name!r} is already indexed; rename one of them or use a new gallery"
             )
         plan.append((m["zoos"].index(entry), entry, s))
-    _write_manifest(path, m)
 
     total = sum(len(s) for _, _, s in plan)
     done = sum(min(len(e["shards"]) * e["models_per_shard"], e["models"]) for _, e, _ in plan)
     report = _progress(progress, total, done)
     try:
+        if new_gallery:
+            path.mkdir(parents=True, exist_ok=True)
+            _write_probes(path / PROBES_FILE, p)
+        (path / "shards").mkdir(exist_ok=True)
+        _write_manifest(path, m)
         for slot, entry, s in plan:
             per = entry["models_per_shard"]
             for c in range(len(entry["shards"]), math.ceil(len(s) / per)):
@@ -374,9 +454,28 @@ def build_gallery(
                 report(done)
             entry["complete"] = True
         _write_manifest(path, m)
+    except Exception:
+        # A failure (bad responses, a bad class list, a full disk) takes back what this call added and
+        # holds nothing yet; finished shards stay, so the same command resumes after a fix or a kill.
+        _undo_empty(path, m, new_gallery=new_gallery, created_dir=created_dir)
+        raise
     finally:
         report(None)
     return Gallery(path)
+
+
+def _undo_empty(path: Path, m: dict[str, Any], *, new_gallery: bool, created_dir: bool) -> None:
+    with contextlib.suppress(OSError):
+        m["zoos"] = [z for z in m["zoos"] if z["shards"]]
+        if new_gallery and not m["zoos"]:
+            if created_dir:
+                shutil.rmtree(path)
+            else:
+                for name in (MANIFEST, PROBES_FILE):
+                    (path / name).unlink(missing_ok=True)
+                shutil.rmtree(path / "shards", ignore_errors=True)
+        elif (path / MANIFEST).exists():
+            _write_manifest(path, m)
 
 
 def _write_shard(path: Path, s: _Source, a: int, b: int, *, dtype: str, normalize: bool) -> None:
@@ -386,11 +485,9 @@ def _write_shard(path: Path, s: _Source, a: int, b: int, *, dtype: str, normaliz
             f"zoo {s.name!r}: responses of models {a}..{b} have shape {r.shape}, expected "
             f"{(b - a, len(s.probes.data), s.num_logits)}"
         )
-    bad = ~np.isfinite(r).all(axis=(1, 2))
-    if bad.any():
-        raise InvalidValueError(
-            f"zoo {s.name!r}: NaN/Inf responses from models {[s.ids[a + i] for i in np.nonzero(bad)[0][:5]]}"
-        )
+    from weightspace.probing._probe import check_finite_responses
+
+    check_finite_responses(r, s.ids[a:b], s.name)
     d = np.asarray(logit_descriptors(r, normalize=normalize))  # [models*logits, probes]
     cols = np.ascontiguousarray(d.T.astype(_DTYPES[dtype]))
     meta = {
@@ -636,6 +733,13 @@ class Gallery:
         Returns:
             One :class:`SearchResult` per query.
         """
+        if not isinstance(top, int | np.integer) or top < 1:
+            raise InvalidValueError(f"top (hits per query) must be an int >= 1, got {top!r}")
+        if k is not None and (not isinstance(k, int | np.integer) or not 1 <= k <= self.num_probes):
+            raise InvalidValueError(
+                f"k (probes compared per query) must be between 1 and the gallery's {self.num_probes} probes, "
+                f"got {k!r} ({self.path})"
+            )
         q = np.asarray(queries, np.float32)
         q = q[None] if q.ndim == 1 else q
         if q.ndim != 2 or q.shape[1] != self.num_probes:

@@ -10,13 +10,17 @@ populations on it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import hashlib
 import json
 import math
+import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -384,6 +388,48 @@ def _fingerprint(**parts: Any) -> str:
     return h.hexdigest()[:32]
 
 
+class _ResumeScope:
+    def __init__(self, root: Path, seconds: float) -> None:
+        self.root, self.seconds, self.calls = root, seconds, 0
+
+    def next_dir(self) -> Path:
+        d = self.root / f"fit-{self.calls:03d}"
+        self.calls += 1
+        return d
+
+
+_RESUME: contextvars.ContextVar[_ResumeScope | None] = contextvars.ContextVar("weightspace_resume", default=None)
+
+
+@contextlib.contextmanager
+def resumable(root: str | os.PathLike[str], *, checkpoint_seconds: float = 30.0) -> Iterator[Path]:
+    """Make every :func:`fit_population` call inside the block resumable, without passing it a
+    checkpoint directory: call ``i`` (in order) checkpoints to ``root/fit-{i:03d}``, at most every
+    ``checkpoint_seconds`` per chunk and at the end of every chunk. Run the same deterministic
+    code again after a kill and each call resumes from its checkpoint (a call whose data or
+    settings changed refuses the checkpoint with a :class:`~weightspace.ConfigError`).
+
+    ``weightspace.zoo.build_recipe`` runs every recipe in one, so a killed build resumes.
+
+    Example:
+        >>> import tempfile, numpy as np, jax, jax.numpy as jnp
+        >>> from weightspace.train import fit_population, resumable
+        >>> def loss(p, batch, key):
+        ...     return jnp.mean((p["w"] * batch["x"] - batch["y"]) ** 2)
+        >>> data = {"x": np.ones(4, np.float32), "y": 2 * np.ones(4, np.float32)}
+        >>> with resumable(tempfile.mkdtemp()) as root:
+        ...     r = fit_population(loss, {"w": np.zeros(3, np.float32)}, data, key=jax.random.key(0), steps=50)
+        >>> sorted(p.name for p in root.iterdir())
+        ['fit-000']
+    """
+    scope = _ResumeScope(Path(root), float(checkpoint_seconds))
+    token = _RESUME.set(scope)
+    try:
+        yield scope.root
+    finally:
+        _RESUME.reset(token)
+
+
 def fit_population(
     loss_fn: Callable[..., Float[Array, ""]],
     params: PyTree,
@@ -403,6 +449,7 @@ def fit_population(
     segment_steps: int | None = None,
     snapshot_steps: Sequence[int] = (),
     checkpoint_dir: str | Path | None = None,
+    checkpoint_seconds: float = 0.0,
     progress: bool | None = None,
     callback: Callable[[FitProgress], None] | None = None,
 ) -> FitResult:
@@ -452,7 +499,10 @@ def fit_population(
             ``min(max_steps, 100)``, rounded so that every ``snapshot_steps`` entry is a boundary.
         snapshot_steps: steps after which to keep a copy of all parameters (e.g. epochs).
         checkpoint_dir: write an orbax checkpoint of the current chunk after every segment and
-            resume from it; ``None`` disables checkpoints.
+            resume from it; ``None`` disables checkpoints, unless the call runs inside
+            :func:`resumable`, which names one.
+        checkpoint_seconds: at least this many seconds between two checkpoints of a chunk (its
+            last segment is always written, so finished chunks are never trained again).
         progress: show a tqdm bar (``None``: only when stderr is a terminal).
         callback: called with a :class:`FitProgress` after every segment (e.g. to log, or to
             stop early by raising).
@@ -528,6 +578,9 @@ def fit_population(
     extra_keys = tuple(k for k, v in (("model_data", model_data), ("shared", shared)) if v is not None)
     data_dev = jax.tree.map(jnp.asarray, data)
     shared_dev = None if shared is None else jax.tree.map(jnp.asarray, shared)
+    if checkpoint_dir is None and (scope := _RESUME.get()) is not None:
+        checkpoint_dir = scope.next_dir()
+        checkpoint_seconds = max(checkpoint_seconds, scope.seconds)
     fp = _fingerprint(
         n=n,
         chunk=chunk,
@@ -583,6 +636,7 @@ def fit_population(
             snap_c: dict[int, PyTree] = {}
             start = 0
             ckpt = Checkpointer(Path(checkpoint_dir) / f"chunk-{c:05d}", keep=1) if checkpoint_dir is not None else None
+            saved_at = time.monotonic()
             last = ckpt.latest() if ckpt is not None else None
             if ckpt is not None and last is not None:
                 where = f"{ckpt.dir} (segment {last})"
@@ -629,9 +683,10 @@ def fit_population(
                 for s in snaps:
                     if t0 < s <= done:
                         snap_c[s] = jax.tree.map(np.asarray, state[0].params)
-                if ckpt is not None:
+                if ckpt is not None and (seg == n_segs or time.monotonic() - saved_at >= checkpoint_seconds):
                     kept = {str(s): v for s, v in snap_c.items()}
                     ckpt.save(seg, to_host(jax.tree_util.tree_leaves((state, losses, kept))), {"fingerprint": fp})
+                    saved_at = time.monotonic()
                 if bar is not None:
                     bar.update(done - t0)
                 if callback is not None:

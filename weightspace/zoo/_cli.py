@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from weightspace._argtypes import non_negative_int, positive_int
+from weightspace._atomic import atomic_dir
 from weightspace.zoo._io import read_header
 
 ZOO_HELP = (
@@ -22,13 +23,13 @@ def add_zoo_options(p: argparse.ArgumentParser, *, recipes: bool = True) -> None
     if recipes:
         p.add_argument(
             "--size",
-            type=int,
+            type=positive_int,
             default=None,
             help="models of a recipe named as ZOO (as in `zoo build --size`; default: full size)",
         )
         p.add_argument(
             "--recipe-seed",
-            type=int,
+            type=non_negative_int,
             default=0,
             help="seed of a recipe named as ZOO (as in `zoo build --seed`; default 0)",
         )
@@ -178,11 +179,45 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(out: Path, *, zoo_file: bool) -> None:
+    """Refuse an ``--out`` that would replace something that is not an earlier build's output
+    (checked before building, so nothing is trained for an output that cannot be written)."""
+    from weightspace._errors import ConfigError, WeightspaceError
+    from weightspace.zoo._io import PACKED_FORMAT
+
+    if not out.exists():
+        if out.parent.exists() and not out.parent.is_dir():
+            raise ConfigError(f"--out {out}: its parent {out.parent} is a file, not a directory")
+        return
+    if zoo_file:
+        if out.is_dir():
+            raise ConfigError(
+                f"--out {out} is a directory; this recipe writes one zoo file (e.g. {out}/zoo.safetensors)"
+            )
+        try:
+            fmt = read_header(out).get("format")
+        except WeightspaceError:
+            fmt = None
+        if fmt != PACKED_FORMAT:
+            raise ConfigError(f"--out {out} exists and is not a packed zoo; choose a new path or remove it")
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is a file; this recipe writes a directory")
+    if any(out.iterdir()) and not (out / "recipe.json").exists():
+        raise ConfigError(
+            f"--out {out} is a non-empty directory that holds no earlier build (no recipe.json); "
+            "choose a new or empty directory"
+        )
+
+
 def _build(args: argparse.Namespace) -> int:
     from weightspace.zoo._io import save_zoo
     from weightspace.zoo._recipes import RECIPES, build_recipe, recipe_path, save_recipe_result
     from weightspace.zoo._zoo import Collection, Zoo
 
+    recipe = RECIPES.get(args.name)
+    if args.out and recipe is not None:
+        _check_out(Path(args.out), zoo_file=recipe.returns == "Zoo")
     t0 = time.perf_counter()
     progress = False if args.no_progress else None
     result = build_recipe(args.name, size=args.size, seed=args.seed, progress=progress, cache=not args.no_cache)
@@ -198,19 +233,15 @@ def _build(args: argparse.Namespace) -> int:
         if isinstance(result, Zoo):
             written = str(save_zoo(result, out))
         else:  # a recipe directory, as in the cache: the parts (or the save hook's files) + recipe.json
-            out.mkdir(parents=True, exist_ok=True)
-            save_recipe_result(
-                recipe,
-                result,
-                out,
-                {
-                    "recipe": args.name,
-                    "size": size,
-                    "seed": args.seed,
-                    "version": recipe.version,
-                    "returns": recipe.returns,
-                },
-            )
+            manifest = {
+                "recipe": args.name,
+                "size": size,
+                "seed": args.seed,
+                "version": recipe.version,
+                "returns": recipe.returns,
+            }
+            with atomic_dir(out) as tmp:  # all or nothing: an existing --out is replaced only when complete
+                save_recipe_result(recipe, result, tmp, manifest)
             written = str(out)
     accs = [float(a) for z in zoos for a in z.meta.get("test_acc", []) if a is not None]
     summary = {

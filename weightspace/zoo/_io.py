@@ -52,6 +52,29 @@ def _arch_from(config: Any, where: Path) -> Architecture:
         raise ConfigError(f"{where}: {e}") from e
 
 
+def _json_header(header: Mapping[str, str], key: str, path: Path, *, default: Any = None) -> dict[str, Any]:
+    """A JSON object stored under ``key`` of a safetensors header (``default`` when absent)."""
+    if key not in header:
+        if default is None:
+            raise LoadError(f"{path}: the header has no {key!r} entry")
+        return dict(default)
+    try:
+        value = json.loads(header[key])
+    except (json.JSONDecodeError, TypeError) as e:
+        raise LoadError(f"{path}: header entry {key!r} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise LoadError(f"{path}: header entry {key!r} must be a JSON object, found a {type(value).__name__}")
+    return value
+
+
+def _zoo_at(path: Path, arch: Architecture, tensors: Any, meta: Any, name: str) -> Zoo:
+    """A :class:`Zoo` read from ``path``: its errors name the file."""
+    try:
+        return Zoo(arch, tensors, meta, name)
+    except WeightspaceError as e:
+        raise type(e)(f"{path}: {e}") from e
+
+
 def _check_dtype(name: str, arr: np.ndarray, where: str) -> None:
     if arr.dtype not in _DTYPES:
         raise ShapeError(f"{where}: tensor {name!r} has dtype {arr.dtype}, expected a float dtype")
@@ -238,10 +261,10 @@ def save_zoo(zoo: Zoo, path: str | os.PathLike[str], *, format: str = "packed") 
             {"weightspace": PACKED_FORMAT, "arch": arch_json, "meta": meta_to_json(zoo.meta), "name": zoo.name},
         )
     elif format == "directory":
-        path.mkdir(parents=True, exist_ok=True)
         ids = [_check_id(i) for i in zoo.ids]
         host = {k: np.asarray(v) for k, v in zoo.params.items()}
-        for i, mid in enumerate(ids):
+        path.mkdir(parents=True, exist_ok=True)
+        for i, mid in enumerate(ids):  # each file atomic; the manifest, written last, marks completion
             write_safetensors(
                 path / f"{mid}.safetensors",
                 {k: v[i] for k, v in host.items()},
@@ -303,7 +326,10 @@ def _load_file(path: Path, *, arch: Architecture | None, activation: str | None,
     ):
         a, params, meta, guessed = _read_model(path, arch=arch, activation=activation, strict=strict)
         _warn_guessed([(path, guessed)] if guessed else [])
-        return Zoo.stack(a, [params], [meta], name=path.stem)
+        try:
+            return Zoo.stack(a, [params], [meta], name=path.stem)
+        except WeightspaceError as e:
+            raise type(e)(f"{path}: {e}") from e
     if fmt not in (PACKED_FORMAT, None):
         raise LoadError(
             f"{path}: a {fmt!r} file, not a zoo or model file"
@@ -319,11 +345,8 @@ def _load_file(path: Path, *, arch: Architecture | None, activation: str | None,
     for k, v in tensors.items():
         _check_dtype(k, v, str(path))
     a.check_params(tensors, stacked=True, where=str(path))
-    try:
-        meta = json.loads(header.get("meta", "{}"))
-    except json.JSONDecodeError as e:
-        raise LoadError(f"{path}: metadata header is not valid JSON ({e})") from e
-    return Zoo(a, tensors, meta, header.get("name", path.stem))
+    meta = _json_header(header, "meta", path, default={})
+    return _zoo_at(path, a, tensors, meta, header.get("name", path.stem))
 
 
 def _looks_unstacked(arch: Architecture, tensors: Mapping[str, np.ndarray]) -> bool:
@@ -447,10 +470,18 @@ def _dir_files(path: Path) -> tuple[list[Path], Architecture | None, str]:
     if manifest.exists():
         try:
             m = json.loads(manifest.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LoadError(f"{manifest}: not valid JSON ({e})") from e
-        files = [path / f"{i}.safetensors" for i in m["ids"]]
-        return files, _arch_from(m["arch"], manifest), m.get("name", path.name)
+        if not isinstance(m, dict):
+            raise LoadError(f"{manifest}: must be a JSON object, found a {type(m).__name__}")
+        for key in ("ids", "arch"):
+            if key not in m:
+                raise LoadError(f"{manifest}: missing key {key!r} (a zoo directory lists its model ids and arch)")
+        ids = m["ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise LoadError(f"{manifest}: 'ids' must be a non-empty list of model ids, found {ids!r:.80}")
+        files = [path / f"{_check_id(i)}.safetensors" for i in ids]
+        return files, _arch_from(m["arch"], manifest), str(m.get("name", path.name))
     files = sorted(path.rglob("*.safetensors"))
     if not files:
         raise LoadError(f"{path}: no .safetensors files (an empty zoo)")
@@ -634,9 +665,9 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     out: dict[str, Any] = {"format": meta.get("weightspace", "safetensors"), "tensors": shapes}
     if "arch" in meta:
-        out["arch"] = json.loads(meta["arch"])
+        out["arch"] = _json_header(meta, "arch", path)
     if meta.get("weightspace") == PACKED_FORMAT:
         out["name"] = meta.get("name")
         out["models"] = next(iter(shapes.values()))[0] if shapes else 0
-        out["meta_columns"] = sorted(json.loads(meta.get("meta", "{}")))
+        out["meta_columns"] = sorted(_json_header(meta, "meta", path, default={}))
     return out

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import os
 import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -20,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from weightspace._atomic import atomic_path
+from weightspace._atomic import atomic_dir, atomic_path
 from weightspace._cache import cache_dir
 from weightspace._errors import ConfigError, LoadError
 from weightspace.nets import CNN, MLP, SIREN, Architecture, coordinate_grid
-from weightspace.train import fit_population
+from weightspace.train import fit_population, resumable
 from weightspace.zoo._classifiers import init_population, split_outputs, train_population
 from weightspace.zoo._io import load_zoo, save_zoo
 from weightspace.zoo._zoo import Collection, Zoo
@@ -667,7 +664,19 @@ def build_recipe(
     if cache and (path / "recipe.json").exists():
         return _load(r, path)
     t0 = time.perf_counter()
-    result = r.build(int(size), int(seed), progress)
+    if cache:  # training checkpoints: a killed build resumes where it stopped
+        resume = path.parent / f".{path.name}.resume"
+        try:
+            with resumable(resume):
+                result = r.build(int(size), int(seed), progress)
+        except ConfigError as e:
+            if "cannot resume" not in str(e):
+                raise
+            shutil.rmtree(resume, ignore_errors=True)  # a checkpoint of another build: start over
+            with resumable(resume):
+                result = r.build(int(size), int(seed), progress)
+    else:
+        result = r.build(int(size), int(seed), progress)
     _check_finite(result)
     if cache:
         manifest = {
@@ -678,14 +687,11 @@ def build_recipe(
             "returns": r.returns,
             "build_seconds": time.perf_counter() - t0,
         }
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            save_recipe_result(r, result, tmp, manifest)
-            os.replace(tmp, path)
+            with atomic_dir(path) as tmp:
+                save_recipe_result(r, result, tmp, manifest)
         except OSError:
-            if not (path / "recipe.json").exists():
+            if not (path / "recipe.json").exists():  # another process finished the same build first
                 raise
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(tmp)
+        shutil.rmtree(resume, ignore_errors=True)
     return result

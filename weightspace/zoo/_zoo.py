@@ -74,6 +74,24 @@ class Zoo:
             raise ShapeError(f"zoo {self.name!r} is empty (0 models)")
         self.arch.check_params(self.params, stacked=True, where=f"zoo {self.name!r}")
         object.__setattr__(self, "meta", _as_columns(self.meta, n, self.name))
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        """Each ``classes`` entry names at most one class per output: a longer list would label
+        outputs with other outputs' names (a search would report wrong classes)."""
+        col = self.meta.get("classes")
+        if col is None:
+            return
+        n_out = self.arch.num_outputs
+        for mid, c in zip(self.meta["id"], col, strict=True):
+            if c is None:
+                continue
+            if not isinstance(c, list | tuple):
+                raise ShapeError(f"zoo {self.name!r}: model {mid!r}: 'classes' must be a list of names, got {c!r:.60}")
+            if len(c) > n_out:
+                raise ShapeError(
+                    f"zoo {self.name!r}: model {mid!r} lists {len(c)} class names for {n_out} outputs ({list(c)[:12]})"
+                )
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -217,16 +235,22 @@ class Collection:
         sig = zoo.arch.signature
         if sig in self._buckets:
             prev = self._buckets[sig]
-            clash = set(prev.ids) & set(zoo.ids)
-            if clash:
-                raise InvalidValueError(f"model ids already in the collection: {sorted(clash)[:5]}")
+            self._check_ids(zoo, prev)
             self._buckets[sig] = concat([prev, zoo], name=prev.name)
         else:
             for other in self._buckets.values():
-                clash = set(other.ids) & set(zoo.ids)
-                if clash:
-                    raise InvalidValueError(f"model ids already in the collection: {sorted(clash)[:5]}")
+                self._check_ids(zoo, other)
             self._buckets[sig] = zoo
+
+    @staticmethod
+    def _check_ids(zoo: Zoo, other: Zoo) -> None:
+        clash = set(other.ids) & set(zoo.ids)
+        if clash:
+            raise InvalidValueError(
+                f"model ids {sorted(clash)[:5]} of zoo {zoo.name!r} are already in the collection (zoo "
+                f"{other.name!r}): every model of a collection needs its own id (the same zoo given twice, "
+                "or two folders with the same file names: give each once, or rename the files)"
+            )
 
     def __iter__(self) -> Iterator[Zoo]:
         return iter(self._buckets.values())
