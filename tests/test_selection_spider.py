@@ -50,7 +50,7 @@ def test_listmle_matches_plackett_luce_oracle():
 
 def test_trains_to_perfect_tau_and_scores_are_padding_invariant():
     tasks = synthetic_tasks()
-    spider, losses = S.train_model_spider(tasks, CFG, S.SpiderTraining(steps=200))
+    spider, losses = S.train_model_spider(tasks, CFG, S.SPIDER_TRAIN.replace(steps=200))
     assert losses[-1] < 0.05 * losses[0]
     ev = S.evaluate_rankings(S.rank_models(spider, tasks), tasks.accuracy)
     assert ev["mean"] == 1.0
@@ -63,7 +63,7 @@ def test_trains_to_perfect_tau_and_scores_are_padding_invariant():
 def test_reranking_reorders_only_the_top_k():
     tasks = synthetic_tasks(specific=True)
     cfg = S.SpiderConfig(num_models=5, task_dim=8, dim=32, heads=2, specific_dim=4)
-    spider, _ = S.train_model_spider(tasks, cfg, S.SpiderTraining(steps=100))
+    spider, _ = S.train_model_spider(tasks, cfg, S.SPIDER_TRAIN.replace(steps=100))
     base = np.asarray(S.rank_models(spider, tasks))
     rer = np.asarray(S.rank_models(spider, tasks, top_k=2))
     for b, r in zip(base, rer, strict=True):
@@ -77,7 +77,7 @@ def test_reranking_reorders_only_the_top_k():
 
 def test_checkpoint_round_trip(tmp_path):
     tasks = synthetic_tasks()  # same shapes as the training test: its compiled step is reused
-    spider, _ = S.train_model_spider(tasks, CFG, S.SpiderTraining(steps=5))
+    spider, _ = S.train_model_spider(tasks, CFG, S.SPIDER_TRAIN.replace(steps=5))
     path = S.save_model_spider(spider, tmp_path / "spider")
     back = S.load_model_spider(path)
     assert back.config == spider.config
@@ -102,7 +102,7 @@ def _spy_on_training(monkeypatch):
 def test_leave_one_task_out_never_trains_on_the_held_out_task(monkeypatch):
     tasks = synthetic_tasks(9)  # folds train on 8 tasks with 5 classes max: the shapes compiled above
     seen = _spy_on_training(monkeypatch)
-    res = S.leave_one_task_out(tasks, CFG, S.SpiderTraining(steps=20))
+    res = S.leave_one_task_out(tasks, CFG, S.SPIDER_TRAIN.replace(steps=20))
     keys = [tuple(np.asarray(f).ravel()[:3]) for f in tasks.features]
     assert len(seen) == 9
     for fold, trained in enumerate(seen):
@@ -115,7 +115,7 @@ def test_leave_one_task_out_never_trains_on_the_held_out_task(monkeypatch):
 def test_leave_one_task_out_selects_hyperparameters_without_the_test_task(monkeypatch):
     tasks = synthetic_tasks(4)
     seen = _spy_on_training(monkeypatch)
-    res = S.leave_one_task_out(tasks, CFG, S.SpiderTraining(steps=20), grid=[{"steps": 10}, {"steps": 20}])
+    res = S.leave_one_task_out(tasks, CFG, S.SPIDER_TRAIN.replace(steps=20), grid=[{"steps": 10}, {"steps": 20}])
     keys = [tuple(np.asarray(f).ravel()[:3]) for f in tasks.features]
     # Per fold: 2 grid settings x 3 inner folds, then the final fit; none sees the held-out task.
     assert len(seen) == 4 * (2 * 3 + 1)

@@ -157,7 +157,8 @@ def fit_baseline(
             (multilabel) or values ``[n]`` (regress, rank).
         task: a :class:`~weightspace.learn.Task` or its kind.
         val_x, val_y: a validation set: early stopping of ``mlp``/``linear`` on its loss.
-        seed: seeds the initialisation, batch order and boosting.
+        seed: seeds the initialisation, batch order and boosting (``config.seed`` must be left
+            at 0 or equal it).
         config: training settings of ``mlp``/``linear`` (default :data:`DEFAULT_CONFIG`).
 
     Returns:
@@ -195,6 +196,11 @@ def fit_baseline(
     scale = task.scale(ytr)
     ytr = task.standardise(ytr, scale)
     yva = None if yva is None else task.standardise(yva, scale)
+    if config is not None and config.seed not in (0, seed):
+        raise ConfigError(
+            f"fit_baseline: seed={seed} and config.seed={config.seed}: give the seed once (seed= seeds every "
+            "baseline, including the boosted trees, which take no TrainConfig)"
+        )
     cfg = config or DEFAULT_CONFIG
     if not has_val:
         cfg = dataclasses.replace(cfg, patience=None)

@@ -38,10 +38,10 @@ from weightspace.selection._score import FEATURE_METRICS as FEATURE_METRICS
 from weightspace.selection._score import PROB_METRICS as PROB_METRICS
 from weightspace.selection._score import SOURCE_METRICS as SOURCE_METRICS
 from weightspace.selection._score import score_all as score_all
+from weightspace.selection._spider import SPIDER_TRAIN as SPIDER_TRAIN
 from weightspace.selection._spider import ModelSpider as ModelSpider
 from weightspace.selection._spider import SpiderConfig as SpiderConfig
 from weightspace.selection._spider import SpiderTasks as SpiderTasks
-from weightspace.selection._spider import SpiderTraining as SpiderTraining
 from weightspace.selection._spider import class_means as class_means
 from weightspace.selection._spider import evaluate_rankings as evaluate_rankings
 from weightspace.selection._spider import leave_one_task_out as leave_one_task_out
@@ -57,6 +57,7 @@ __all__ = [
     "FEATURE_METRICS",
     "PROB_METRICS",
     "SOURCE_METRICS",
+    "SPIDER_TRAIN",
     "GMMParams",
     "LogMEFit",
     "ModelSpider",
@@ -64,7 +65,6 @@ __all__ = [
     "PenultimateFeatures",
     "SpiderConfig",
     "SpiderTasks",
-    "SpiderTraining",
     "class_means",
     "evaluate_rankings",
     "extract_features",

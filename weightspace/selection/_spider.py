@@ -252,20 +252,15 @@ def _fit_loss(spider: ModelSpider, tasks: SpiderTasks, key: Array) -> tuple[Arra
     return _loss(spider, tasks), {}
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SpiderTraining:
-    """Optimisation settings of :func:`train_model_spider`."""
-
-    steps: int = 500
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
+SPIDER_TRAIN = TrainConfig(steps=500, batch_size=4096, learning_rate=3e-3, weight_decay=1e-4, eval_every=500)
+"""Model Spider's optimisation (AdamW on ListMLE): every task in one batch (up to 4096 tasks; ``fit``
+takes all of them when there are fewer), one host sync per 500 steps."""
 
 
 def train_model_spider(
     tasks: SpiderTasks,
     config: SpiderConfig | None = None,
-    training: SpiderTraining | None = None,
+    train_config: TrainConfig = SPIDER_TRAIN,
     *,
     spider: ModelSpider | None = None,
 ) -> tuple[ModelSpider, np.ndarray]:
@@ -278,7 +273,8 @@ def train_model_spider(
     Args:
         tasks: training tasks; ``tasks.accuracy`` is required.
         config: architecture (default: ``dim=64, heads=4`` sized from ``tasks``).
-        training: optimisation settings (steps, learning rate, weight decay, seed).
+        train_config: the optimisation (:data:`SPIDER_TRAIN` by default); its seed also seeds
+            the initialisation.
         spider: continue training this module instead of building one.
 
     Returns:
@@ -286,38 +282,30 @@ def train_model_spider(
 
     Example:
         >>> import numpy as np
-        >>> from weightspace.selection import SpiderTraining, stack_tasks, train_model_spider
+        >>> from weightspace.selection import SPIDER_TRAIN, stack_tasks, train_model_spider
         >>> rng = np.random.default_rng(0)
         >>> tasks = stack_tasks([rng.standard_normal((3, 4)) for _ in range(4)], rng.random((4, 5)))
-        >>> spider, losses = train_model_spider(tasks, training=SpiderTraining(steps=20))
+        >>> spider, losses = train_model_spider(tasks, train_config=SPIDER_TRAIN.replace(steps=20))
         >>> bool(losses[-1] < losses[0])
         True
     """
     if tasks.accuracy is None:
         raise InvalidValueError("train_model_spider needs tasks.accuracy (the true fine-tuning accuracies)")
-    training = training or SpiderTraining()
+    if not isinstance(train_config, TrainConfig):
+        raise ConfigError(f"train_model_spider: train_config must be a TrainConfig, got {type(train_config).__name__}")
     if spider is None:
         config = config or SpiderConfig(
             num_models=int(tasks.accuracy.shape[1]),
             task_dim=int(tasks.features.shape[2]),
             specific_dim=None if tasks.specific is None else int(tasks.specific.shape[-1]),
         )
-        spider = ModelSpider(config, rngs=nnx.Rngs(training.seed))
+        spider = ModelSpider(config, rngs=nnx.Rngs(train_config.seed))
     if tasks.accuracy.shape[1] != spider.config.num_models:
         raise ShapeError(f"tasks rank {tasks.accuracy.shape[1]} models, the spider has {spider.config.num_models}")
     if tasks.features.shape[2] != spider.config.task_dim:
         raise ShapeError(
             f"task features have dim {tasks.features.shape[2]}, the spider expects {spider.config.task_dim}"
         )
-    n_tasks = int(tasks.features.shape[0])
-    train_config = TrainConfig(
-        steps=training.steps,
-        batch_size=n_tasks,
-        learning_rate=training.learning_rate,
-        weight_decay=training.weight_decay,
-        seed=training.seed,
-        eval_every=max(training.steps, 1),
-    )  # one host sync, at the end
     try:
         report = fit(spider, _fit_loss, tasks, config=train_config, progress=False)
     except TrainingDivergedError as e:
@@ -379,7 +367,7 @@ def evaluate_rankings(scores: Any, accuracy: Any) -> dict[str, Any]:
 def leave_one_task_out(
     tasks: SpiderTasks,
     config: SpiderConfig | None = None,
-    training: SpiderTraining | None = None,
+    train_config: TrainConfig = SPIDER_TRAIN,
     *,
     grid: Sequence[Mapping[str, Any]] | None = None,
     top_k: int | None = None,
@@ -387,14 +375,14 @@ def leave_one_task_out(
     """Leave-one-task-out evaluation: train on all tasks but one, rank the held-out one, repeat.
 
     The held-out task is never used to choose anything: with a ``grid`` of
-    :class:`SpiderTraining` overrides (e.g. ``[{"steps": 200}, {"steps": 800}]``), each fold picks
+    ``train_config`` overrides (e.g. ``[{"steps": 200}, {"steps": 800}]``), each fold picks
     the setting with the best mean weighted tau in an inner leave-one-out over its training tasks.
 
     Args:
         tasks: every task with accuracies.
         config: architecture (default sized from ``tasks``).
-        training: base optimisation settings.
-        grid: optional candidate overrides of ``training``.
+        train_config: base optimisation settings (a :class:`~weightspace.train.TrainConfig`).
+        grid: optional candidate overrides of ``train_config``.
         top_k: re-rank the top-k with model-specific features (needs ``tasks.specific``).
 
     Returns:
@@ -405,7 +393,7 @@ def leave_one_task_out(
     n = int(tasks.features.shape[0])
     if n < 2 or (grid and n < 3):
         raise ShapeError(f"leave_one_task_out needs at least {3 if grid else 2} tasks, got {n}")
-    base = training or SpiderTraining()
+    base = train_config
     scores, chosen = [], []
     for t in range(n):
         train_idx = np.array([i for i in range(n) if i != t])
@@ -414,17 +402,17 @@ def leave_one_task_out(
             inner = []
             for g in grid:
                 sub = tasks.select(train_idx)
-                inner.append(_loto_mean(sub, config, dataclasses.replace(base, **g), top_k))
+                inner.append(_loto_mean(sub, config, base.replace(**g), top_k))
             best = dict(grid[int(np.argmax(inner))])
         chosen.append(best)
-        spider, _ = train_model_spider(tasks.select(train_idx), config, dataclasses.replace(base, **best))
+        spider, _ = train_model_spider(tasks.select(train_idx), config, base.replace(**best))
         scores.append(np.asarray(rank_models(spider, tasks.select([t]), top_k=top_k))[0])
     scores_arr = np.stack(scores)
     ev = evaluate_rankings(scores_arr, np.asarray(tasks.accuracy))
     return {"scores": scores_arr, **ev, "chosen": chosen}
 
 
-def _loto_mean(tasks: SpiderTasks, config: SpiderConfig | None, training: SpiderTraining, top_k: int | None) -> float:
+def _loto_mean(tasks: SpiderTasks, config: SpiderConfig | None, training: TrainConfig, top_k: int | None) -> float:
     n = int(tasks.features.shape[0])
     taus = []
     for t in range(n):
