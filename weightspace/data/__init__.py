@@ -5,6 +5,7 @@ from weightspace.data._datasets import FASHION_MNIST_CLASSES as FASHION_MNIST_CL
 from weightspace.data._datasets import TEST_FRACTION as TEST_FRACTION
 from weightspace.data._datasets import Dataset as Dataset
 from weightspace.data._datasets import load_dataset as load_dataset
+from weightspace.data._datasets import split_of as split_of
 from weightspace.data._idx import parse_idx as parse_idx
 from weightspace.data._idx import read_idx as read_idx
 from weightspace.data._idx import write_idx as write_idx
@@ -25,5 +26,6 @@ __all__ = [
     "make_probes",
     "parse_idx",
     "read_idx",
+    "split_of",
     "write_idx",
 ]

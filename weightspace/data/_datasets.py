@@ -363,3 +363,22 @@ def load_dataset(name: str, split: str = "train") -> Dataset:
     if split not in SPLITS:
         raise InvalidValueError(f"unknown split {split!r} for dataset {name!r}; expected one of {SPLITS}")
     return _load_split(name, split)
+
+
+def split_of(name: str) -> np.ndarray:
+    """The split (``"train"`` or ``"test"``) of every example of ``load_dataset(name, "all")``, in order.
+
+    Example:
+        >>> s = split_of("fashion-mnist")  # doctest: +SKIP
+        >>> s[:2].tolist(), int((s == "test").sum())  # doctest: +SKIP
+        (['train', 'train'], 10000)
+        >>> s = split_of("mnist-5k")
+        >>> len(s), int((s == "test").sum())
+        (5000, 1000)
+    """
+    if name not in DATASETS:
+        raise InvalidValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    full, (_, test) = _load_all(name)
+    out = np.full(len(full.labels), "train", dtype="<U5")
+    out[test] = "test"
+    return out
