@@ -8,7 +8,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "data.py",
     "probing.py",
-    "training.py",
+    "population.py",
     "pretrained.py",
     "probelog.py",
     "lora.py",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmark runs in two parts that each fit one ~9-minute command on a lent H100 (JAX compiles included).
 #
-#   bash benchmarks/run_gpu.sh A   # training.py: digits MLPs, Fashion-MNIST MLPs and Small CNNs (no recipes)
+#   bash benchmarks/run_gpu.sh A   # population.py: digits MLPs, Fashion-MNIST MLPs, Small CNNs and SIRENs (no recipes)
 #   bash benchmarks/run_gpu.sh B   # probing.py, then lora.py (Spectral DeTuning speed), then selection.py
 #                                  # with whatever time is left
 #
@@ -78,7 +78,7 @@ fi
 
 if [[ "$part" == "A" ]]; then
     step "$(($(left) - 10))" "training_gpu" -- \
-        "$PY" benchmarks/training.py --cases mlp-small,mlp-fmnist,cnn-fmnist
+        "$PY" benchmarks/population.py --cases mlp-small,mlp-fmnist,cnn-fmnist,siren
 else
     step "$(min 230 $(($(left) - 40)))" "probing_gpu" -- "$PY" benchmarks/probing.py
     step "$(min 150 $(($(left) - 10)))" "lora_gpu" -- "$PY" benchmarks/lora.py --only speed,unreduced

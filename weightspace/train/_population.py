@@ -388,6 +388,83 @@ def _fingerprint(**parts: Any) -> str:
     return h.hexdigest()[:32]
 
 
+class _DoneChunks:
+    """Finished chunks of a :func:`fit_population` run on disk: one ``done-NNNNN.safetensors``
+    file of results per chunk (a plain safetensors write, milliseconds, where an orbax checkpoint
+    per chunk cost more than training a small chunk), so a resumed run trains none of them again.
+    A chunk's own orbax checkpoint (``chunk-NNNNN``, mid-chunk) is removed once it is done."""
+
+    def __init__(self, root: Path, fingerprint: str) -> None:
+        self.root, self.fp = root, fingerprint
+        self.pending: list[tuple[int, PyTree, np.ndarray, np.ndarray, dict[int, PyTree]]] = []
+
+    def load(self, like: PyTree, snaps: Sequence[int]) -> dict[int, tuple[PyTree, np.ndarray, np.ndarray, dict]]:
+        from weightspace._safetensors import read_safetensors
+
+        out: dict[int, tuple[PyTree, np.ndarray, np.ndarray, dict]] = {}
+        if not self.root.is_dir():
+            return out
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(like)]
+        treedef = jax.tree_util.tree_structure(like)
+        for f in sorted(self.root.glob("done-*.safetensors")):
+            tensors, meta = read_safetensors(f)
+            check_resume({"fingerprint": meta.get("fingerprint")}, {"fingerprint": self.fp}, str(f))
+            sizes = json.loads(meta["sizes"])
+            ends = np.cumsum([0, *sizes.values()])
+            for c, a, b in zip(sizes, ends[:-1], ends[1:], strict=True):
+                out[int(c)] = (
+                    _rows(tensors, "params", paths, treedef, int(a), int(b)),
+                    tensors["losses"][a:b],
+                    tensors["updates"][a:b],
+                    {s: _rows(tensors, f"snap{s}", paths, treedef, int(a), int(b)) for s in snaps},
+                )
+        return out
+
+    def add(
+        self,
+        c: int,
+        params: PyTree,
+        losses: np.ndarray,
+        updates: np.ndarray,
+        snaps: dict[int, PyTree],
+    ) -> None:
+        self.pending.append((c, params, losses, updates, snaps))
+        self.flush()
+
+    def flush(self) -> None:
+        import shutil
+
+        from weightspace._safetensors import write_safetensors
+
+        if not self.pending:
+            return
+        tensors: dict[str, np.ndarray] = {}
+
+        def put(prefix: str, trees: list[PyTree]) -> None:
+            names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(trees[0])]
+            leaves = [jax.tree_util.tree_leaves(t) for t in trees]
+            for j, name in enumerate(names):
+                tensors[f"{prefix}{name}"] = np.concatenate([np.asarray(ls[j]) for ls in leaves])
+
+        put("params", [e[1] for e in self.pending])
+        tensors["losses"] = np.concatenate([e[2] for e in self.pending])
+        tensors["updates"] = np.concatenate([e[3] for e in self.pending])
+        for s in self.pending[0][4]:
+            put(f"snap{s}", [e[4][s] for e in self.pending])
+        first, last = self.pending[0][0], self.pending[-1][0]
+        sizes = {str(e[0]): len(e[2]) for e in self.pending}
+        meta = {"fingerprint": self.fp, "sizes": json.dumps(sizes)}
+        name = f"done-{first:05d}" + (f"-{last:05d}" if last != first else "")
+        write_safetensors(self.root / f"{name}.safetensors", tensors, meta)
+        for e in self.pending:  # their in-flight checkpoints are superseded
+            shutil.rmtree(self.root / f"chunk-{e[0]:05d}", ignore_errors=True)
+        self.pending = []
+
+
+def _rows(tensors: Mapping[str, np.ndarray], prefix: str, paths: list[str], treedef: Any, a: int, b: int) -> PyTree:
+    return jax.tree_util.tree_unflatten(treedef, [tensors[f"{prefix}{p}"][a:b] for p in paths])
+
+
 class _ResumeScope:
     def __init__(self, root: Path, seconds: float) -> None:
         self.root, self.seconds, self.calls = root, seconds, 0
@@ -501,8 +578,9 @@ def fit_population(
         checkpoint_dir: write an orbax checkpoint of the current chunk after every segment and
             resume from it; ``None`` disables checkpoints, unless the call runs inside
             :func:`resumable`, which names one.
-        checkpoint_seconds: at least this many seconds between two checkpoints of a chunk (its
-            last segment is always written, so finished chunks are never trained again).
+        checkpoint_seconds: at least this many seconds between two mid-chunk checkpoints of the
+            chunk in flight (0: after every segment). Every finished chunk's results are written
+            (a small safetensors file), so a resumed run never trains a finished chunk again.
         progress: show a tqdm bar (``None``: only when stderr is a terminal).
         callback: called with a :class:`FitProgress` after every segment (e.g. to log, or to
             stop early by raising).
@@ -610,8 +688,20 @@ def fit_population(
     out_losses: list[np.ndarray] = []
     out_updates: list[np.ndarray] = []
     out_snaps: dict[int, list[PyTree]] = {s: [] for s in snaps}
+    store = _DoneChunks(Path(checkpoint_dir), fp) if checkpoint_dir is not None else None
+    finished = store.load(params, snaps) if store is not None else {}
     try:
         for c in range(n_chunks):
+            if c in finished:  # trained before a kill: read back, not trained again
+                p_c, l_c, u_c, s_c = finished.pop(c)
+                out_params.append(p_c)
+                out_losses.append(l_c)
+                out_updates.append(u_c)
+                for s in snaps:
+                    out_snaps[s].append(s_c[s])
+                if bar is not None:
+                    bar.update(max_steps)
+                continue
             lo, hi = c * chunk, min((c + 1) * chunk, n)
             # The last chunk is padded (copies of the last model, 0 steps): every chunk reuses one program.
             pos = chunk_rows(lo, chunk, n).astype(np.int64)
@@ -635,7 +725,10 @@ def fit_population(
             losses = np.full((chunk, max_steps), np.nan, np.float32)
             snap_c: dict[int, PyTree] = {}
             start = 0
-            ckpt = Checkpointer(Path(checkpoint_dir) / f"chunk-{c:05d}", keep=1) if checkpoint_dir is not None else None
+            chunk_dir = Path(checkpoint_dir) / f"chunk-{c:05d}" if checkpoint_dir is not None else None
+            # The in-flight chunk's own checkpoint: only once it has run checkpoint_seconds (short
+            # chunks end in the finished-chunk store instead, without an orbax save each).
+            ckpt = Checkpointer(chunk_dir, keep=1) if chunk_dir is not None and chunk_dir.exists() else None
             saved_at = time.monotonic()
             last = ckpt.latest() if ckpt is not None else None
             if ckpt is not None and last is not None:
@@ -683,7 +776,9 @@ def fit_population(
                 for s in snaps:
                     if t0 < s <= done:
                         snap_c[s] = jax.tree.map(np.asarray, state[0].params)
-                if ckpt is not None and (seg == n_segs or time.monotonic() - saved_at >= checkpoint_seconds):
+                if chunk_dir is not None and seg < n_segs and time.monotonic() - saved_at >= checkpoint_seconds:
+                    if ckpt is None:
+                        ckpt = Checkpointer(chunk_dir, keep=1)
                     kept = {str(s): v for s, v in snap_c.items()}
                     ckpt.save(seg, to_host(jax.tree_util.tree_leaves((state, losses, kept))), {"fingerprint": fp})
                     saved_at = time.monotonic()
@@ -698,6 +793,14 @@ def fit_population(
             out_updates.append(np.asarray(state[2])[:live])
             for s in snaps:
                 out_snaps[s].append(_slice(snap_c[s], np.arange(live)))
+            if store is not None:
+                store.add(
+                    c,
+                    out_params[-1],
+                    out_losses[-1],
+                    out_updates[-1],
+                    {s: out_snaps[s][-1] for s in snaps},
+                )
     finally:
         if bar is not None:
             bar.close()

@@ -1,11 +1,18 @@
-"""Population training vs a PyTorch loop training the same models one after another; recipe builds.
+"""Population training vs a PyTorch loop training the same models one after another, against the
+machine's own peak; recipe builds (INRs/s, CNN runs/s, hub models/s).
 
-Cases (Adam, batch 128, same data and steps on both sides):
-  * ``mlp-small``: 1000 MLPs 64-16-16-10 on scikit-learn digits (64-d inputs);
-  * ``mlp-fmnist``: 200 MLPs 784-128-128-10 on Fashion-MNIST;
-  * ``cnn-fmnist``: 200 Small CNNs (3 conv 16ch stride 2, GAP, dense 10) on Fashion-MNIST, JAX with
-    the im2col formulation that :func:`weightspace.zoo.train_population` uses and with ``vmap``
-    over ``lax.conv`` (the naive way).
+Cases (Adam, same data and steps on both sides):
+  * ``mlp-small``: 1000 MLPs 64-16-16-10 on scikit-learn digits (64-d inputs), batch 128;
+  * ``mlp-fmnist``: 200 MLPs 784-128-128-10 on Fashion-MNIST, batch 128;
+  * ``cnn-fmnist``: 200 Small CNNs (3 conv 16ch stride 2, GAP, dense 10) on Fashion-MNIST, batch
+    128, JAX with the im2col formulation that :func:`weightspace.zoo.train_population` uses and
+    with ``vmap`` over ``lax.conv`` (the naive way);
+  * ``siren``: 1000 SIRENs 2-32-32-1 (w0 30) each fitting one Fashion-MNIST image (all 784 pixels
+    per step, lr 1e-3), as the INR recipes train them (their chunk size, no early stopping).
+
+Useful work is the forward + backward FLOPs of the models (3 x ``arch.flops_per_example()`` per
+example); its rate is reported against the peak of a jitted 2048^3 float32 matmul measured at the
+start and the end of the same run (the larger of the two).
 
 JAX runs :func:`weightspace.zoo.fit_population` (one ``jit(vmap(scan))`` program); the first call's
 extra time over a warm call is reported as compile time (no persistent compilation cache). PyTorch
@@ -42,7 +49,7 @@ import numpy as np
 
 from weightspace._atomic import atomic_path
 from weightspace.data import load_dataset
-from weightspace.nets import CNN, MLP
+from weightspace.nets import CNN, MLP, SIREN
 from weightspace.zoo import RECIPES, ClassifierLoss, Zoo, build_recipe, fit_population, init_population
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,7 +57,94 @@ import _device
 
 RESULTS = Path(__file__).parent / "results"
 # population sizes per case: (CPU, GPU backend, --quick)
-SIZES = {"mlp-small": (1000, 10000, 100), "mlp-fmnist": (200, 1000, 20), "cnn-fmnist": (200, 1000, 20)}
+SIZES = {
+    "mlp-small": (1000, 10000, 100),
+    "mlp-fmnist": (200, 1000, 20),
+    "cnn-fmnist": (200, 1000, 20),
+    "siren": (1000, 10000, 64),
+}
+
+
+def _peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matmul rate: best of ``repeats`` jitted ``n^3`` products (GFLOP/s)."""
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _useful_flops(arch, batch: int) -> float:
+    """Forward + backward FLOPs of one model-step: 3 x the forward FLOPs of ``batch`` examples."""
+    return 3.0 * arch.flops_per_example() * batch
+
+
+def _siren_jax_run(arch, images, *, models, steps, seed):
+    """SIRENs fitting one image each, as the INR recipes train them (without early stopping)."""
+    from weightspace._backend import population_chunk
+    from weightspace.nets import coordinate_grid
+    from weightspace.zoo._recipes import _INRLoss
+
+    coords = np.asarray(coordinate_grid(28, 28))
+    target = np.asarray(images[:models]).reshape(models, 784, 1)
+    params = init_population(arch, np.arange(models), key=jax.random.key(seed))
+    jax.block_until_ready(params)
+    t0 = time.perf_counter()
+    res = fit_population(
+        _INRLoss(arch),
+        params,
+        {"unused": np.zeros((1,), np.float32)},
+        key=jax.random.key(100 + seed),
+        steps=steps,
+        batch_size=1,
+        hparams={"optimizer": "adam", "learning_rate": 1e-3},
+        model_data={"target": target},
+        shared={"coords": coords},
+        model_chunk=population_chunk(cpu=16, accelerator=1024),
+        progress=False,
+    )
+    jax.block_until_ready(jax.tree.leaves(res.params))
+    return time.perf_counter() - t0, float(np.nanmedian(res.losses[:, -10:]))
+
+
+def _torch_siren(images, *, models, steps, device):
+    """PyTorch SIRENs fitting one image each, one after another (full image per step, Adam 1e-3)."""
+    import torch
+    from torch import nn
+
+    class Siren(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l0, self.l1, self.l2 = nn.Linear(2, 32), nn.Linear(32, 32), nn.Linear(32, 1)
+
+        def forward(self, x):
+            return self.l2(torch.sin(30.0 * self.l1(torch.sin(30.0 * self.l0(x)))))
+
+    g = np.linspace(-1.0, 1.0, 28, dtype=np.float32)
+    coords = torch.from_numpy(np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)).to(device)
+    targets = torch.from_numpy(np.asarray(images[:models], np.float32).reshape(models, 784, 1)).to(device)
+    last = []
+    _device.sync(device)
+    t0 = time.perf_counter()
+    for m in range(models):
+        torch.manual_seed(m)
+        net = Siren().to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        for _ in range(steps):
+            loss = torch.mean((net(coords) - targets[m]) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        last.append(loss.detach())
+    _device.sync(device)
+    seconds = time.perf_counter() - t0
+    return {"per_model_s": seconds / models, "final_loss_median": float(torch.stack(last).median().cpu())}
 
 
 def _jax_run(arch, data, *, models, steps, seed, im2col=True):
@@ -146,18 +240,35 @@ def _case_row(case, arch, ds, *, models, steps, repeats, torch_models, device):
     import torch
 
     images, labels = np.ascontiguousarray(ds.images), np.ascontiguousarray(ds.labels)
-    data = jax.device_put({"x": images, "y": labels})
-    kind = case if case != "cnn-fmnist" else "cnn"
     tm = min(torch_models, models)
-    x_t, y_t = _torch_data(kind, images, labels, device)
-    _torch_case(kind, x_t, y_t, models=1, steps=2, device=device)  # warm-up (lazy init, CUDA context)
-    first, _ = _jax_run(arch, data, models=models, steps=steps, seed=0)
+    if case == "siren":
+        batch = 784  # every pixel of the image, every step
+
+        def jax_run(seed):
+            return _siren_jax_run(arch, images, models=models, steps=steps, seed=seed)
+
+        def torch_run(n, s):
+            return _torch_siren(images, models=n, steps=s, device=device)
+    else:
+        batch = 128
+        data = jax.device_put({"x": images, "y": labels})
+        kind = case if case != "cnn-fmnist" else "cnn"
+        x_t, y_t = _torch_data(kind, images, labels, device)
+
+        def jax_run(seed):
+            return _jax_run(arch, data, models=models, steps=steps, seed=seed)
+
+        def torch_run(n, s):
+            return _torch_case(kind, x_t, y_t, models=n, steps=s, device=device)
+
+    torch_run(1, 2)  # warm-up (lazy init, CUDA context)
+    first, _ = jax_run(0)
     print(f"  {case}: JAX first call {first:.2f} s", flush=True)
     # JAX and PyTorch alternate, so both see the same machine load; the ratio of each round is kept.
     rounds = []
     for r in range(repeats):
-        jt, jloss = _jax_run(arch, data, models=models, steps=steps, seed=r + 1)
-        tt = _torch_case(kind, x_t, y_t, models=tm, steps=steps, device=device)
+        jt, jloss = jax_run(r + 1)
+        tt = torch_run(tm, steps)
         rounds.append(
             {
                 "jax_s": jt,
@@ -168,10 +279,16 @@ def _case_row(case, arch, ds, *, models, steps, repeats, torch_models, device):
         )
         print(f"  {case} round {r}: JAX {jt:.3f} s, PyTorch {tt['per_model_s']:.4f} s/model", flush=True)
     jax_s = statistics.median(r["jax_s"] for r in rounds)
+    torch_s = statistics.median(r["torch_s"] for r in rounds)
+    gflop = models * steps * _useful_flops(arch, batch) / 1e9
     row = {
         "case": case,
         "models": models,
         "steps": steps,
+        "batch": batch,
+        "useful_gflop": gflop,
+        "jax_gflops": gflop / jax_s,
+        "torch_gflops": gflop / torch_s,
         "arch": arch.to_config(),
         "jax": {
             "first_call_s": first,
@@ -180,7 +297,7 @@ def _case_row(case, arch, ds, *, models, steps, repeats, torch_models, device):
             "final_loss_median": rounds[-1]["jax_loss"],
         },
         "torch": {
-            "total_s": statistics.median(r["torch_s"] for r in rounds),
+            "total_s": torch_s,
             "models_timed": tm,
             "device": device,
             "threads": torch.get_num_threads() if device == "cpu" else None,
@@ -210,7 +327,8 @@ def _recipe_row(name, size):
         result = build_recipe(name, size=size, seed=0, progress=False, cache=False)
         seconds = time.perf_counter() - t0
     zoos = [result] if isinstance(result, Zoo) else result.zoos
-    row = {"recipe": name, "size": size, "models": sum(len(z) for z in zoos), "build_s": seconds}
+    n_models = sum(len(z) for z in zoos)
+    row = {"recipe": name, "size": size, "models": n_models, "build_s": seconds, "models_per_s": n_models / seconds}
     col = "psnr" if name.endswith("inr") else "test_acc"
     vals = np.array(
         [v for z in zoos for v, f in zip(z.meta[col], z.meta.get("final", [True] * len(z)), strict=True) if f],
@@ -238,7 +356,7 @@ def main(argv=None) -> int:
     _device.add_matmul_precision_argument(ap)
     ap.add_argument("--recipe-size", type=int, default=50, help="models per classifier recipe build (quick: tiny)")
     ap.add_argument("--inr-size", type=int, default=200, help="images per INR recipe build (quick: tiny)")
-    ap.add_argument("--cases", default="mlp-small,mlp-fmnist,cnn-fmnist,recipes")
+    ap.add_argument("--cases", default="mlp-small,mlp-fmnist,cnn-fmnist,siren,recipes")
     ap.add_argument("--cnn-steps", type=int, default=None, help="steps of the CNN case (default: --steps)")
     ap.add_argument(
         "--name",
@@ -271,7 +389,10 @@ def main(argv=None) -> int:
         "mlp-small": (MLP(in_features=64, hidden=(16, 16), image_shape=(8, 8, 1)), ("digits", "all")),
         "mlp-fmnist": (MLP(in_features=784, hidden=(128, 128), image_shape=(28, 28, 1)), ("fashion-mnist", "train")),
         "cnn-fmnist": (CNN(image_shape=(28, 28, 1), channels=(16, 16, 16), strides=2), ("fashion-mnist", "train")),
+        "siren": (SIREN(hidden=(32, 32), w0=30.0), ("fashion-mnist", "train")),
     }
+    peak_start = _peak_gflops()
+    print(f"float32 matmul peak at the start: {peak_start:.0f} GFLOP/s", flush=True)
     out = {
         "machine": f"{platform.node()} ({_device.cpu_name()}, {os.cpu_count()} cpus, load {_device.loadavg():.1f})",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -281,6 +402,7 @@ def main(argv=None) -> int:
         "steps": steps,
         "batch": 128,
         "optimizer": "adam lr 1e-3",
+        "peak_gflops": {"start": peak_start},
         "cases": [],
         "recipes": [],
     }
@@ -318,6 +440,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             out["recipes"].append(row)
             _write(out, stem)
+    out["peak_gflops"]["end"] = _peak_gflops()
     if args.merge:
         other = json.loads((RESULTS / f"{args.merge}.json").read_text())
         out["cases"] += other["cases"]
@@ -356,18 +479,30 @@ def _write(out, stem):
     lines += [
         f"- jax {out['jax']}; {out['steps']} steps, batch {out['batch']}, {out['optimizer']}; JAX times include "
         "copying the trained parameters back to the host, the PyTorch models stay where they trained",
+    ]
+    pk = out.get("peak_gflops", {})
+    peak = max(pk.values()) if pk else None
+    if peak:
+        lines.append(
+            f"- float32 matmul peak (jitted 2048^3, best of 5), same run: start {pk.get('start', 0):.0f}, end "
+            f"{pk.get('end', float('nan')):.0f} GFLOP/s; the fractions use the larger"
+        )
+    lines += [
         "",
-        "| case | models | JAX steady (s) | JAX compile (s) | PyTorch loop (s, extrapolated) | speedup |",
-        "|---|---|---|---|---|---|",
+        "| case | models | JAX steady (s) | JAX compile (s) | PyTorch loop (s, extrapolated) | speedup | "
+        "JAX useful GFLOP/s (% of peak) | PyTorch GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in out["cases"]:
         if "error" in r:
-            lines.append(f"| {r['case']} ({r['steps']} steps) | {r['models']} | failed: {r['error'][:200]} | | | |")
+            lines.append(f"| {r['case']} ({r['steps']} steps) | {r['models']} | failed: {r['error'][:200]} | | | | | |")
             continue
+        frac = f" ({100 * r['jax_gflops'] / peak:.1f}%)" if peak and "jax_gflops" in r else ""
         lines.append(
-            f"| {r['case']} ({r['steps']} steps) | {r['models']} | {r['jax']['steady_s']:.2f} | "
-            f"{r['jax']['compile_s']:.2f} | {r['torch']['total_s']:.2f} ({r['torch']['models_timed']} timed, "
-            f"{_torch_where(r['torch'])}) | {r['speedup']:.2f}x |"
+            f"| {r['case']} ({r['steps']} steps, batch {r.get('batch', 128)}) | {r['models']} | "
+            f"{r['jax']['steady_s']:.2f} | {r['jax']['compile_s']:.2f} | {r['torch']['total_s']:.2f} "
+            f"({r['torch']['models_timed']} timed, {_torch_where(r['torch'])}) | {r['speedup']:.2f}x | "
+            f"{r.get('jax_gflops', float('nan')):.1f}{frac} | {r.get('torch_gflops', float('nan')):.1f} |"
         )
     for r in out["cases"]:
         c = r.get("lax_conv_vs_im2col")
@@ -385,17 +520,18 @@ def _write(out, stem):
     if out["recipes"]:
         lines += [
             "",
-            "| recipe | size | models | build (s) | held-out metric (min / p10 / median / p90 / max) |",
-            "|---|---|---|---|---|",
+            "| recipe | size | models | build (s) | models/s | held-out metric (min / p10 / median / p90 / max) |",
+            "|---|---|---|---|---|---|",
         ]
         for r in out["recipes"]:
             if "error" in r:
-                lines.append(f"| {r['recipe']} | {r['size']} | | failed: {r['error'][:200]} | |")
+                lines.append(f"| {r['recipe']} | {r['size']} | | failed: {r['error'][:200]} | | |")
                 continue
             col = "psnr" if "psnr" in r else "test_acc"
             q = r[col]
             lines.append(
-                f"| {r['recipe']} | {r['size']} | {r['models']} | {r['build_s']:.1f} | {col}: {q['min']} / "
+                f"| {r['recipe']} | {r['size']} | {r['models']} | {r['build_s']:.1f} | "
+                f"{r.get('models_per_s', r['models'] / r['build_s']):.1f} | {col}: {q['min']} / "
                 f"{q['p10']} / {q['median']} / {q['p90']} / {q['max']} |"
             )
     with atomic_path(RESULTS / f"{stem}.md") as tmp:
