@@ -38,8 +38,8 @@ from weightspace.train._population import batch_rows as batch_rows
 from weightspace.train._population import fit_population as fit_population
 from weightspace.train._population import population_opt_state as population_opt_state
 from weightspace.train._population import population_optimizer as population_optimizer
-from weightspace.train._population import resumable as resumable
 from weightspace.train._population import validate_hparams as validate_hparams
+from weightspace.train._resume import resumable as resumable
 from weightspace.train._step import NNXLoss as NNXLoss
 from weightspace.train._step import TrainState as TrainState
 from weightspace.train._step import TrainStep as TrainStep
