@@ -129,15 +129,23 @@ def _torch_siren(images, *, models, steps, device):
     g = np.linspace(-1.0, 1.0, 28, dtype=np.float32)
     coords = torch.from_numpy(np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)).to(device)
     targets = torch.from_numpy(np.asarray(images[:models], np.float32).reshape(models, 784, 1)).to(device)
+    return _torch_loop(Siren, lambda net, m: torch.mean((net(coords) - targets[m]) ** 2), models, steps, device)
+
+
+def _torch_loop(make, loss_of, models, steps, device):
+    """Train ``models`` PyTorch models one after another (Adam 1e-3; ``loss_of(net, m)`` is one
+    step's loss of model ``m``); seconds per model and the median final loss."""
+    import torch
+
     last = []
     _device.sync(device)
     t0 = time.perf_counter()
     for m in range(models):
         torch.manual_seed(m)
-        net = Siren().to(device)
+        net = make().to(device)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         for _ in range(steps):
-            loss = torch.mean((net(coords) - targets[m]) ** 2)
+            loss = loss_of(net, m)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -217,23 +225,12 @@ def _torch_case(kind, x_all, y_all, *, models, steps, device):
         )
 
     g = torch.Generator(device=device).manual_seed(0)
-    last = []
-    _device.sync(device)
-    t0 = time.perf_counter()
-    for m in range(models):
-        torch.manual_seed(m)
-        net = make().to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        for _ in range(steps):
-            idx = torch.randint(0, n, (128,), generator=g, device=device)  # sampled where the data lives
-            loss = nn.functional.cross_entropy(net(x_all[idx]), y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        last.append(loss.detach())
-    _device.sync(device)
-    seconds = time.perf_counter() - t0
-    return {"per_model_s": seconds / models, "final_loss_median": float(torch.stack(last).median().cpu())}
+
+    def loss_of(net, m):
+        idx = torch.randint(0, n, (128,), generator=g, device=device)  # sampled where the data lives
+        return nn.functional.cross_entropy(net(x_all[idx]), y_all[idx])
+
+    return _torch_loop(make, loss_of, models, steps, device)
 
 
 def _case_row(case, arch, ds, *, models, steps, repeats, torch_models, device):
